@@ -1,0 +1,256 @@
+"""Run configuration: one typed dataclass, the plan's strategies as presets, one `make_config`.
+
+Every entry point (notebooks, CLI, tests) builds its config through
+``make_config(strategy, **overrides)``; unknown keys and wrong types are refused with the field named.
+
+    python -m mambaft.config conversational lr=1e-4     # print a resolved config and its arithmetic
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+STRATEGIES = ("quick", "conversational", "specialized", "smoke")
+DOMAINS = ("code", "science", "french")
+
+
+@dataclass
+class Config:
+    # --- what to train -------------------------------------------------------------------------
+    strategy: str = "conversational"
+    base: str = ""                 # original .pt or mambaft model folder; "" = the embedded demo base
+    architecture: Literal["original", "selective"] = "original"  # "selective": the context repair
+    d_state: int = 16              # SSM state size of the selective upgrade (ignored for "original")
+
+    # --- data ----------------------------------------------------------------------------------
+    # Source name -> mixing weight. Names are registered in mambaft.data (hub loaders when online).
+    sources: dict = field(default_factory=lambda: {"sharegpt": 1.0, "oasst": 1.0, "dolly": 1.0})
+    # What the same strategy uses when the hubs cannot be reached (registry packages only).
+    offline_sources: dict = field(default_factory=lambda: {
+        "sharegpt_offline": 1.0, "chitchat": 0.3, "chatterbot_en": 0.2, "wiki_en": 0.5, "olmo_qa": 0.5})
+    data_mode: Literal["auto", "hub", "offline"] = "auto"  # auto: hub if reachable, else offline
+    max_examples_per_source: Optional[int] = None          # cap, for quick looks and smoke runs
+    languages: tuple = ("en",)
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    val_fraction: float = 0.02
+    max_seq_len: int = 1024        # the model's position table holds 1024 positions
+
+    # --- optimisation (AdamW, linear warmup then decay to min_lr_ratio * lr) ------------------
+    lr: float = 5e-6
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95            # as in pretraining (mambaswelu.md)
+    warmup_steps: int = 1000
+    max_steps: int = 25_000        # optimizer steps (one step = batch_size x grad_accum x num_gpus rows)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    batch_size: int = 2            # rows per GPU per micro-batch
+    grad_accum: int = 16
+    num_gpus: int = 6              # world size the plan assumes; the launcher's real value wins at run time
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where supported
+    seed: int = 1337
+
+    # --- checkpoints and evaluation -----------------------------------------------------------
+    save_every: int = 1000
+    keep_last: int = 5             # plus the best by validation loss
+    eval_every: int = 1000
+    eval_batches: int = 50
+    test_at: tuple = (5000, 10_000, 15_000, 20_000)  # the plan's full probe sessions
+    export_original: bool = False  # also write the original .pt format the user's chat script loads
+
+    # --- specialized strategy: phase 2 on one domain --------------------------------------------
+    domain: Optional[str] = None   # code | science | french
+    phase2_steps: int = 20_000     # plan: 15-30k
+    phase2_sources: dict = field(default_factory=dict)
+    phase2_offline_sources: dict = field(default_factory=dict)
+    phase2_text_fraction: float = 0.3  # share of plain domain text trained as continued pretraining
+
+    # --- derived numbers: properties, never stored ------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        """Rows per optimizer step: batch_size x grad_accum x num_gpus."""
+        return self.batch_size * self.grad_accum * self.num_gpus
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Upper bound (rows are padded or packed to max_seq_len)."""
+        return self.global_batch * self.max_seq_len
+
+    @property
+    def rows_seen(self) -> int:
+        return self.global_batch * self.max_steps
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# The plan's strategies, each a small diff against the defaults above (one source of truth).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Plan strategy 1. 4 rows x 8 accum x 6 GPUs = 192 rows/step; x 10k steps = 1.92M rows,
+    # about 37 epochs of Alpaca-52k (recipes use 1-3): the planner warns about it before training.
+    "quick": dict(
+        sources={"alpaca": 1.0},
+        offline_sources={"wiki_en": 1.0, "olmo_qa": 1.0, "chatterbot_en": 0.3},
+        lr=1e-5, weight_decay=0.01, warmup_steps=500, max_steps=10_000,
+        batch_size=4, grad_accum=8, max_seq_len=512,
+    ),
+    # Plan strategy 2 (recommended) = the defaults: 2 x 16 x 6 = 192 rows/step x 1024 tokens
+    # = 196,608 tokens/step; x 25k steps = 4.9B tokens, more than the whole pretraining (3.1B).
+    "conversational": dict(),
+    # Plan strategy 3: phase 1 is "conversational", phase 2 trains phase2_steps on one domain.
+    "specialized": dict(domain="french", phase2_steps=20_000),
+    # Tiny, for CPU and CI: 4 x 1 x 1 = 4 rows/step x 256 tokens = 1,024 tokens/step.
+    "smoke": dict(
+        sources={"alpaca": 1.0}, data_mode="offline",
+        offline_sources={"wiki_en": 1.0, "chatterbot_en": 1.0},
+        max_examples_per_source=400, max_seq_len=256,
+        lr=1e-3, weight_decay=0.0, warmup_steps=10, max_steps=60,
+        batch_size=4, grad_accum=1, num_gpus=1, precision="fp32",
+        save_every=20, keep_last=2, eval_every=20, eval_batches=4, test_at=(),
+    ),
+}
+
+# What phase 2 of "specialized" trains on, per domain (online hub sources / offline registry ones).
+DOMAIN_SOURCES: dict[str, dict[str, dict[str, float]]] = {
+    "code": {"hub": {"codealpaca": 1.0, "stackoverflow": 0.5},
+             "offline": {"python_docs": 1.0, "olmo_qa": 0.2}},
+    "science": {"hub": {"arxiv": 1.0, "pubmed": 1.0},          # raw text: continued pretraining
+                "offline": {"olmo_qa": 1.0, "wiki_en": 0.5}},
+    "french": {"hub": {"oasst": 1.0},                          # oasst filtered to lang="fr"
+               "offline": {"chatterbot_fr": 1.0, "wiki_fr": 1.0, "french_text": 0.5}},
+}
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or out of range (the message names the field)."""
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    """Coerce lossless cases (int -> float, list -> tuple) and refuse the rest, naming the field."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(name, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}={value!r}: expected one of {', '.join(map(repr, args))}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r}: expected a number")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected true or false")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return value
+    if annotation is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r}: expected a list")
+        return tuple(value)
+    if annotation is dict:
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in value.items()):
+            raise ConfigError(f"{name}={value!r}: expected a mapping of source name -> weight >= 0")
+        return {k: float(v) for k, v in value.items()}
+    return value
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy={cfg.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if cfg.domain is not None and cfg.domain not in DOMAINS:
+        raise ConfigError(f"domain={cfg.domain!r}: expected one of {', '.join(DOMAINS)}")
+    positive = ("lr", "max_steps", "batch_size", "grad_accum", "num_gpus", "max_seq_len",
+                "save_every", "keep_last", "eval_every", "d_state")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
+    for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_batches", "phase2_steps"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 0")
+    for name in ("min_lr_ratio", "val_fraction", "phase2_text_fraction", "beta1", "beta2"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r}: must lie in [0, 1]")
+    if cfg.max_seq_len > 1024 and cfg.architecture == "original":
+        raise ConfigError(f"max_seq_len={cfg.max_seq_len}: the model's position table holds 1024")
+
+
+def make_config(strategy: str = "conversational", **overrides: Any) -> Config:
+    """The preset for `strategy`, with `overrides` applied and checked.
+
+    >>> make_config("quick").global_batch     # 4 x 8 x 6
+    192
+    """
+    if strategy not in PRESETS:
+        raise ConfigError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(fields))})")
+    values: dict[str, Any] = {"strategy": strategy, **PRESETS[strategy], **overrides}
+    if "strategy" in overrides and overrides["strategy"] != strategy:
+        raise ConfigError(f"strategy={overrides['strategy']!r} conflicts with make_config({strategy!r})")
+    checked = {k: _check_type(k, v, hints[k]) for k, v in values.items()}
+    cfg = Config(**checked)
+    if cfg.strategy == "specialized" and cfg.domain is not None:
+        domain = DOMAIN_SOURCES[cfg.domain]
+        if not cfg.phase2_sources:
+            cfg.phase2_sources = dict(domain["hub"])
+        if not cfg.phase2_offline_sources:
+            cfg.phase2_offline_sources = dict(domain["offline"])
+    _validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a config saved with `Config.to_dict()` (inside checkpoints and run folders)."""
+    d = dict(d)
+    return make_config(d.pop("strategy", "conversational"), **d)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings (CLI) -> overrides; values are read as JSON when they parse, else as text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    c = make_config(args[0] if args else "conversational", **parse_overrides(args[1:]))
+    print(c.to_json())
+    print(f"global batch {c.global_batch} rows, <= {c.tokens_per_step:,} tokens/step, "
+          f"{c.rows_seen:,} rows over {c.max_steps:,} steps")

@@ -1,0 +1,134 @@
+"""Token generation: prefill once, then O(1) work per new token (see `MambaSWELU.step`).
+
+Greedy decoding equals the original `generate(do_sample=False)` token for token, also past
+max_seq_len: the original crops its input to the last max_seq_len tokens (positions restart at 0
+inside the window), and `step` reproduces that by default.
+
+    python -m mambaft.generate --model PATH --prompt "The capital of France is" --new 20
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+
+def _apply_repetition_penalty(logits: torch.Tensor, seen: list, penalty: float) -> None:
+    """CTRL-style: divide positive logits (multiply negative ones) of tokens already in the row."""
+    for b, toks in enumerate(seen):
+        if not toks:
+            continue
+        idx = torch.tensor(sorted(set(toks)), device=logits.device)
+        vals = logits[b, idx]
+        logits[b, idx] = torch.where(vals > 0, vals / penalty, vals * penalty)
+
+
+def _ban_repeated_ngrams(logits: torch.Tensor, seen: list, n: int) -> None:
+    """Forbid any token that would complete an n-gram already present in the row."""
+    for b, toks in enumerate(seen):
+        if len(toks) < n:
+            continue
+        prefix = tuple(toks[-(n - 1):]) if n > 1 else ()
+        banned = {toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == prefix}
+        if banned:
+            logits[b, list(banned)] = float("-inf")
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits [B, V] -> next ids [B]. temperature 0 = greedy (argmax)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+        drop = cum > top_p
+        drop[..., 1:] = drop[..., :-1].clone()   # keep the token that crosses top_p
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max_new_tokens: int = 100,
+             temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+             repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+             stop_token_ids: Sequence[int] = (), pad_token_id: Optional[int] = None,
+             seed: Optional[int] = None, stream: Optional[Callable[[int, int], Optional[bool]]] = None,
+             ) -> Union[torch.Tensor, list]:
+    """Generate up to `max_new_tokens` per prompt.
+
+    Args:
+        input_ids: [B, L] tensor (like the original) or a list of id lists of any lengths.
+        temperature: 0 = greedy; > 0 samples (with optional top_k / top_p).
+        repetition_penalty, no_repeat_ngram_size: anti-loop controls (1.0 / 0 = off).
+        stop_token_ids: a row stops after emitting one of these (the token is kept).
+        stream: called as stream(row, token) for every new token; returning True stops that row
+            (the text layer uses this for stop strings).
+    Returns: a [B, L + T] tensor for tensor input (rows that stopped early are padded with
+        `pad_token_id`, default the first stop id, else 0); a list of full id lists otherwise.
+    """
+    as_tensor = isinstance(input_ids, torch.Tensor)
+    rows = [list(map(int, r)) for r in (input_ids.tolist() if as_tensor else input_ids)]
+    was_training = model.training
+    model.eval()
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=model.token_embedding.weight.device).manual_seed(seed)
+    try:
+        logits, state = model.prefill(rows)
+        B = len(rows)
+        new: list = [[] for _ in range(B)]
+        done = [False] * B
+        stops = set(int(s) for s in stop_token_ids)
+        for _ in range(max_new_tokens):
+            if repetition_penalty != 1.0:
+                _apply_repetition_penalty(logits, [r + n for r, n in zip(rows, new)], repetition_penalty)
+            if no_repeat_ngram_size > 0:
+                _ban_repeated_ngrams(logits, [r + n for r, n in zip(rows, new)], no_repeat_ngram_size)
+            nxt = sample_next(logits, temperature, top_k, top_p, gen)
+            for b in range(B):
+                if done[b]:
+                    continue
+                t = int(nxt[b])
+                new[b].append(t)
+                if t in stops or (stream is not None and stream(b, t)):
+                    done[b] = True
+            if all(done):
+                break
+            logits = model.step(nxt, state)
+    finally:
+        model.train(was_training)
+    if not as_tensor:
+        return [r + n for r, n in zip(rows, new)]
+    pad = pad_token_id if pad_token_id is not None else (min(stops) if stops else 0)
+    width = max(len(n) for n in new)
+    out = torch.full((len(rows), len(rows[0]) + width), pad, dtype=torch.long)
+    for b, (r, n) in enumerate(zip(rows, new)):
+        out[b, :len(r) + len(n)] = torch.tensor(r + n)
+    return out.to(input_ids.device)
+
+
+def main(argv=None) -> None:
+    from mambaft.checkpoint import load_checkpoint
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", default="The capital of France is")
+    p.add_argument("--new", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0)
+    a = p.parse_args(argv)
+    model, meta = load_checkpoint(a.model)
+    tok = meta.tokenizer
+    ids = generate(model, [tok.encode(a.prompt)], a.new, temperature=a.temperature, seed=0)[0]
+    print(tok.decode(ids))
+
+
+if __name__ == "__main__":
+    main()

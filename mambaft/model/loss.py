@@ -1,0 +1,99 @@
+"""Cross-entropy over a 50257-word vocabulary without holding the full logits.
+
+The fp32 logits of one 4 x 1024 batch are 4096 x 50257 x 4 B = 0.82 GB, and their gradient as much
+again. `linear_cross_entropy` takes the head features instead and walks the positions in chunks:
+for each chunk it computes the logits, the loss AND the gradients (softmax - onehot) right away,
+keeping only d(loss)/d(features) [N, D] and d(loss)/d(weight) [V, D]. Backward then only scales
+them. That is 3 matmuls per chunk (logits, grad_h, grad_W) against 4 for a recompute-in-backward
+scheme, and the peak is one chunk of logits (chunk x 50257 x 4 B = 103 MB at chunk 512).
+Only positions with a label are computed at all (instruction tuning masks most prompt tokens).
+"""
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def _compute_dtype() -> torch.dtype:
+    """The autocast dtype in force on this thread (bf16/fp16), else fp32."""
+    for dev in ("cuda", "cpu"):
+        try:
+            if torch.is_autocast_enabled(dev):
+                return torch.get_autocast_dtype(dev)
+        except (TypeError, RuntimeError):  # pragma: no cover - older torch signatures
+            pass
+    return torch.float32
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int, dtype: torch.dtype):
+        # h: [N, D] features, weight: [V, D], targets: [N] (all valid). Returns the summed loss.
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(dtype)
+        grad_h = torch.empty_like(h) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], chunk):
+            hc = h[s:s + chunk].to(dtype)
+            tc = targets[s:s + chunk]
+            logits = (hc @ w.t()).float()                       # [n, V] fp32
+            lse = torch.logsumexp(logits, dim=-1)               # [n]
+            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            if want_h or want_w:
+                probs = logits.sub_(lse[:, None]).exp_()        # softmax, in place: [n, V]
+                probs[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0  # d(sum CE)/d(logits)
+                g = probs.to(dtype)
+                if want_h:
+                    grad_h[s:s + chunk] = (g @ w).to(h.dtype)   # [n, D]
+                if want_w:
+                    grad_w += (g.t() @ hc).float()              # [V, D]
+        ctx.save_for_backward(grad_h if want_h else None, grad_w if want_w else None)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk: int = 512, reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy of `h @ weight.T` against labels shifted by one, in chunks.
+
+    Args:
+        h: [B, L, D] features before the vocabulary projection.
+        weight: [V, D] the (tied) output projection.
+        labels: [B, L] token ids or -100; position t is predicted from h[:, t-1] (shift inside,
+            as the original model does).
+        reduction: "mean" over trained tokens (the original's semantics) or "sum" (for weighting
+            by trained tokens across accumulation steps and ranks).
+    Returns:
+        (loss, number of trained tokens)
+    """
+    targets = labels[:, 1:]                                     # [B, L-1]
+    valid = targets != IGNORE_INDEX
+    n = int(valid.sum())
+    feats = h[:, :-1][valid]                                    # [N, D]
+    if n == 0:
+        zero = h.sum() * 0.0  # keeps the graph connected, so every rank runs the same backward
+        return (zero if reduction == "sum" else zero / 0.0), 0
+    dtype = _compute_dtype() if h.device.type in ("cpu", "cuda") else torch.float32
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        total = _LinearCrossEntropy.apply(feats, weight, targets[valid], chunk, dtype)
+    else:
+        with torch.no_grad():
+            total = _LinearCrossEntropy.forward(_NoCtx(), feats, weight, targets[valid], chunk, dtype)
+    return (total if reduction == "sum" else total / n), n
+
+
+class _NoCtx:
+    """Stand-in for autograd's ctx when no gradient is wanted (evaluation)."""
+    needs_input_grad = (False, False, False, False, False)
+
+    def save_for_backward(self, *args):
+        pass

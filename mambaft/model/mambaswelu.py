@@ -1,0 +1,364 @@
+"""MambaSWELU as it was actually trained (Powwpol/SWELU_LLM at commit 5c61e3d, 757,500 steps).
+
+Glossary (code name -> meaning; see ../shared/docs/mambaswelu.md):
+    B, L        batch size, sequence length
+    D           d_model (1024 in the 124M model)
+    E           d_inner = expand * D (2048): width of the mixer
+    K           d_conv (4): depthwise causal conv width, so each block sees K-1 = 3 earlier tokens
+    V           vocab_size (50257, GPT-2)
+    H           dense_hidden_dim (2048): width of the dense head
+    RF          receptive field = 1 + n_layers * (K - 1) = 19 tokens: nothing else carries information
+                along the sequence except the absolute position embedding
+
+Forward:  h = tok_emb(ids) + pos_emb(0..L-1)
+          h = h + Dropout(SWELU_a(Mixer(LayerNorm(h))))                    x n_layers
+          Mixer(u): x, z = in_proj(u).chunk(2); x = conv1d(x)[:L]; out_proj(SWELU_s(x) * sigmoid(z))
+          f = SWELU(dense3(SWELU(dense2(SWELU(dense1(LayerNorm(h)))))))     (no residual: f in (-1, 1))
+          logits = f @ tok_emb.weight.T                                    (tied lm_head)
+
+Deliberate differences from the original code (none change a number in fp32):
+    * `x_proj` and `dt_proj` are kept (same keys, so the original loads what we save) but never used,
+      as in the original forward; `freeze_dead()` takes them out of training.
+    * SWELU runs in fp32 under autocast; the original cast nothing.
+    * `forward(..., return_logits=False)` computes the loss in chunks without the [B, L, V] logits.
+    * `prefill`/`step` decode in O(1) per token (rolling conv state); the original re-ran the whole
+      sequence for every new token. Past max_seq_len both give the same tokens (see `step`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .loss import linear_cross_entropy
+from .swelu import SWELU
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MambaSWELUConfig:
+    vocab_size: int = 50257
+    d_model: int = 1024
+    n_layers: int = 6
+    d_state: int = 16          # only sizes the dead x_proj (E -> d_state)
+    d_conv: int = 4
+    expand: int = 2
+    max_seq_len: int = 1024    # the original constructor default was 2048; the 124M run saved 1024
+    dense_hidden_dim: int = 2048
+    dropout: float = 0.1
+    tie_embeddings: bool = True
+    swelu_lam_formula: Optional[str] = None  # only for later SWELU versions with `lam` keys
+    architecture: str = "original"           # "selective" after upgrade_to_selective
+    ssm_state: int = 16                       # state size of the selective path (selective only)
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def receptive_field(self) -> int:
+        """Tokens one output can depend on: the current one plus K-1 per block (1 + 6 x 3 = 19)."""
+        return 1 + self.n_layers * (self.d_conv - 1)
+
+    def original_config(self) -> dict:
+        """The five keys the original `Trainer.save_checkpoint` writes."""
+        return {k: getattr(self, k) for k in ("vocab_size", "d_model", "n_layers", "max_seq_len",
+                                              "tie_embeddings")}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MambaSWELUConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+class SimplifiedMamba(nn.Module):
+    """The fallback mixer that actually ran: in_proj -> causal depthwise conv -> SWELU x sigmoid gate.
+    No selective scan, no recurrence, no SSM state."""
+
+    def __init__(self, cfg: MambaSWELUConfig):
+        super().__init__()
+        E, K = cfg.d_inner, cfg.d_conv
+        self.d_inner, self.d_conv = E, K
+        self.in_proj = nn.Linear(cfg.d_model, 2 * E, bias=False)
+        self.conv1d = nn.Conv1d(E, E, kernel_size=K, groups=E, padding=K - 1, bias=True)
+        self.x_proj = nn.Linear(E, cfg.d_state, bias=False)   # dead: never used by forward
+        self.dt_proj = nn.Linear(E, E, bias=True)              # dead: never used by forward
+        self.ssm_activation = SWELU(lam_formula=cfg.swelu_lam_formula)
+        self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs)."""
+        L = x.shape[1]
+        return self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)
+
+    def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """SWELU(conv x) * sigmoid(z) -> out_proj. `u` (the mixer input) is unused here; the selective
+        upgrade adds its scan output at this point."""
+        return self.out_proj(self.ssm_activation(x_conv) * torch.sigmoid(z))
+
+    def forward(self, u: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+        """u: [B, L, D] -> [B, L, D]. If `cache` is a list, the pre-conv x [B, L, E] is appended to it
+        (prefill needs its last K-1 columns)."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, L, E] each
+        if cache is not None:
+            cache.append(x)
+        return self.gate_out(self.conv(x), z, u)
+
+    def step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state=None):
+        """One token. u: [B, D]; conv_state: [B, E, K-1] (the last K-1 pre-conv columns, oldest first).
+        Returns (out [B, D], new conv_state, ssm_state)."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, E] each
+        window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, E, K]
+        w = self.conv1d.weight.squeeze(1)                       # [E, K]
+        x_conv = (window * w.to(window.dtype)).sum(-1) + self.conv1d.bias.to(window.dtype)  # [B, E]
+        return self.gate_out(x_conv, z, u), window[..., 1:], ssm_state
+
+
+class MambaBlock(nn.Module):
+    """h + Dropout(SWELU_a(Mixer(LayerNorm(h))))."""
+
+    def __init__(self, cfg: MambaSWELUConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.mamba = SimplifiedMamba(cfg)
+        self.activation = SWELU(lam_formula=cfg.swelu_lam_formula)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+
+    def forward(self, h: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache)))
+
+
+class MambaStack(nn.Module):
+    def __init__(self, cfg: MambaSWELUConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+
+@dataclass
+class DecodeState:
+    """What O(1) decoding keeps per sequence between tokens."""
+    conv: list                 # per block: [B, E, K-1] last pre-conv columns
+    ssm: list                  # per block: selective-scan state [B, E, N] (None for "original")
+    pos: torch.Tensor          # [B] long: index of the next token in the full sequence
+    tail: torch.Tensor         # [B, W] the last W tokens (for the window recompute past max_seq_len)
+
+
+class MambaSWELU(nn.Module):
+    def __init__(self, cfg: MambaSWELUConfig):
+        super().__init__()
+        self.config = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.mamba_stack = MambaStack(cfg)
+        H = cfg.dense_hidden_dim
+        self.dense1 = nn.Linear(cfg.d_model, H)
+        self.swelu1 = SWELU(lam_formula=cfg.swelu_lam_formula)
+        self.dropout1 = nn.Dropout(cfg.dropout)
+        self.dense2 = nn.Linear(H, H)
+        self.swelu2 = SWELU(lam_formula=cfg.swelu_lam_formula)
+        self.dropout2 = nn.Dropout(cfg.dropout)
+        self.dense3 = nn.Linear(H, cfg.d_model)
+        self.swelu3 = SWELU(lam_formula=cfg.swelu_lam_formula)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # As the original: N(0, 0.02) for Linear and Embedding, zero biases (conv keeps torch's init).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    # --- parallel forward ---------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids [B, L] (+ positions [B, L] or [L]) -> [B, L, D]."""
+        L = input_ids.shape[1]
+        if positions is None:
+            if L > self.config.max_seq_len:
+                raise ValueError(f"Sequence length {L} exceeds maximum {self.config.max_seq_len}")
+            positions = torch.arange(L, device=input_ids.device)
+        return self.embed_dropout(self.token_embedding(input_ids) + self.position_embedding(positions))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and the dense head: [.., D] -> features f [.., D] in (-1, 1)."""
+        h = self.mamba_stack.norm(h)
+        h = self.dropout1(self.swelu1(self.dense1(h)))
+        h = self.dropout2(self.swelu2(self.dense2(h)))
+        return self.swelu3(self.dense3(h))
+
+    def features(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                 caches: Optional[list] = None) -> torch.Tensor:
+        """ids [B, L] -> head features [B, L, D] (what lm_head projects to the vocabulary)."""
+        h = self.embed(input_ids, positions)
+        for i, layer in enumerate(self.mamba_stack.layers):
+            h = layer(h, caches[i] if caches is not None else None)
+        return self.head(h)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, return_logits: bool = True,
+                loss_reduction: str = "mean", loss_chunk: int = 512) -> dict:
+        """Args:
+            input_ids: [B, L] token ids, L <= max_seq_len.
+            attention_mask: accepted and ignored, as in the original (padding is masked by labels).
+            labels: [B, L] ids or -100; the shift happens inside (logits[:, :-1] vs labels[:, 1:]).
+            return_logits: False -> no [B, L, V] logits; the loss is computed in chunks.
+            loss_reduction: "mean" over trained tokens (original) or "sum".
+        Returns: {"logits": [B, L, V] fp32 or None, "loss": scalar or None, "n_tokens": int}
+        """
+        f = self.features(input_ids)
+        out = {"logits": None, "loss": None, "n_tokens": 0}
+        if return_logits:
+            logits = self.lm_head(f).float()                    # [B, L, V]
+            out["logits"] = logits
+            if labels is not None:
+                shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+                shift_labels = labels[:, 1:].reshape(-1)
+                out["n_tokens"] = int((shift_labels != IGNORE_INDEX).sum())
+                out["loss"] = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
+                                              reduction=loss_reduction)
+        elif labels is not None:
+            out["loss"], out["n_tokens"] = linear_cross_entropy(
+                f, self.lm_head.weight, labels, chunk=loss_chunk, reduction=loss_reduction)
+        return out
+
+    # --- O(1)-per-token decoding --------------------------------------------------------------
+    @property
+    def decode_window(self) -> int:
+        """Tokens the last position depends on (exact window recompute past max_seq_len)."""
+        return min(self.config.receptive_field, self.config.max_seq_len)
+
+    def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(f).float()
+
+    @torch.no_grad()
+    def prefill(self, rows: list) -> tuple[torch.Tensor, DecodeState]:
+        """Run prompts (a list of B id lists, lengths may differ) in parallel.
+        Returns (next-token logits [B, V], state). Prompts longer than max_seq_len are cropped to their
+        last max_seq_len tokens, positions restarting at 0, as the original generate does."""
+        cfg, dev = self.config, self.token_embedding.weight.device
+        M, K, W = cfg.max_seq_len, cfg.d_conv, self.decode_window
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("every prompt needs at least one token")
+        lengths = torch.tensor([len(r) for r in rows], device=dev)
+        cropped = [list(r[-M:]) for r in rows]
+        Lc = max(len(r) for r in cropped)
+        ids = torch.zeros(len(rows), Lc, dtype=torch.long, device=dev)  # right-padded: causal,
+        for b, r in enumerate(cropped):                                    # so padding never leaks
+            ids[b, :len(r)] = torch.tensor(r, device=dev)
+        caches: list = [[] for _ in self.mamba_stack.layers]
+        f = self.features(ids, caches=caches)                   # [B, Lc, D]
+        last = torch.tensor([len(r) - 1 for r in cropped], device=dev)
+        logits = self._logits(f[torch.arange(len(rows), device=dev), last])  # [B, V]
+        # Conv state: the K-1 pre-conv columns before each row's next position (zeros before 0).
+        conv = []
+        for (x,) in caches:                                      # x: [B, Lc, E]
+            xp = F.pad(x, (0, 0, K - 1, 0))                      # [B, Lc+K-1, E]
+            idx = last[:, None] + 1 + torch.arange(K - 1, device=dev)[None]  # [B, K-1] in xp coords
+            cols = xp.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))  # [B, K-1, E]
+            conv.append(cols.transpose(1, 2).contiguous())       # [B, E, K-1]
+        tail = torch.zeros(len(rows), W, dtype=torch.long, device=dev)
+        for b, r in enumerate(rows):
+            t = list(r[-W:])
+            tail[b, W - len(t):] = torch.tensor(t, device=dev)
+        return logits, DecodeState(conv=conv, ssm=[None] * len(conv), pos=lengths.clone(), tail=tail)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Feed one token per row (tokens [B]) and return the next-token logits [B, V].
+
+        Within max_seq_len: one column through each block, using the rolling conv state (O(1)).
+        Past it the original crops its input to the last max_seq_len tokens, so every position shifts
+        and the new token sits at position max_seq_len-1. The last output depends only on the last RF
+        tokens, so we recompute exactly those, at positions M-W..M-1: still O(RF) per token."""
+        cfg = self.config
+        M = cfg.max_seq_len
+        state.tail = torch.cat([state.tail[:, 1:], tokens[:, None]], dim=1)
+        pos = state.pos
+        inside = pos < M
+        h = self.token_embedding(tokens) + self.position_embedding(pos.clamp(max=M - 1))  # [B, D]
+        for i, layer in enumerate(self.mamba_stack.layers):
+            out, state.conv[i], state.ssm[i] = layer.mamba.step(layer.norm(h), state.conv[i], state.ssm[i])
+            h = h + layer.activation(out).to(h.dtype)
+        logits = self._logits(self.head(h))                      # [B, V]
+        if not bool(inside.all()):
+            W = state.tail.shape[1]
+            over = (~inside).nonzero().squeeze(1)
+            positions = torch.arange(M - W, M, device=tokens.device)
+            f = self.features(state.tail[over], positions=positions)  # [n, W, D]
+            logits[over] = self._logits(f[:, -1])
+        state.pos = pos + 1
+        return logits
+
+    # --- facts for the diagnosis ----------------------------------------------------------------
+    def dead_parameters(self) -> list:
+        """(name, tensor) of the mixer projections the forward never uses."""
+        return [(n, p) for n, p in self.named_parameters()
+                if n.split(".")[-2] in ("x_proj", "dt_proj") and ".mamba." in n]
+
+    def freeze_dead(self) -> int:
+        """Stop training x_proj/dt_proj (kept in checkpoints). Returns how many parameters were frozen.
+        Multi-GPU runs then need no find_unused_parameters."""
+        n = 0
+        for _, p in self.dead_parameters():
+            p.requires_grad_(False)
+            n += p.numel()
+        return n
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters counted once (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_facts(model: MambaSWELU) -> dict:
+    """Numbers the diagnosis shows: parameter counts by part, dead parameters, receptive field."""
+    cfg = model.config
+    by_part: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if name.startswith("token_embedding"):
+            part = "token_embedding (tied lm_head)" if cfg.tie_embeddings else "token_embedding"
+        elif name.startswith("position_embedding"):
+            part = "position_embedding"
+        elif ".x_proj." in name or ".dt_proj." in name:
+            part = "dead (x_proj, dt_proj)"
+        elif name.endswith(".k") or name.endswith(".lam"):
+            part = "swelu shapes (k)"
+        elif name.startswith("mamba_stack"):
+            part = "mamba blocks (live)"
+        elif name.startswith("dense"):
+            part = "dense head"
+        else:
+            part = name.split(".")[0]
+        by_part[part] = by_part.get(part, 0) + p.numel()
+    dead = sum(p.numel() for _, p in model.dead_parameters())
+    total = count_parameters(model)
+    return {
+        "parameters": total,
+        "parameters_by_part": by_part,
+        "dead_parameters": dead,
+        "dead_fraction": dead / total,
+        "receptive_field_tokens": cfg.receptive_field,
+        "max_seq_len": cfg.max_seq_len,
+        "architecture": cfg.architecture,
+        "swelu_k": {n: round(float(p), 4) for n, p in model.named_parameters() if n.endswith(".k")},
+    }
