@@ -4,5 +4,16 @@ from .mambaswelu import (DecodeState, MambaSWELU, MambaSWELUConfig, count_parame
                          model_facts)
 from .swelu import LAM_FORMULAS, SWELU, swelu
 
+
+def build_model(cfg: MambaSWELUConfig):
+    """A fresh model for a config: the as-trained architecture, or the selective-scan upgrade."""
+    if cfg.architecture == "original":
+        return MambaSWELU(cfg)
+    if cfg.architecture == "selective":
+        from .selective import build_selective  # the context repair (optional module)
+        return build_selective(cfg)
+    raise ValueError(f"architecture={cfg.architecture!r}: expected 'original' or 'selective'")
+
+
 __all__ = ["MambaSWELU", "MambaSWELUConfig", "DecodeState", "SWELU", "swelu", "LAM_FORMULAS",
-           "linear_cross_entropy", "count_parameters", "model_facts"]
+           "linear_cross_entropy", "count_parameters", "model_facts", "build_model"]

@@ -1,0 +1,29 @@
+# The two commands of the README. Both create ./.venv on first use and install what they need.
+#   make demo   run the course on the embedded demo base model (CPU, about 15 minutes)
+#   make test   run the test suite (unit, parity, notebook smoke runs)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test install clean-outputs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch from the local wheel cache; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mambaft course
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-outputs:
+	rm -rf outputs/*/

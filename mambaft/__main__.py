@@ -1,0 +1,5 @@
+import sys
+
+from mambaft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,313 @@
+"""Reading and writing MambaSWELU checkpoints: the original `.pt` dict and mambaft's model folder.
+
+Original `.pt` (what Powwpol/SWELU_LLM's Trainer writes; `final_model.pt`, `model_step_N.pt`):
+    {"model_state_dict": 80 fp32 tensors, "config": {vocab_size, d_model, n_layers, max_seq_len,
+     tie_embeddings}, "optimizer_state": AdamW, "global_step": int (micro-batches), "epoch": int}
+    d_state, d_conv, expand, dense_hidden_dim and dropout are NOT saved: we infer them from shapes.
+
+mambaft model folder:
+    config.json          {"format": "mambaft-model", "model": MambaSWELUConfig, "training": {...}}
+    model.safetensors    weights; the tied embedding stored once (no lm_head.weight)
+    tokenizer.json       the tokenizer the model was trained with
+    chat_template.json   the chat template it was trained with (chat and evaluation load it back)
+
+    python -m mambaft.checkpoint PATH                # describe a checkpoint
+    python -m mambaft.checkpoint PATH --to OUT [--format original|folder]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .model import MambaSWELUConfig, build_model
+from .model.swelu import LAM_FORMULAS
+from .template import DEFAULT_TEMPLATE, TEMPLATE_FILE, ChatTemplate
+from .tokenizer import TextTokenizer, load_tokenizer
+
+FOLDER_FORMAT = "mambaft-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+ORIGINAL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "max_seq_len", "tie_embeddings")
+PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says which file and why."""
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    format: str                       # "original" | "folder"
+    config: MambaSWELUConfig
+    step: Optional[int] = None        # original: global_step (micro-batches); folder: optimizer steps
+    epoch: Optional[int] = None
+    saved_config: dict = field(default_factory=dict)
+    inferred: dict = field(default_factory=dict)   # values read from tensor shapes, not the file
+    template: ChatTemplate = DEFAULT_TEMPLATE
+    template_source: str = "default"
+    tokenizer: Optional[TextTokenizer] = None
+    training: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"{self.path} ({self.format} format, architecture {self.config.architecture})",
+                 f"  step {self.step}, epoch {self.epoch}",
+                 f"  config: {json.dumps(self.config.to_dict())}"]
+        if self.inferred:
+            lines.append(f"  inferred from tensor shapes: {json.dumps(self.inferred)}")
+        lines.append(f"  chat template: {self.template.name} ({self.template_source})")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# --- reading -------------------------------------------------------------------------------------
+def _strip_prefixes(sd: dict) -> tuple[dict, list]:
+    notes = []
+    for prefix in PREFIXES:
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            notes.append(f"stripped the {prefix!r} prefix from every key")
+    return sd, notes
+
+
+def infer_config(sd: dict, saved: dict, path: Path, lam_formula: Optional[str]) -> tuple[MambaSWELUConfig, dict]:
+    """Rebuild the full constructor arguments from tensor shapes (checked against the saved config)."""
+    def need(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise CheckpointError(f"{path}: no tensor {key!r}: this is not a MambaSWELU checkpoint "
+                                  f"(first keys: {', '.join(list(sd)[:5])})")
+        return sd[key]
+
+    vocab, d_model = need("token_embedding.weight").shape
+    max_seq_len = need("position_embedding.weight").shape[0]
+    layer_ids = {int(k.split(".")[2]) for k in sd if k.startswith("mamba_stack.layers.")}
+    n_layers = len(layer_ids)
+    in_proj = need("mamba_stack.layers.0.mamba.in_proj.weight")
+    inferred = {
+        "d_conv": int(need("mamba_stack.layers.0.mamba.conv1d.weight").shape[-1]),
+        "expand": int(in_proj.shape[0] // (2 * d_model)),
+        "d_state": int(need("mamba_stack.layers.0.mamba.x_proj.weight").shape[0]),
+        "dense_hidden_dim": int(need("dense1.weight").shape[0]),
+    }
+    has_lam = any(k.endswith(".lam") for k in sd)
+    if has_lam and lam_formula is None:
+        raise CheckpointError(
+            f"{path}: has SWELU `lam` keys (a later SWELU version); the 124M base model has none. "
+            f"Say which formula it used with lam_formula=: " +
+            "; ".join(f"{k!r}: {v}" for k, v in LAM_FORMULAS.items()))
+    found = {"vocab_size": int(vocab), "d_model": int(d_model), "n_layers": n_layers,
+             "max_seq_len": int(max_seq_len)}
+    for k, v in found.items():
+        if k in saved and int(saved[k]) != v:
+            raise CheckpointError(f"{path}: saved config says {k}={saved[k]} but the weights have {k}={v}")
+    tie = bool(saved.get("tie_embeddings", True))
+    if "lm_head.weight" in sd and tie and not torch.equal(sd["lm_head.weight"], sd["token_embedding.weight"]):
+        raise CheckpointError(f"{path}: tie_embeddings is true but lm_head.weight differs from "
+                              "token_embedding.weight")
+    cfg = MambaSWELUConfig(**found, **inferred, tie_embeddings=tie,
+                           swelu_lam_formula=lam_formula if has_lam else None)
+    return cfg, inferred
+
+
+def _load_into(model: torch.nn.Module, sd: dict, path: Path) -> None:
+    """Strict load with a readable account of every missing/unexpected key and shape mismatch."""
+    own = model.state_dict()
+    tied = model.config.tie_embeddings
+    sd = dict(sd)
+    if tied:
+        sd.setdefault("lm_head.weight", sd.get("token_embedding.weight"))
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(sd) & set(own)) if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append("shape mismatches: " + "; ".join(shapes[:8]))
+        raise CheckpointError(f"{path}: weights do not fit a {model.config.architecture} MambaSWELU "
+                              f"({model.config.n_layers} layers, d_model {model.config.d_model}): " +
+                              " | ".join(parts))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
+
+
+def _read_original(path: Path, lam_formula: Optional[str]) -> tuple[dict, CheckpointInfo]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint (truncated, corrupt, or "
+                              f"not a weights-only file): {first}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict with 'model_state_dict', got {type(obj).__name__}")
+    notes = []
+    if "model_state_dict" in obj:
+        sd = obj["model_state_dict"]
+    elif all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd, obj = obj, {}
+        notes.append("file is a bare state dict (no config, step or optimizer state)")
+    else:
+        raise CheckpointError(f"{path}: no 'model_state_dict' (keys: {', '.join(map(str, list(obj)[:8]))})")
+    sd, prefix_notes = _strip_prefixes(dict(sd))
+    saved = dict(obj.get("config") or {})
+    cfg, inferred = infer_config(sd, saved, path, lam_formula)
+    info = CheckpointInfo(path=path, format="original", config=cfg, step=obj.get("global_step"),
+                          epoch=obj.get("epoch"), saved_config=saved, inferred=inferred,
+                          template_source="default (the base checkpoint carries no template)",
+                          notes=notes + prefix_notes)
+    return sd, info
+
+
+def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not weights.is_file():
+        pts = sorted(path.glob("*.pt"))
+        hint = f" (it holds {pts[0].name}: pass that file)" if pts else ""
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} in this folder{hint}")
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: has {WEIGHTS_FILE} but no {CONFIG_FILE}")
+    try:
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from e
+    if meta.get("format") != FOLDER_FORMAT:
+        raise CheckpointError(f"{cfg_file}: format {meta.get('format')!r} is not {FOLDER_FORMAT!r}")
+    try:
+        cfg = MambaSWELUConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_file}: bad model config ({e})") from e
+    try:
+        sd = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: cannot be read (truncated or corrupt?): {e}") from e
+    template, source = DEFAULT_TEMPLATE, "default (no chat_template.json in the folder)"
+    if (path / TEMPLATE_FILE).is_file():
+        template, source = ChatTemplate.load(path), str(path / TEMPLATE_FILE)
+    tok = load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    info = CheckpointInfo(path=path, format="folder", config=cfg, step=meta.get("step"),
+                          epoch=meta.get("epoch"), saved_config=meta["model"], template=template,
+                          template_source=source, tokenizer=tok, training=meta.get("training", {}))
+    return sd, info
+
+
+def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                    lam_formula: Optional[str] = None) -> tuple[torch.nn.Module, CheckpointInfo]:
+    """Load an original `.pt` or a mambaft model folder. Returns (model in eval mode, info)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or model folder")
+    if lam_formula is not None and lam_formula not in LAM_FORMULAS:
+        raise CheckpointError(f"lam_formula={lam_formula!r}: expected one of {sorted(LAM_FORMULAS)}")
+    sd, info = _read_folder(path) if path.is_dir() else _read_original(path, lam_formula)
+    model = build_model(info.config)
+    _load_into(model, sd, path)
+    if info.tokenizer is None:
+        info.tokenizer = load_tokenizer()
+    return model.to(device).eval(), info
+
+
+# --- writing -------------------------------------------------------------------------------------
+def _atomic_replace(tmp: Path, final: Path) -> None:
+    """Move a finished temp file/folder into place; a crash leaves either the old or the new one."""
+    if final.is_dir() and tmp.is_dir():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], format: str = "folder", *,
+                    template: Optional[ChatTemplate] = None, tokenizer: Optional[TextTokenizer] = None,
+                    step: Optional[int] = None, epoch: int = 0, training: Optional[dict] = None,
+                    optimizer_state: Optional[dict] = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write `model` as a mambaft folder (default) or in the original `.pt` format.
+
+    The original format is what the user's own chat script loads with a strict `load_state_dict`
+    into the original class: the 80 original keys, fp32, `config` with the original five keys and an
+    int `global_step`. Both writes are atomic (temp file/folder, then rename)."""
+    path = Path(path)
+    cfg: MambaSWELUConfig = model.config
+    if format == "original":
+        if cfg.architecture != "original":
+            raise CheckpointError(
+                f"cannot export a {cfg.architecture!r} model to the original .pt format: the original "
+                "code has no selective-scan path and would load it with missing/unexpected keys. "
+                "Save it as a mambaft folder instead.")
+        sd = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+        if cfg.tie_embeddings:
+            sd["lm_head.weight"] = sd["token_embedding.weight"]  # one storage, as the original saves it
+        obj: dict[str, Any] = {"model_state_dict": sd, "config": cfg.original_config(),
+                               "global_step": int(step or 0), "epoch": int(epoch)}
+        if optimizer_state is not None:
+            obj["optimizer_state"] = optimizer_state
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is a normal file
+        torch.save(obj, tmp)
+        _atomic_replace(Path(tmp), path)
+        return path
+    if format != "folder":
+        raise ValueError(f"format={format!r}: expected 'folder' or 'original'")
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    try:
+        sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+              for k, v in model.state_dict().items()}
+        if cfg.tie_embeddings:
+            sd.pop("lm_head.weight", None)  # tied: stored once, restored on load
+        save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": FOLDER_FORMAT})
+        os.chmod(tmp / WEIGHTS_FILE, 0o644)
+        meta = {"format": FOLDER_FORMAT, "format_version": FORMAT_VERSION, "model": cfg.to_dict(),
+                "step": step, "epoch": epoch, "dtype": str(dtype).replace("torch.", ""),
+                "training": training or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (template or DEFAULT_TEMPLATE).save(tmp)
+        (tokenizer or load_tokenizer()).save(tmp)
+        _atomic_replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Describe or convert a MambaSWELU checkpoint.")
+    p.add_argument("path")
+    p.add_argument("--to", help="write a converted copy here")
+    p.add_argument("--format", default="folder", choices=["folder", "original"])
+    p.add_argument("--lam-formula", choices=sorted(LAM_FORMULAS))
+    a = p.parse_args(argv)
+    model, info = load_checkpoint(a.path, lam_formula=a.lam_formula)
+    print(info.describe())
+    if a.to:
+        out = save_checkpoint(model, a.to, a.format, template=info.template, tokenizer=info.tokenizer,
+                              step=info.step, epoch=info.epoch or 0)
+        print(f"wrote {out} ({a.format})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Shared test fixtures. Data written by the original MambaSWELU code lives in ../shared/fixtures/;
+a test that needs it fails (never skips) when CI=true and it is missing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+LOCAL_FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def shared_fixture(rel: str) -> Path:
+    path = SHARED_FIXTURES / rel
+    if not path.exists():
+        msg = f"missing shared fixture {path} (expected ../shared beside the checkout)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_path() -> Path:
+    return shared_fixture("mambaswelu_tiny/checkpoint.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference() -> dict:
+    return torch.load(shared_fixture("mambaswelu_tiny/reference.pt"), weights_only=True)
+
+
+@pytest.fixture()
+def tiny_model(tiny_ckpt_path):
+    from mambaft.checkpoint import load_checkpoint
+    model, _ = load_checkpoint(tiny_ckpt_path)
+    return model
+
+
+def make_small_gpt2_model(seed: int = 0, d_model: int = 32, n_layers: int = 2, max_seq_len: int = 256,
+                          dense_hidden_dim: int = 64, dropout: float = 0.0):
+    """A small random MambaSWELU with the GPT-2 vocabulary (so real tokenized text fits)."""
+    from mambaft.model import MambaSWELU, MambaSWELUConfig
+    torch.manual_seed(seed)
+    cfg = MambaSWELUConfig(vocab_size=50257, d_model=d_model, n_layers=n_layers,
+                           max_seq_len=max_seq_len, dense_hidden_dim=dense_hidden_dim, dropout=dropout)
+    return MambaSWELU(cfg)
+
+
+@pytest.fixture(scope="session")
+def small_gpt2_folder(tmp_path_factory) -> Path:
+    """A saved mambaft model folder of `make_small_gpt2_model()` (random weights, GPT-2 vocab)."""
+    from mambaft.checkpoint import save_checkpoint
+    path = tmp_path_factory.mktemp("models") / "small_gpt2"
+    save_checkpoint(make_small_gpt2_model(), path)
+    return path
