@@ -1,0 +1,45 @@
+"""AdamW and the learning-rate schedule (linear warmup, then cosine or linear decay to a floor)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, max_steps: int, schedule: str = "cosine",
+          min_lr_ratio: float = 0.1) -> float:
+    """Learning rate for optimizer step `step` (0-based).
+
+    warmup: lr * (step + 1) / warmup_steps, so step 0 already moves (lr / warmup, not 0);
+    decay: from lr at the end of warmup to min_lr_ratio * lr at max_steps (cosine or linear)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    floor = lr * min_lr_ratio
+    if schedule == "linear":
+        return floor + (lr - floor) * (1.0 - progress)
+    if schedule == "cosine":
+        return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule={schedule!r}: expected cosine, linear or constant")
+
+
+def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
+                    betas: tuple = (0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW over trainable parameters only (frozen dead projections get no state: 2 x 25.4M fp32
+    moments = 203 MB saved at 124M). Weight decay on matrices and embeddings; none on biases, norms and
+    the SWELU shape scalars k (decaying k would pull every activation towards k = 0).
+    fused=True: 79 ms vs 382 ms per step for 129M parameters on this CPU (cpu-performance.md)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError):  # pragma: no cover - a device without a fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
