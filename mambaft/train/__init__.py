@@ -1,0 +1,1 @@
+"""Fine-tuning: the step (step.py), optimizer and schedule (optim.py), the loop (finetune.py)."""

@@ -1,0 +1,84 @@
+"""The training step: token-weighted accumulation and the optimizer step (clip, skip on NaN)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mambaft.train.optim import build_optimizer
+from mambaft.train.step import count_trained_tokens, micro_step, optimizer_step
+from tests.conftest import make_small_gpt2_model
+
+
+def _batch(seed: int = 0):
+    """4 rows of very different trained lengths (3, 40, 7, 25 label tokens), right-padded to 48."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50257, (4, 48), generator=g)
+    labels = torch.full_like(ids, -100)
+    for row, (start, n) in enumerate([(30, 3), (5, 40), (20, 7), (10, 25)]):
+        labels[row, start:start + n] = ids[row, start:start + n]
+    return ids, labels
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_is_the_same_however_the_global_batch_is_split():
+    ids, labels = _batch()
+    n_global = count_trained_tokens(labels)
+    assert n_global == 3 + 40 + 7 + 25
+
+    whole = make_small_gpt2_model(seed=1)
+    loss_whole, n_whole = micro_step(whole, ids, labels, loss_scale=1.0 / n_global)
+    g_whole = _grads(whole)
+
+    split = make_small_gpt2_model(seed=1)
+    total, n_total = 0.0, 0
+    for rows in ([0], [1, 2], [3]):  # uneven micro-batches: 3, 47 and 25 trained tokens
+        loss, n = micro_step(split, ids[rows], labels[rows], loss_scale=1.0 / n_global)
+        total, n_total = total + loss, n_total + n
+    g_split = _grads(split)
+
+    assert n_whole == n_total == n_global
+    assert math.isclose(loss_whole, total, rel_tol=1e-5)
+    assert g_whole.keys() == g_split.keys() and len(g_whole) > 5
+    for name in g_whole:
+        torch.testing.assert_close(g_split[name], g_whole[name], rtol=1e-4, atol=1e-7, msg=name)
+
+    # A naive mean of per-micro-batch means gives a different gradient (the thing this avoids).
+    naive = make_small_gpt2_model(seed=1)
+    for rows in ([0], [1, 2], [3]):
+        n = count_trained_tokens(labels[rows])
+        micro_step(naive, ids[rows], labels[rows], loss_scale=1.0 / (3 * n))
+    w = "token_embedding.weight"
+    assert not torch.allclose(_grads(naive)[w], g_whole[w], rtol=1e-2, atol=1e-6)
+
+
+def test_optimizer_step_sets_lr_clips_and_clears():
+    model = make_small_gpt2_model(seed=2)
+    opt = build_optimizer(model, lr=1.0, weight_decay=0.0)
+    ids, labels = _batch(1)
+    micro_step(model, ids, labels, loss_scale=1000.0)  # a huge scale: the norm is far above 1
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    norm = optimizer_step(model, opt, lr=3e-4, grad_clip=1.0)
+    assert norm > 1.0
+    assert all(g["lr"] == 3e-4 for g in opt.param_groups)
+    assert all(p.grad is None for p in model.parameters())
+    moved = sum(int(not torch.equal(before[n], p.detach())) for n, p in model.named_parameters())
+    assert moved > 5
+
+
+def test_non_finite_gradient_skips_the_step():
+    model = make_small_gpt2_model(seed=3)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    ids, labels = _batch(2)
+    micro_step(model, ids, labels, loss_scale=1.0)
+    next(model.parameters()).grad[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    norm = optimizer_step(model, opt, lr=1e-3, grad_clip=1.0)
+    assert not math.isfinite(norm)
+    for n, p in model.named_parameters():
+        assert torch.equal(before[n], p.detach()), n
+        assert p.grad is None
+    assert len(opt.state) == 0  # no moments were written
