@@ -360,5 +360,5 @@ def model_facts(model: MambaSWELU) -> dict:
         "receptive_field_tokens": cfg.receptive_field,
         "max_seq_len": cfg.max_seq_len,
         "architecture": cfg.architecture,
-        "swelu_k": {n: round(float(p), 4) for n, p in model.named_parameters() if n.endswith(".k")},
+        "swelu_k": {n: round(float(p.detach()), 4) for n, p in model.named_parameters() if n.endswith(".k")},
     }
