@@ -1,0 +1,142 @@
+"""`mambaft chat --model PATH`: chat with a model in the terminal (what demo_chat.py meant to be).
+
+Differences from the user's demo_chat.py, each a reason its answers looked worse than the model:
+  * eval mode (dropout off; demo_chat sampled with dropout 0.1 active),
+  * the model's own chat template (`chat_template.json` beside the weights), the same one training used,
+  * the reply stops at the end token or at the next "\\nUser:" turn instead of running to max length,
+  * streaming, multi-turn history within max_seq_len, and settings flags.
+
+    mambaft chat --model outputs/run/final [--temperature 0.7 --top-k 50 --top-p 0.9 --seed 0]
+    echo "Hello" | mambaft chat --model outputs/run/final --temperature 0
+
+Commands inside the chat: /reset, /quit (or /exit, Ctrl-D), /settings, /set NAME=VALUE, /help.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Optional, TextIO
+
+from mambaft.chat.session import ChatSession, ChatSettings
+
+HELP = ("commands: /reset (forget the conversation), /quit or /exit, /settings (show), "
+        "/set NAME=VALUE (e.g. /set temperature=0.3), /help")
+
+
+def _parse_value(name: str, raw: str):
+    field = {f.name: f for f in dataclasses.fields(ChatSettings)}.get(name)
+    if field is None:
+        raise ValueError(f"unknown setting {name!r}; settings: "
+                         f"{', '.join(f.name for f in dataclasses.fields(ChatSettings))}")
+    if name == "seed":
+        return None if raw.lower() in ("none", "") else int(raw)
+    if name == "system":
+        return raw
+    return int(raw) if field.type in ("int", int) else float(raw)
+
+
+def show_settings(s: ChatSettings) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(s).items())
+
+
+def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = True) -> int:
+    """The read-answer loop. Returns the number of replies given."""
+    def write(text: str) -> None:
+        stdout.write(text)
+        stdout.flush()
+
+    replies = 0
+    while True:
+        write("You: ")
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            write("\n")
+            break
+        if not line:            # end of input (Ctrl-D, or the end of a piped file)
+            write("\n")
+            break
+        text = line.strip()
+        if not stdin.isatty():  # piped input is not echoed by a terminal: echo it for a readable log
+            write(text + "\n")
+        if not text:
+            continue
+        if text.startswith("/"):
+            cmd, _, arg = text.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                break
+            if cmd == "/reset":
+                session.reset()
+                write("(history cleared)\n")
+            elif cmd == "/settings":
+                write(show_settings(session.settings) + "\n")
+            elif cmd == "/set":
+                name, eq, raw = arg.partition("=")
+                try:
+                    if not eq:
+                        raise ValueError("usage: /set NAME=VALUE")
+                    session.settings = session.settings.replace(**{name.strip(): _parse_value(name.strip(), raw.strip())})
+                    write(show_settings(session.settings) + "\n")
+                except ValueError as e:
+                    write(f"error: {e}\n")
+            elif cmd == "/help":
+                write(HELP + "\n")
+            else:
+                write(f"unknown command {cmd!r}; {HELP}\n")
+            continue
+        write("Assistant: ")
+        try:
+            session.send(text, on_delta=write)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
+            write(" [interrupted]\n")
+            continue
+        replies += 1
+        write("\n")
+        if stats:
+            r = session.last
+            write(f"  [{r.stats()}; {r.context.note()}]\n")
+    return replies
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ChatSettings()
+    p = argparse.ArgumentParser(prog="mambaft chat", description="Chat with a model in the terminal.",
+                                epilog=HELP)
+    p.add_argument("--model", required=True, help="original .pt or mambaft model folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="1.0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    p.add_argument("--no-repeat-ngram", type=int, default=d.no_repeat_ngram_size)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--system", default="", help="a system message kept in every prompt")
+    p.add_argument("--no-stats", action="store_true", help="do not print tokens/s and context after replies")
+    return p
+
+
+def main(argv=None, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> int:
+    a = build_parser().parse_args(argv)
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    try:
+        settings = ChatSettings(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                                repetition_penalty=a.repetition_penalty,
+                                no_repeat_ngram_size=a.no_repeat_ngram, max_new_tokens=a.max_new_tokens,
+                                seed=a.seed, system=a.system)
+    except ValueError as e:
+        print(f"mambaft chat: {e}", file=sys.stderr)
+        return 2
+    from mambaft.checkpoint import load_checkpoint
+    model, info = load_checkpoint(a.model, device=a.device)
+    session = ChatSession(model, info.tokenizer, info.template, settings, name=info.path.name)
+    stdout.write(f"{info.path} ({info.format}, {info.config.architecture} architecture, step {info.step})\n"
+                 f"chat template: {info.template.name} ({info.template_source})\n"
+                 f"{session.context_note()}\n{HELP}\n")
+    run_chat(session, stdin, stdout, stats=not a.no_stats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
