@@ -5,6 +5,13 @@ from .mambaswelu import (DecodeState, MambaSWELU, MambaSWELUConfig, count_parame
 from .swelu import LAM_FORMULAS, SWELU, swelu
 
 
+def upgrade_to_selective(model, d_state: int = 16):
+    """The context repair: `model` plus a gated selective-scan path, same outputs at init
+    (see mambaft.model.selective)."""
+    from .selective import upgrade_to_selective as _upgrade
+    return _upgrade(model, d_state=d_state)
+
+
 def build_model(cfg: MambaSWELUConfig):
     """A fresh model for a config: the as-trained architecture, or the selective-scan upgrade."""
     if cfg.architecture == "original":
@@ -16,4 +23,5 @@ def build_model(cfg: MambaSWELUConfig):
 
 
 __all__ = ["MambaSWELU", "MambaSWELUConfig", "DecodeState", "SWELU", "swelu", "LAM_FORMULAS",
-           "linear_cross_entropy", "count_parameters", "model_facts", "build_model"]
+           "linear_cross_entropy", "count_parameters", "model_facts", "build_model",
+           "upgrade_to_selective"]
