@@ -1,0 +1,255 @@
+"""Numbers for one model: perplexity (instruction answers, held-out plain text), degeneration,
+the end token after a complete answer, and BLEU / chrF against validation answers.
+
+Every function takes an evaluation LM (`mambaft.evaluate.lm`), so the same code scores a MambaSWELU
+and the SmolLM2 reference. Perplexities also come as bits per byte (`bpb` = total NLL / ln 2 / UTF-8
+bytes of the scored text): token perplexities of models with different tokenizers are not
+comparable, bits per byte are.
+
+    python -m mambaft.evaluate.metrics "the cat sat on the mat the cat sat on the mat"   # rep/distinct
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections import Counter, defaultdict
+from typing import Iterable, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from ..template import IGNORE_INDEX
+from .replies import STOP_END, STOP_LIMIT, STOP_STRING
+
+LN2 = math.log(2.0)
+
+
+# --- perplexity ------------------------------------------------------------------------------------
+def _summary(nll: float, tokens: int, nbytes: int) -> dict:
+    """Totals -> {ppl, nll (mean per token, nats), bpb, tokens, bytes}."""
+    if tokens == 0:
+        return {"ppl": float("nan"), "nll": float("nan"), "bpb": float("nan"), "tokens": 0, "bytes": nbytes}
+    return {"ppl": math.exp(nll / tokens), "nll": nll / tokens,
+            "bpb": nll / LN2 / nbytes if nbytes else float("nan"), "tokens": tokens, "bytes": nbytes}
+
+
+def masked_nll(lm, rows: Sequence[tuple], sources: Optional[Sequence[str]] = None,
+               progress: bool = False) -> dict:
+    """Rows of (input_ids, labels) -> summed NLL on the positions whose label is not -100.
+
+    labels are aligned with input_ids (the shift happens here: the token at i is predicted from
+    ids[:i]); a label at position 0 has no context and is skipped. Returns {"all": summary,
+    "by_source": {source: summary}} (see `_summary`)."""
+    sources = list(sources) if sources is not None else ["all"] * len(rows)
+    totals: dict = defaultdict(lambda: [0.0, 0, 0])
+    batch = 64
+    for start in tqdm(range(0, len(rows), batch), desc="perplexity", disable=not progress or len(rows) <= batch):
+        chunk = rows[start:start + batch]
+        lps = lm.token_logprobs([list(ids) for ids, _ in chunk])
+        for (ids, labels), lp, src in zip(chunk, lps, sources[start:start + batch]):
+            if len(ids) != len(labels):
+                raise ValueError(f"row {start}: {len(ids)} input_ids but {len(labels)} labels")
+            trained = [i for i in range(1, len(ids)) if labels[i] != IGNORE_INDEX]
+            if not trained:
+                continue
+            for i in trained:
+                if labels[i] != ids[i]:
+                    raise ValueError(f"row {start}: labels[{i}]={labels[i]} differs from input_ids[{i}]="
+                                     f"{ids[i]}: labels must be the ids themselves (shifted inside)")
+            nll = -float(sum(lp[i - 1] for i in trained))
+            # Bytes of the scored text, end token excluded (its marker is not answer text).
+            nbytes = len(lm.decode([ids[i] for i in trained if ids[i] != lm.end_id]).encode("utf-8"))
+            for key in (src, "__all__"):
+                t = totals[key]
+                t[0] += nll
+                t[1] += len(trained)
+                t[2] += nbytes
+    allt = totals.pop("__all__", [0.0, 0, 0])
+    return {"all": _summary(*allt), "by_source": {k: _summary(*v) for k, v in sorted(totals.items())}}
+
+
+def instruction_perplexity(lm, dataset, limit: Optional[int] = None, progress: bool = False) -> dict:
+    """Perplexity on the assistant tokens of a prepared split (columns input_ids + labels, or
+    messages), per `source` column when there is one.
+
+    A MambaSWELU scores the prepared `input_ids`/`labels` as they are; another model (the reference)
+    re-renders each row's `messages` with its own chat template."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    cols = set(getattr(dataset, "column_names", None) or (dataset[0].keys() if n else []))
+    use_prepared = lm.kind == "mambaswelu" and {"input_ids", "labels"} <= cols
+    if not use_prepared and "messages" not in cols:
+        raise ValueError(f"validation split has columns {sorted(cols)}: need input_ids + labels "
+                         f"(mambaft models) or messages (other models)")
+    rows, sources = [], []
+    for i in range(n):
+        ex = dataset[i]
+        if use_prepared:
+            ids, labels = list(ex["input_ids"]), list(ex["labels"])
+        else:
+            ids, labels = lm.render(ex["messages"])
+        if len(ids) > lm.max_len:  # keep the end of the row: the trained answer is at the end
+            ids, labels = ids[-lm.max_len:], labels[-lm.max_len:]
+        rows.append((ids, labels))
+        sources.append(ex.get("source", "all") if isinstance(ex, dict) else "all")
+    out = masked_nll(lm, rows, sources, progress=progress)
+    out["rows"] = n
+    out["scored_from"] = "prepared input_ids/labels" if use_prepared else "messages rendered by the model's template"
+    return out
+
+
+def text_perplexity(lm, texts: Iterable[str], window: int = 256, max_tokens: Optional[int] = None,
+                    progress: bool = False) -> dict:
+    """Perplexity of plain texts: each text tokenized on its own and cut into non-overlapping
+    windows of `window` tokens; every token but each window's first is scored. For a model that
+    sees 19 tokens, a window of 256 changes nothing past position 19; for others it bounds context.
+    `max_tokens` caps the scored tokens (quick runs)."""
+    window = min(window, lm.max_len)
+    rows = []
+    budget = max_tokens if max_tokens is not None else math.inf
+    for text in texts:
+        ids = lm.encode(text)
+        for s in range(0, len(ids) - 1, window):
+            piece = ids[s:s + window]
+            if len(piece) < 2 or budget <= 0:
+                continue
+            if len(piece) - 1 > budget:
+                piece = piece[:int(budget) + 1]
+            budget -= len(piece) - 1
+            rows.append((piece, [IGNORE_INDEX] + piece[1:]))
+        if budget <= 0:
+            break
+    out = masked_nll(lm, rows, progress=progress)["all"]
+    out["windows"] = len(rows)
+    return out
+
+
+def heldout_perplexity(lm, names: Sequence[str] = ("wiki_en", "wiki_fr"), limit_docs: int = 50,
+                       window: int = 256, max_tokens: Optional[int] = 20_000, progress: bool = False) -> dict:
+    """Plain-text perplexity on the held-out slice of each text source (forgetting, EN and FR)."""
+    from ..data.text import load_text_documents
+
+    out = {}
+    for name in names:
+        docs = load_text_documents(name, limit_docs, split="heldout", progress=progress)
+        if not docs:
+            raise ValueError(f"text source {name!r}: no held-out documents")
+        res = text_perplexity(lm, [d["text"] for d in docs], window, max_tokens, progress)
+        res.update(docs=len(docs), lang=docs[0]["lang"], license=docs[0]["license"])
+        out[str(name)] = res
+    return out
+
+
+# --- degeneration ----------------------------------------------------------------------------------
+def _words(text: str) -> list:
+    return text.lower().split()
+
+
+def ngrams(tokens: Sequence, n: int) -> list:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_ngram_rate(text: str, n: int = 3) -> Optional[float]:
+    """Share of the text's word n-grams that repeat an earlier n-gram of the same text:
+    1 - distinct/total ("a b c a b c", n=3: 4 trigrams, 3 distinct -> 0.25). None if no n-gram."""
+    grams = ngrams(_words(text), n)
+    return 1 - len(set(grams)) / len(grams) if grams else None
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct word n-grams / all word n-grams over a set of replies (Li et al., 2016)."""
+    grams = [g for t in texts for g in ngrams(_words(t), n)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def degeneration(replies: Sequence) -> dict:
+    """Loops and stopping over a set of `Reply`: mean repeated n-gram rate (n = 2, 3, 4, over
+    replies that have such n-grams), distinct-1/2, and how replies ended (end token / next-turn
+    marker / token limit)."""
+    texts = [r.text for r in replies]
+    out: dict = {"replies": len(replies)}
+    for n in (2, 3, 4):
+        rates = [x for x in (repeated_ngram_rate(t, n) for t in texts) if x is not None]
+        out[f"rep_{n}"] = statistics.fmean(rates) if rates else float("nan")
+    out["distinct_1"] = distinct_n(texts, 1)
+    out["distinct_2"] = distinct_n(texts, 2)
+    ends = Counter(r.stopped_by for r in replies)
+    total = max(1, len(replies))
+    out["limit_rate"] = ends[STOP_LIMIT] / total          # ran to max_new_tokens without stopping
+    out["end_token_rate"] = ends[STOP_END] / total
+    out["stop_string_rate"] = ends[STOP_STRING] / total
+    out["mean_new_tokens"] = statistics.fmean(r.n_new for r in replies) if replies else float("nan")
+    return out
+
+
+# --- the end token after a complete answer ---------------------------------------------------------
+# (history, complete answer) pairs: after these answers the right next token is the end token.
+COMPLETE_ANSWERS = [
+    ([{"role": "user", "content": "What is the capital of France?"}], "The capital of France is Paris."),
+    ([{"role": "user", "content": "What is 2+2?"}], "2+2 equals 4."),
+    ([{"role": "user", "content": "Say hello."}], "Hello! How can I help you today?"),
+    ([{"role": "user", "content": "Name a primary colour."}], "Red is a primary colour."),
+    ([{"role": "user", "content": "Quelle est la capitale de la France ?"}], "La capitale de la France est Paris."),
+    ([{"role": "user", "content": "Dis bonjour."}], "Bonjour ! Comment puis-je vous aider ?"),
+]
+
+
+def end_token_probability(lm, pairs: Sequence[tuple] = COMPLETE_ANSWERS) -> dict:
+    """p(end token | history + complete answer), rendered by the model's own template. The end
+    token's position is the last trained end token of the rendering (user text never encodes to
+    it: only the template inserts it)."""
+    rows, ends = [], []
+    for history, answer in pairs:
+        ids, labels = lm.render(list(history) + [{"role": "assistant", "content": answer}])
+        pos = [i for i, (t, l) in enumerate(zip(ids, labels)) if t == lm.end_id and l != IGNORE_INDEX]
+        if not pos:
+            raise ValueError(f"the template of {lm.name} put no trained end token after the answer")
+        rows.append(ids[:pos[-1] + 1])
+        ends.append(pos[-1])
+    probs = [math.exp(float(lp[e - 1])) for lp, e in zip(lm.token_logprobs(rows), ends)]
+    return {"mean": statistics.fmean(probs), "median": statistics.median(probs),
+            "min": min(probs), "max": max(probs), "above_half": sum(p > 0.5 for p in probs) / len(probs),
+            "per_pair": probs, "end_id": lm.end_id}
+
+
+# --- BLEU / chrF -----------------------------------------------------------------------------------
+def reference_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu, default settings; 0-100) of answers against references."""
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} answers but {len(references)} references")
+    if not hypotheses:
+        return {"bleu": float("nan"), "chrf": float("nan"), "n": 0}
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    b = bleu.corpus_score(list(hypotheses), [list(references)])
+    c = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": b.score, "chrf": c.score, "n": len(hypotheses),
+            "signature": f"{bleu.get_signature()} | {chrf.get_signature()}"}
+
+
+def validation_pairs(dataset, limit: Optional[int] = None) -> list:
+    """(history, reference answer) from each validation conversation: the history up to its last
+    assistant turn, and that turn's text."""
+    out = []
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        msgs = list(dataset[i]["messages"])
+        last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
+        if last <= 0 or msgs[last - 1]["role"] != "user":
+            continue
+        out.append((msgs[:last], msgs[last]["content"]))
+    return out
+
+
+def answer_scores(lm, pairs: Sequence[tuple], max_new_tokens: int = 64, seed: int = 0,
+                  progress: bool = False) -> tuple:
+    """Generate an answer for every (history, reference) -> (BLEU/chrF dict, replies)."""
+    replies = lm.replies([h for h, _ in pairs], max_new_tokens=max_new_tokens, seed=seed, progress=progress)
+    scores = reference_scores([r.answer for r in replies], [ref for _, ref in pairs])
+    return scores, replies
+
+
+if __name__ == "__main__":
+    text = " ".join(sys.argv[1:]) or "the cat sat on the mat the cat sat on the mat"
+    print({f"rep_{n}": repeated_ngram_rate(text, n) for n in (1, 2, 3, 4)},
+          {f"distinct_{n}": distinct_n([text], n) for n in (1, 2)})
