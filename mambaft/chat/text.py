@@ -102,7 +102,7 @@ class ReplyDecoder:
     @property
     def done(self) -> bool:
         """True once a stop string has appeared: the caller should stop generating this row."""
-        return self._final is not None
+        return self.stopped_by is not None
 
     def close(self) -> str:
         """Generation is over (end token, max tokens or cancel): flush what was held back."""

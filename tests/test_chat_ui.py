@@ -1,0 +1,146 @@
+"""The chat's two faces: the ipywidgets chat (handlers driven without a browser, what it displays)
+and the terminal chat (fed through stdin). Scripted models (see test_chat.py) force exact replies."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mambaft.chat import ChatSession, ChatSettings
+from mambaft.chat.terminal import main as terminal_main, run_chat
+from mambaft.chat.widgets import chat_widget, render_transcript
+from mambaft.template import DEFAULT_TEMPLATE
+from test_chat import EOS, GREEDY, TOK, ScriptedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def session(reply: str, name: str, end: bool = True, **kw) -> ChatSession:
+    model = ScriptedModel(TOK.encode(reply) + ([EOS] if end else []), **kw)
+    return ChatSession(model, TOK, DEFAULT_TEMPLATE, GREEDY, name=name)
+
+
+# --- widget --------------------------------------------------------------------------------------
+def test_send_streams_the_reply_into_the_pane():
+    w = chat_widget(session(" Paris is the capital.", "tuned"), settings=GREEDY)
+    seen = []
+    w.panes[0].observe(lambda ch: seen.append(ch["new"]), names="value")
+    w.input.value = "Capital of France?"
+    w.send_button.click()
+    final = w.panes[0].value
+    assert "<b>You:</b> Capital of France?" in final and "<b>Assistant:</b> Paris is the capital.</div>" in final
+    # streamed: the growing reply (with a cursor) once per token that added text, then the final pane
+    partial = [v.split("<b>Assistant:</b> ")[1].split(" \u258c")[0] for v in seen[:-1]]
+    assert partial == ["", "Paris", "Paris is", "Paris is the", "Paris is the capital", "Paris is the capital."]
+    assert w.input.value == "" and not w.send_button.disabled
+    assert "6 tokens" in w.status.value and "stopped: end token" in w.status.value
+    assert w.sessions[0].history[-1] == {"role": "assistant", "content": "Paris is the capital."}
+
+
+def test_side_by_side_answers_the_same_message_with_both_models():
+    tuned, base = session(" Paris.", "tuned"), session(" I like trains\nUser: me too", "base", end=False)
+    w = chat_widget(tuned, compare=base, settings=GREEDY)
+    assert w.side_by_side.value and len(w.row.children) == 2
+    w.input.value = "Capital of France?"
+    w.on_send()
+    assert "Paris.</div>" in w.panes[0].value and "I like trains</div>" in w.panes[1].value
+    assert "stopped: end token" in w.status.value and "stopped: stop string" in w.status.value
+    # both saw the same prompt
+    assert tuned.model.prompts[0] == base.model.prompts[0]
+    # side by side off: one pane, only the first model answers
+    w.side_by_side.value = False
+    assert list(w.row.children) == [w.panes[0]]
+    w.input.value = "Again?"
+    w.on_send()
+    assert len(tuned.history) == 4 and len(base.history) == 2
+    assert "Again?" in w.panes[0].value and "Again?" not in w.panes[1].value
+
+
+def test_sliders_change_the_sampling_of_every_session():
+    a, b = session(" one two three four five", "a", end=False), session(" x y z", "b", end=False)
+    w = chat_widget(a, compare=b, settings=GREEDY)
+    w.sliders["max_new_tokens"].value = 2
+    w.sliders["repetition_penalty"].value = 1.3
+    assert a.settings.max_new_tokens == b.settings.max_new_tokens == 2
+    assert a.settings.repetition_penalty == pytest.approx(1.3)
+    w.input.value = "count"
+    w.on_send()
+    assert a.last.text == "one two" and a.last.stop_reason == "max_new_tokens"
+    assert b.last.text == "x y" and len(b.last.token_ids) == 2
+
+
+def test_errors_show_in_the_widget_instead_of_raising():
+    w = chat_widget(session(" ok", "m", max_seq_len=64), settings=GREEDY)
+    w.sliders["max_new_tokens"].value = 64          # no room left for the prompt in 64 positions
+    w.input.value = "hi"
+    w.on_send()
+    assert "max_seq_len=64" in w.status.value and not w.send_button.disabled
+    assert w.sessions[0].history == []
+
+
+def test_clear_resets_sessions_and_panes_and_text_is_escaped():
+    w = chat_widget(session(" <i>fine</i>", "m"), settings=GREEDY)
+    w.input.value = "<script>alert(1)</script>"
+    w.on_send()
+    assert "&lt;script&gt;" in w.panes[0].value and "<script>" not in w.panes[0].value
+    assert "&lt;i&gt;fine&lt;/i&gt;" in w.panes[0].value
+    w.on_clear()
+    assert w.sessions[0].history == [] and "(no messages yet)" in w.panes[0].value and w.status.value == ""
+    assert render_transcript([]) == w.panes[0].value.replace(
+        "<div style='font-weight:bold;margin-bottom:4px'>m</div>", "")
+
+
+def test_empty_message_does_nothing():
+    s = session(" ok", "m")
+    w = chat_widget(s, settings=GREEDY)
+    w.input.value = "   "
+    w.on_send()
+    assert s.model.prompts == [] and s.history == []
+
+
+# --- terminal ------------------------------------------------------------------------------------
+def test_terminal_chat_from_stdin():
+    s = session(" Paris.", "m")
+    stdin = io.StringIO("Capital of France?\n/reset\nAnd Italy?\n/set temperature=0.5\n/set colour=3\n"
+                        "/settings\n/quit\nnever read\n")
+    out = io.StringIO()
+    assert run_chat(s, stdin, out) == 2
+    text = out.getvalue()
+    assert text.count("Assistant: Paris.\n") == 2
+    assert "(history cleared)" in text and "error: unknown setting 'colour'" in text
+    assert s.settings.temperature == 0.5 and "temperature=0.5" in text
+    # after /reset the second prompt holds only the new message; /quit stopped before "never read"
+    assert s.model.prompts[1] == [DEFAULT_TEMPLATE.prompt_ids([{"role": "user", "content": "And Italy?"}], TOK)]
+    assert len(s.model.prompts) == 2 and "never read" not in text
+    assert "[3 tokens in" in text and "stopped: end token" in text
+
+
+def test_terminal_ends_at_end_of_input_and_keeps_multi_turn_history():
+    s = session(" Yes.", "m")
+    out = io.StringIO()
+    assert run_chat(s, io.StringIO("first\nsecond\n"), out, stats=False) == 2
+    assert [m["content"] for m in s.history] == ["first", "Yes.", "second", "Yes."]
+    assert "tokens in" not in out.getvalue() and out.getvalue().endswith("You: \n")
+
+
+def test_mambaft_chat_command_reads_stdin(small_gpt2_folder):
+    settings = ChatSettings(temperature=0.0, max_new_tokens=8)
+    expected = ChatSession.load(small_gpt2_folder, settings)
+    want = [expected.send("Hello"), expected.send("Tell me more")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "mambaft", "chat", "--model", str(small_gpt2_folder),
+                          "--temperature", "0", "--max-new-tokens", "8", "--no-stats"],
+                         input="Hello\nTell me more\n/quit\n", capture_output=True, text=True, env=env,
+                         timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert f"You: Hello\nAssistant: {want[0]}\nYou: Tell me more\nAssistant: {want[1]}\nYou: /quit" in res.stdout
+    assert "chat template: user-assistant-v1" in res.stdout and "last 7 tokens" in res.stdout
+
+
+def test_terminal_refuses_bad_flags_by_name(small_gpt2_folder, capsys):
+    assert terminal_main(["--model", str(small_gpt2_folder), "--top-p", "1.5"]) == 2
+    assert "top_p=1.5" in capsys.readouterr().err
