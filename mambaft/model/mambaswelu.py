@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import causal_depthwise_conv
 from .loss import linear_cross_entropy
 from .swelu import SWELU
 
@@ -98,9 +99,9 @@ class SimplifiedMamba(nn.Module):
         self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
 
     def conv(self, x: torch.Tensor) -> torch.Tensor:
-        """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs)."""
-        L = x.shape[1]
-        return self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)
+        """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs).
+        Same numbers as self.conv1d on the transposed input, 3-4x faster on CPU (see conv.py)."""
+        return causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
 
     def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """SWELU(conv x) * sigmoid(z) -> out_proj. `u` (the mixer input) is unused here; the selective
