@@ -161,11 +161,14 @@ TEXT_SOURCES: dict[str, TextSource] = {
                         hub_id="ccdv/arxiv-summarization"),
     "pubmed": TextSource("pubmed", "en", "see the dataset card", "PubMed articles, full text",
                          hub_id="ccdv/pubmed-summarization"),
+    "stackoverflow": TextSource("stackoverflow", "en", "CC BY-SA (Stack Exchange dump)",
+                                "Stack Overflow posts (questions and answers, Markdown bodies)",
+                                hub_id="mikex86/stackoverflow-posts"),
     "culturax_fr": TextSource("culturax_fr", "fr", "mC4 + OSCAR licences (gated dataset)", "CulturaX, French",
                               hub_id="uonlp/CulturaX:fr"),
 }
 
-_HUB_TEXT_COLUMNS = ("text", "content", "article", "body", "abstract", "document")
+_HUB_TEXT_COLUMNS = ("text", "content", "article", "body", "Body", "abstract", "document")
 
 
 def _read_package(src: TextSource, cache, progress: bool) -> Iterator[Doc]:

@@ -1,0 +1,392 @@
+"""Build the training dataset of a strategy: load, clean, render, deduplicate, split, mix, save.
+
+    mambaft prepare --strategy smoke --out outputs/data_smoke
+    mambaft prepare --strategy quick --source alpaca=./alpaca_data.json --out outputs/data_quick
+    mambaft prepare --strategy specialized --set domain=code --out outputs/data_code
+    python -m mambaft.data.prepare ...          (the same)
+
+Output (`out_dir`): a `datasets.DatasetDict` (save_to_disk) with splits train and val, columns
+id, conversation_id, source, lang, kind ("chat" | "text"), messages, input_ids, labels, n_tokens,
+n_trained, dropped_messages; plus stats.json, preview.txt (trained tokens in [brackets]) and
+chat_template.json. "specialized" writes phase1/ and phase2/, each like that, and a stats.json
+holding both. Rows never exceed cfg.max_seq_len.
+
+Where the data comes from (cfg.data_mode): "offline" = cfg.offline_sources (registry packages);
+"hub" = cfg.sources from the hub; "auto" = the hub when it answers a quick request, else the offline
+sources, with a printed note. `--source NAME=PATH_OR_HUB_ID` overrides one source in any mode (a local
+file is always used; a name not in the config is added with weight 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mambaft.data import filters, mix
+from mambaft.data.planner import format_plan, plan_budget
+from mambaft.data.render import pack_text, render_batch
+from mambaft.data.schema import BadRows
+from mambaft.data.sources import SOURCES, hub_reachable, load_source
+from mambaft.template import DEFAULT_TEMPLATE, show_trained
+
+PARALLEL_MIN_ROWS = 20_000     # below this, worker start-up (~1-2 s each) costs more than it saves
+RENDER_BATCH = 1000
+PREVIEW_ROWS = 12
+
+
+def _features():
+    from datasets import Features, Value
+    return Features({
+        "id": Value("string"), "conversation_id": Value("string"), "source": Value("string"),
+        "lang": Value("string"), "kind": Value("string"),
+        "messages": [{"role": Value("string"), "content": Value("string")}],
+        "input_ids": [Value("int32")], "labels": [Value("int32")],
+        "n_tokens": Value("int32"), "n_trained": Value("int32"), "dropped_messages": Value("int32"),
+    })
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[prepare] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_sources(hub: dict, offline: dict, overrides: dict, data_mode: str, progress: bool = True,
+                    check_hub=hub_reachable) -> tuple[str, dict]:
+    """-> (mode, {name: (weight, override or None)}). See the module docstring for the rules."""
+    for name in overrides:
+        if name not in SOURCES:
+            raise ValueError(f"--source {name}=...: unknown source (known: {', '.join(sorted(SOURCES))})")
+    local = {n: v for n, v in overrides.items() if Path(v).exists()}
+
+    def weight(n):
+        return hub.get(n, offline.get(n, 1.0))
+
+    def with_overrides(names: dict, only_local: bool) -> dict:
+        chosen = {n: (w, overrides.get(n)) for n, w in names.items()}
+        for n, v in (local if only_local else overrides).items():
+            chosen[n] = (weight(n), v)
+        return chosen
+
+    if data_mode == "offline":
+        return "offline", with_overrides(offline, only_local=False)
+    chosen = with_overrides(hub, only_local=False)
+    needs_hub = [n for n, (_, o) in chosen.items()
+                 if (o is None or not Path(o).exists()) and SOURCES[n].origin.startswith("hub:")]
+    if not needs_hub:
+        return "local", chosen
+    if data_mode == "hub" or check_hub():
+        return "hub", chosen
+    _say(True, f"NOTE: the hub did not answer; {', '.join(needs_hub)} cannot be downloaded. Using the offline "
+               f"sources instead: {', '.join(offline)}" + (f" (+ local {', '.join(local)})" if local else "")
+               + ". Set data_mode=offline to skip this check.")
+    return "offline (hub unreachable)", with_overrides(offline, only_local=True)
+
+
+def _pct(values, q) -> int:
+    return int(np.percentile(values, q)) if len(values) else 0
+
+
+def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, languages, text_fraction: Optional[float],
+                   progress: bool, label: str) -> dict:
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    t_start = time.perf_counter()
+    cap = cfg.max_examples_per_source
+    bad = BadRows()
+    per: dict[str, dict] = {}
+    convs: list[dict] = []
+    text_rows: dict[str, dict] = {}     # name -> {"train": rows, "val": rows}
+    seen_exact: dict[str, str] = {}
+    # --- 1. load and clean ---------------------------------------------------------------------
+    for name, (weight, override) in chosen.items():
+        t0 = time.perf_counter()
+        spec = SOURCES[name]
+        # Load a margin above the cap: filters and deduplication remove some rows before capping.
+        limit = None if cap is None else (cap * 4 if spec.kind == "text" else cap * 2 + 50)
+        loaded = load_source(name, override, limit=limit, bad=bad, progress=progress)
+        s = per[name] = {"kind": loaded.kind, "origin": loaded.origin, "license": loaded.license,
+                         "synthetic": loaded.synthetic, "weight": weight, "loaded": len(loaded.rows),
+                         "filtered": Counter(), "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0,
+                         "too_long": 0, "truncated": 0, "capped": 0}
+        if loaded.kind == "text":
+            docs = loaded.rows
+            is_val = np.array([mix._unit(cfg.seed, d["id"]) < cfg.val_fraction for d in docs], dtype=bool)
+            text_rows[name] = {
+                "train": pack_text([d for d, v in zip(docs, is_val) if not v], tok, cfg.max_seq_len, name),
+                "val": pack_text([d for d, v in zip(docs, is_val) if v], tok, cfg.max_seq_len, name)}
+        else:
+            for conv in loaded.rows:
+                clean, reason = filters.clean_conversation(conv, languages)
+                if clean is None:
+                    s["filtered"][reason] += 1
+                    continue
+                s["trimmed"] += reason == "trimmed"
+                key = filters.exact_key(clean)
+                if key in seen_exact:
+                    s["exact_duplicates"] += 1
+                    continue
+                seen_exact[key] = name
+                convs.append({**clean, "kind": "chat"})
+        _say(progress, f"{label}{name}: {len(loaded.rows):,} {'documents' if loaded.kind == 'text' else 'conversations'}"
+                       f" from {loaded.origin} ({time.perf_counter() - t0:.1f} s)")
+    t_loaded = time.perf_counter()
+
+    # --- 2. render (batched; parallel above PARALLEL_MIN_ROWS) -----------------------------------
+    feats = _features()
+    chat = Dataset.from_list(convs, features=_features_without_tokens(feats))
+    n_proc = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
+    n_proc = n_proc if len(chat) >= PARALLEL_MIN_ROWS and n_proc > 1 else None
+    fn = partial(render_batch, tok=tok, train_on=cfg.train_on, max_seq_len=cfg.max_seq_len)
+    if len(chat):
+        chat = chat.map(fn, batched=True, batch_size=RENDER_BATCH, num_proc=n_proc,
+                        desc=f"{label}render", load_from_cache_file=False)
+    t_rendered = time.perf_counter()
+
+    # --- 3. drop too long, near duplicates; cap; split --------------------------------------------
+    n = len(chat)
+    src = np.array(chat["source"]) if n else np.array([], dtype=str)
+    keep = np.ones(n, dtype=bool)
+    if n:
+        too_long = np.array(chat["too_long"], dtype=bool)
+        n_tok = np.array(chat["n_tokens"])
+        twin = filters.near_duplicates(np.array(chat["minhash"], dtype=np.int64).astype(np.uint32),
+                                       eligible=(n_tok >= filters.NEAR_MIN_TOKENS) & ~too_long)
+        for name in per:
+            m = src == name
+            per[name]["too_long"] = int((too_long & m).sum())
+            per[name]["near_duplicates"] = int(((twin >= 0) & m).sum())
+        keep = ~too_long & (twin < 0)
+        chat = chat.remove_columns(["too_long", "minhash"]).cast(feats)
+    chat_idx: dict[str, np.ndarray] = {name: np.nonzero(keep & (src == name))[0] for name in per
+                                       if per[name]["kind"] == "chat"}
+    if cap is not None:
+        for name, idx in chat_idx.items():
+            if len(idx) > cap:
+                rng = np.random.default_rng(int(mix._unit(cfg.seed, "cap:" + name) * 2**32))
+                chat_idx[name] = np.sort(rng.choice(idx, size=cap, replace=False))
+                per[name]["capped"] = len(idx) - cap
+    conv_ids = chat["conversation_id"] if n else []
+    is_val_all = mix.split_by_conversation(conv_ids, cfg.val_fraction, cfg.seed) if n else np.zeros(0, bool)
+
+    # --- 4. text rows share one table with the chat rows --------------------------------------------
+    text_tables, offset = [], n
+    text_idx: dict[str, dict] = {}
+    for name, rows in text_rows.items():
+        tr, va = rows["train"], rows["val"]
+        if cap is not None and len(tr) > cap:
+            per[name]["capped"] = len(tr) - cap
+            tr = tr[:cap]
+        table = Dataset.from_list(tr + va, features=feats) if tr or va else None
+        if table is not None:
+            text_tables.append(table)
+        text_idx[name] = {"train": np.arange(offset, offset + len(tr)),
+                          "val": np.arange(offset + len(tr), offset + len(tr) + len(va))}
+        offset += len(tr) + len(va)
+    full = concatenate_datasets([chat, *text_tables]) if text_tables else chat
+
+    # --- 5. weights -> train/val index lists ----------------------------------------------------------
+    train, val = [], []
+    uniq = {}
+    for name, idx in chat_idx.items():
+        w = per[name]["weight"]
+        tr = idx[~is_val_all[idx]].tolist()
+        va = idx[is_val_all[idx]].tolist()
+        uniq[name] = (len(tr), len(va))
+        train += mix.weighted_indices(tr, w, cfg.seed, name)
+        val += mix.weighted_indices(va, w, cfg.seed, "val:" + name, allow_repeat=False)
+    n_chat_train = len(train)
+    text_w = {nm: per[nm]["weight"] for nm in text_idx}
+    for name, parts in text_idx.items():
+        tr, va = parts["train"].tolist(), parts["val"].tolist()
+        uniq[name] = (len(tr), len(va))
+        if text_fraction is not None and n_chat_train:
+            target = mix.text_rows_needed(n_chat_train, text_fraction) * text_w[name] / max(sum(text_w.values()), 1e-9)
+            train += mix.resize(tr, int(round(target)), cfg.seed, name)
+            val += mix.resize(va, int(round(len(va) * min(1.0, target / max(len(tr), 1)))), cfg.seed, "val:" + name)
+        else:
+            train += mix.weighted_indices(tr, text_w[name], cfg.seed, name)
+            val += mix.weighted_indices(va, text_w[name], cfg.seed, "val:" + name, allow_repeat=False)
+    if text_fraction and not text_idx:
+        _say(progress, f"{label}NOTE: phase2_text_fraction={text_fraction} but no plain-text source is configured")
+    train = mix.shuffled(train, cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dd = DatasetDict({"train": full.select(train), "val": full.select(sorted(val))})
+    dd.save_to_disk(str(out_dir))
+    t_saved = time.perf_counter()
+
+    # --- 6. stats, preview, template ----------------------------------------------------------
+    stats = _stats(cfg, per, dd, uniq, bad, mode, label)
+    stats["seconds"] = {"load": round(t_loaded - t_start, 2), "render": round(t_rendered - t_loaded, 2),
+                        "dedup_split_save": round(t_saved - t_rendered, 2), "total": round(t_saved - t_start, 2)}
+    stats["conversations_per_second"] = round(len(convs) / max(t_saved - t_loaded, 1e-9), 1)
+    stats["render_processes"] = n_proc or 1
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "preview.txt").write_text(preview(dd["train"], tok), encoding="utf-8")
+    DEFAULT_TEMPLATE.save(out_dir)
+    return stats
+
+
+def _features_without_tokens(feats):
+    from datasets import Features
+    return Features({k: feats[k] for k in ("id", "conversation_id", "source", "lang", "kind", "messages")})
+
+
+def _stats(cfg, per: dict, dd, uniq: dict, bad: BadRows, mode: str, label: str) -> dict:
+    train_src = np.array(dd["train"]["source"]) if len(dd["train"]) else np.array([], dtype=str)
+    val_src = np.array(dd["val"]["source"]) if len(dd["val"]) else np.array([], dtype=str)
+    n_tok = np.array(dd["train"]["n_tokens"]) if len(dd["train"]) else np.zeros(0)
+    n_tr = np.array(dd["train"]["n_trained"]) if len(dd["train"]) else np.zeros(0)
+    dropped = np.array(dd["train"]["dropped_messages"]) if len(dd["train"]) else np.zeros(0)
+    langs = np.array(dd["train"]["lang"]) if len(dd["train"]) else np.array([], dtype=str)
+    sources = {}
+    for name, s in per.items():
+        m = train_src == name
+        lens = n_tok[m]
+        sources[name] = {**s, "filtered": dict(s["filtered"]), "bad_rows": bad.counts.get(name, 0),
+                         "truncated": int((dropped[m] > 0).sum()),
+                         "unique_train": uniq.get(name, (0, 0))[0], "unique_val": uniq.get(name, (0, 0))[1],
+                         "train_rows": int(m.sum()), "val_rows": int((val_src == name).sum()),
+                         "train_tokens": int(lens.sum()), "train_trained_tokens": int(n_tr[m].sum()),
+                         "mean_tokens": round(float(lens.mean()), 1) if len(lens) else 0.0,
+                         "p95_tokens": _pct(lens, 95), "max_tokens": int(lens.max()) if len(lens) else 0,
+                         "languages": dict(Counter(langs[m].tolist()).most_common())}
+    val_tok = int(np.sum(dd["val"]["n_tokens"])) if len(dd["val"]) else 0
+    return {
+        "phase": label.rstrip(": ") or "main", "strategy": cfg.strategy, "mode": mode, "seed": cfg.seed,
+        "max_seq_len": cfg.max_seq_len, "train_on": cfg.train_on, "val_fraction": cfg.val_fraction,
+        "template": DEFAULT_TEMPLATE.name, "sources": sources,
+        "totals": {"train_rows": len(dd["train"]), "val_rows": len(dd["val"]),
+                   "train_tokens": int(n_tok.sum()), "train_trained_tokens": int(n_tr.sum()), "val_tokens": val_tok,
+                   "truncated": int((dropped > 0).sum()), "too_long": sum(s["too_long"] for s in per.values()),
+                   "bad_rows": bad.total, "max_row_tokens": int(n_tok.max()) if len(n_tok) else 0},
+        "bad_rows": bad.to_dict(),
+    }
+
+
+def preview(ds, tok, n: int = PREVIEW_ROWS, max_tokens: int = 200) -> str:
+    """The first rows with trained tokens in [brackets] (one of each source first), for the notebook."""
+    order, seen = [], set()
+    for i, s in enumerate(ds["source"][: 5000] if len(ds) else []):
+        if s not in seen:
+            seen.add(s)
+            order.append(i)
+    order += [i for i in range(min(len(ds), n)) if i not in order]
+    lines = ["Trained tokens (labels != -100) are shown [in brackets]; the loss ignores everything else.",
+             f"Template: {DEFAULT_TEMPLATE.name}; end of turn = {DEFAULT_TEMPLATE.end_of_turn}", ""]
+    for i in order[:n]:
+        r = ds[i]
+        ids, labels = r["input_ids"][:max_tokens], r["labels"][:max_tokens]
+        more = f" (first {max_tokens} of {r['n_tokens']} tokens)" if r["n_tokens"] > max_tokens else ""
+        lines.append(f"--- {r['id']}  [{r['source']}, {r['kind']}, {r['lang']}] {r['n_tokens']} tokens, "
+                     f"{r['n_trained']} trained{more}")
+        lines.append(show_trained(ids, labels, tok))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def prepare(cfg, out_dir, *, sources: Optional[dict] = None, progress: bool = True) -> dict:
+    """Prepare the dataset(s) of `cfg.strategy` into `out_dir`; returns the stats (also in stats.json).
+    `sources` maps NAME -> HUB_ID_OR_PATH overrides (the CLI's --source)."""
+    from mambaft.tokenizer import load_tokenizer
+
+    out = Path(out_dir)
+    overrides = dict(sources or {})
+    tok = load_tokenizer()
+    common = dict(progress=progress)
+    if cfg.strategy != "specialized":
+        mode, chosen = resolve_sources(cfg.sources, cfg.offline_sources, overrides, cfg.data_mode, progress)
+        _say(progress, f"mode {mode}: {', '.join(f'{n} x{w:g}' for n, (w, _) in chosen.items())}")
+        stats = _prepare_phase(cfg, out, chosen, mode, tok, languages=cfg.languages, text_fraction=None,
+                               label="", **common)
+        stats["plan"] = plan_budget(cfg, stats)
+    else:
+        p2_names = set(cfg.phase2_sources) | set(cfg.phase2_offline_sources)
+        ov1 = {k: v for k, v in overrides.items() if k not in p2_names}
+        ov2 = {k: v for k, v in overrides.items() if k in p2_names}
+        # French phase 2 keeps French rows only (the plan: oasst filtered to lang="fr").
+        lang2 = ("fr",) if cfg.domain == "french" else cfg.languages
+        mode1, chosen1 = resolve_sources(cfg.sources, cfg.offline_sources, ov1, cfg.data_mode, progress)
+        mode2, chosen2 = resolve_sources(cfg.phase2_sources, cfg.phase2_offline_sources, ov2, cfg.data_mode, progress)
+        _say(progress, f"phase1 ({mode1}): {', '.join(chosen1)}; phase2 ({mode2}, domain={cfg.domain}, "
+                       f"languages={lang2}): {', '.join(chosen2)}")
+        s1 = _prepare_phase(cfg, out / "phase1", chosen1, mode1, tok, languages=cfg.languages, text_fraction=None,
+                            label="phase1: ", **common)
+        s2 = _prepare_phase(cfg, out / "phase2", chosen2, mode2, tok, languages=lang2,
+                            text_fraction=cfg.phase2_text_fraction, label="phase2: ", **common)
+        stats = {"strategy": "specialized", "domain": cfg.domain, "phases": {"phase1": s1, "phase2": s2}}
+        stats["plan"] = plan_budget(cfg, stats)
+        for name, s in (("phase1", s1), ("phase2", s2)):
+            s["plan"] = stats["plan"]["phases"][name]
+            (out / name / "stats.json").write_text(json.dumps(s, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    stats["config"] = cfg.to_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False, default=str) + "\n",
+                                    encoding="utf-8")
+    for w in stats["plan"]["warnings"]:
+        _say(progress, f"WARNING: {w}")
+    return stats
+
+
+def load_prepared(path):
+    """The DatasetDict written by `prepare` (train, val). For "specialized", load phase1/ or phase2/."""
+    from datasets import load_from_disk
+
+    p = Path(path)
+    if (p / "dataset_dict.json").is_file():
+        return load_from_disk(str(p))
+    if (p / "phase1").is_dir():
+        raise ValueError(f"{p} holds a specialized dataset: load {p / 'phase1'} or {p / 'phase2'}")
+    raise FileNotFoundError(f"{p}: not a dataset written by `mambaft prepare` (no dataset_dict.json). "
+                            f"Run: mambaft prepare --strategy smoke --out {p}")
+
+
+def summary(stats: dict) -> str:
+    if "phases" in stats:
+        return "\n\n".join(f"== {k}\n{summary(v)}" for k, v in stats["phases"].items())
+    t = stats["totals"]
+    lines = [f"{t['train_rows']:,} train rows ({t['train_tokens']:,} tokens, {t['train_trained_tokens']:,} trained), "
+             f"{t['val_rows']:,} val rows; {t['truncated']} truncated, {t['too_long']} too long, "
+             f"{t['bad_rows']} malformed; {stats['conversations_per_second']:,} conversations/s"]
+    for name, s in stats["sources"].items():
+        dropped = sum(s["filtered"].values()) + s["exact_duplicates"] + s["near_duplicates"] + s["too_long"]
+        lines.append(f"  {name:<17} {s['kind']:<4} loaded {s['loaded']:>7,}  dropped {dropped:>6,}  "
+                     f"train {s['train_rows']:>7,} (unique {s['unique_train']:,})  val {s['val_rows']:>5,}  "
+                     f"mean {s['mean_tokens']:>6.1f} tok  {s['origin']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from mambaft.config import STRATEGIES, make_config, parse_overrides
+
+    ap = argparse.ArgumentParser(prog="mambaft prepare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--strategy", choices=STRATEGIES, default="conversational")
+    ap.add_argument("--source", action="append", default=[], metavar="NAME=HUB_ID_OR_PATH",
+                    help=f"override or add a source; names: {', '.join(SOURCES)}")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    srcs = {}
+    for item in a.source:
+        if "=" not in item:
+            ap.error(f"--source {item!r}: expected NAME=HUB_ID_OR_PATH")
+        k, v = item.split("=", 1)
+        srcs[k] = v
+    cfg = make_config(a.strategy, **parse_overrides(a.set))
+    stats = prepare(cfg, a.out, sources=srcs, progress=not a.quiet)
+    print(summary(stats))
+    print(format_plan(stats["plan"]))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Conversations -> (input_ids, labels) with the ONE template, batched; text -> packed rows; padding.
+
+    render_conversations(convs, tok, train_on, max_seq_len) -> list[Rendered]
+    render_batch(batch, tok, train_on, max_seq_len)          the same, as a `datasets.map` function
+    pack_text(docs, tok, max_seq_len) -> rows                continued-pretraining rows, labels = ids
+    pad_batch(rows, pad_id) -> {input_ids, labels, attention_mask}   [B, T] tensors
+
+Rendering goes through `mambaft.template.DEFAULT_TEMPLATE.segments()`: each segment is tokenized on
+its own and concatenated, exactly as `ChatTemplate.render` does (the tests check equality token by
+token), only with all segments of a batch sent to the Rust tokenizer in one `encode_batch` call.
+Because segments never merge across message boundaries, the ids of one message do not depend on
+its neighbours: truncation can drop whole messages by slicing segments.
+
+Truncation (rows longer than max_seq_len): drop whole oldest user+assistant turns (the system
+message stays while it fits) until the rest fits; the final answer is never cut. If the last
+exchange alone does not fit, the example is dropped ("too_long").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from mambaft.template import DEFAULT_TEMPLATE, IGNORE_INDEX, ChatTemplate
+
+
+@dataclass
+class Rendered:
+    input_ids: list
+    labels: list
+    dropped_messages: int          # oldest messages removed to fit (0 = untouched)
+    too_long: bool                 # even the last exchange does not fit: the row must be dropped
+
+
+def _plan_start(lengths: list[int], roles: list[str], max_len: int) -> tuple[int, bool, bool]:
+    """(first kept body message, keep the system message?, fits at all?) for per-message lengths."""
+    has_system = bool(roles) and roles[0] == "system"
+    sys_len = lengths[0] if has_system else 0
+    first_body = 1 if has_system else 0
+    total = sum(lengths)
+    if total <= max_len:
+        return first_body, has_system, True
+    suffix = 0
+    best = None
+    # Walk back from the end, accumulating; a start is legal only at a user message.
+    for k in range(len(lengths) - 1, first_body - 1, -1):
+        suffix += lengths[k]
+        if roles[k] == "user":
+            if suffix + sys_len <= max_len:
+                best = (k, has_system)
+            elif suffix <= max_len and best is None:
+                best = (k, False)
+        if suffix > max_len:
+            break
+    if best is None:
+        return first_body, has_system, False
+    return best[0], best[1], True
+
+
+def render_conversations(convs: Sequence[Sequence[dict]], tok, train_on: str = "all_assistant",
+                         max_seq_len: Optional[int] = None,
+                         template: ChatTemplate = DEFAULT_TEMPLATE) -> list[Rendered]:
+    """Render message lists in one tokenizer call. Equal to `template.render` when nothing is cut."""
+    end_id = template.end_id(tok)
+    per_conv = []          # [(segments, per-message segment counts)]
+    unique: dict[str, int] = {}
+    for msgs in convs:
+        segs = template.segments(msgs, end_id, train_on)
+        counts = [len(template.segments([m], end_id)) for m in msgs]
+        per_conv.append((segs, counts))
+        for piece, _ in segs:
+            if isinstance(piece, str) and piece not in unique:
+                unique[piece] = len(unique)
+    texts = list(unique)
+    encoded = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
+    out = []
+    for msgs, (segs, counts) in zip(convs, per_conv):
+        seg_ids = [[p] if isinstance(p, int) else encoded[unique[p]] for p, _ in segs]
+        bounds, pos = [], 0
+        for c in counts:
+            bounds.append((pos, pos + c))
+            pos += c
+        lengths = [sum(len(seg_ids[s]) for s in range(a, b)) for a, b in bounds]
+        roles = [m["role"] for m in msgs]
+        start, keep_sys, fits = (1 if roles and roles[0] == "system" else 0,
+                                 bool(roles) and roles[0] == "system", True)
+        if max_seq_len is not None:
+            start, keep_sys, fits = _plan_start(lengths, roles, max_seq_len)
+        kept = ([0] if keep_sys else []) + list(range(start, len(msgs)))
+        ids: list[int] = []
+        labels: list[int] = []
+        for mi in kept:
+            a, b = bounds[mi]
+            for s in range(a, b):
+                t = seg_ids[s]
+                ids.extend(t)
+                labels.extend(t if segs[s][1] else [IGNORE_INDEX] * len(t))
+        dropped = len(msgs) - len(kept)
+        out.append(Rendered(ids, labels, dropped, not fits))
+    return out
+
+
+def render_batch(batch: dict, tok, train_on: str, max_seq_len: int, with_minhash: bool = True) -> dict:
+    """`datasets.map(batched=True)` function: adds input_ids, labels, n_tokens, n_trained,
+    dropped_messages, too_long and (for near-duplicate search) minhash."""
+    rendered = render_conversations(batch["messages"], tok, train_on, max_seq_len)
+    out = {
+        "input_ids": [r.input_ids for r in rendered],
+        "labels": [r.labels for r in rendered],
+        "n_tokens": [len(r.input_ids) for r in rendered],
+        "n_trained": [sum(1 for x in r.labels if x != IGNORE_INDEX) for r in rendered],
+        "dropped_messages": [r.dropped_messages for r in rendered],
+        "too_long": [r.too_long for r in rendered],
+    }
+    if with_minhash:
+        from mambaft.data.filters import minhash
+        out["minhash"] = minhash(out["input_ids"]).astype("int64").tolist()
+    return out
+
+
+def pack_text(docs: Sequence[dict], tok, max_seq_len: int, source: str) -> list[dict]:
+    """Plain documents -> rows of exactly max_seq_len tokens (the last one shorter), documents joined
+    by the end token, labels == input_ids (every token trained: continued pretraining)."""
+    eos = tok.eos_id
+    encoded = tok.encode_batch([d["text"] for d in docs]) if docs else []
+    rows, cur, first_doc = [], [], None
+    for d, ids in zip(docs, encoded):
+        if first_doc is None:
+            first_doc = d["id"]
+        cur.extend(ids + [eos])
+        while len(cur) >= max_seq_len:
+            rows.append((first_doc, d.get("lang", "und"), cur[:max_seq_len]))
+            cur = cur[max_seq_len:]
+            first_doc = d["id"] if cur else None
+    if cur:
+        rows.append((first_doc, docs[-1].get("lang", "und"), cur))
+    return [{"id": f"{source}:pack{i}", "conversation_id": f"{source}:{doc}", "source": source, "lang": lang,
+             "kind": "text", "messages": [], "input_ids": ids, "labels": list(ids), "n_tokens": len(ids),
+             "n_trained": len(ids), "dropped_messages": 0, "too_long": False}
+            for i, (doc, lang, ids) in enumerate(rows)]
+
+
+def pad_batch(rows: Sequence[dict], pad_id: int, pad_to: Optional[int] = None):
+    """Right-pad to the longest row (or `pad_to`). Padding is masked BY LENGTH: labels are -100 and
+    attention_mask 0 at positions >= the row's length, whatever the pad id. GPT-2 has no pad token,
+    so pad_id is usually the end token, and masking by id would also hide the real, trained end
+    tokens. Returns LongTensors [B, T]."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    width = max(width, pad_to or 0)
+    b = len(rows)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        input_ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
+        mask[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}

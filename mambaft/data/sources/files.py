@@ -1,0 +1,129 @@
+"""Reading the files hubs publish, row by row, with the position of every row for error reports.
+
+    iter_rows(path, bad, source) -> iterator of (where, row)      where = "file:line" or "file:item N"
+
+Formats: `.jsonl` / `.jsonl.gz` (one object a line), `.json` (a list of objects; a file cut off
+mid-record, like the ShareGPT package, is salvaged record by record up to the broken tail, which is
+reported as one bad row), `.parquet` (the hub's own export), and folders of those. A row that does
+not parse is added to `bad` and skipped; the run goes on.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Iterator
+
+from mambaft.data.schema import BadRows, FormatError
+
+ROW_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def list_files(path: Path, suffixes=ROW_SUFFIXES) -> list[Path]:
+    """`path` itself, or every file inside it with one of `suffixes` (sorted, so runs repeat)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(tuple(suffixes)))
+    if not files:
+        raise FileNotFoundError(f"{path}: no {'/'.join(suffixes)} files inside")
+    return files
+
+
+def _iter_jsonl(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.add(source, f"{path}:{lineno}", f"not valid JSON ({e.msg})")
+                continue
+            if not isinstance(row, dict):
+                bad.add(source, f"{path}:{lineno}", f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield f"{path}:{lineno}", row
+
+
+def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
+    """Decode `[obj, obj, ...` one object at a time; stop at the first object that does not decode
+    (a truncated tail), reported with its line."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    n = len(text)
+    line = text.count("\n", 0, pos) + 1
+    item = 0
+    while True:
+        while pos < n and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= n or text[pos] == "]":
+            return
+        start = pos
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            bad.add(source, f"{path}:{line}", f"record {item} is cut off or broken ({e.msg}); "
+                                              f"{n - start:,} trailing characters ignored")
+            return
+        line += text.count("\n", start, pos)
+        if isinstance(obj, dict):
+            yield f"{path}:{line} (item {item})", obj
+        else:
+            bad.add(source, f"{path}:{line}", f"item {item} is {type(obj).__name__}, expected an object")
+        item += 1
+
+
+def _iter_json(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
+    with _open_text(path) as f:
+        text = f.read()
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        # A single object: JSONL with one line, or a wrapper like {"data": [...]}.
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            yield from _iter_jsonl(path, bad, source)  # several objects: it is JSONL named .json
+            return
+        rows = next((v for v in obj.values() if isinstance(v, list)), None) if "data" in obj else None
+        if rows is None:
+            yield f"{path}:1", obj
+            return
+        for i, row in enumerate(rows):
+            if isinstance(row, dict):
+                yield f"{path} (item {i})", row
+            else:
+                bad.add(source, f"{path} (item {i})", f"expected an object, got {type(row).__name__}")
+        return
+    if not stripped.startswith("["):
+        raise FormatError(f"{path}: not JSON (a list of objects or JSON lines expected)")
+    yield from _salvage_json_list(text, path, bad, source)
+
+
+def _iter_parquet(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path} (row {i})", row
+
+
+def iter_rows(path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
+    """Every row of every file under `path` as ("file:line", dict)."""
+    for f in list_files(Path(path)):
+        name = f.name
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            yield from _iter_jsonl(f, bad, source)
+        elif name.endswith((".json", ".json.gz")):
+            yield from _iter_json(f, bad, source)
+        elif name.endswith(".parquet"):
+            yield from _iter_parquet(f, bad, source)
+        else:
+            raise FormatError(f"{f}: unsupported file type (expected {', '.join(ROW_SUFFIXES)})")
