@@ -229,6 +229,13 @@ class TextSink:
         self.stream.flush()
 
 
+class StatusLine(str):
+    """A str that a notebook shows without quotes (its text/plain repr is the text itself)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class NotebookSink:
     """Jupyter (papermill too): a status line and a PNG, each one display updated in place, so the
     saved notebook keeps the last figure even though no widget state is saved."""
@@ -241,11 +248,11 @@ class NotebookSink:
         self._display, self._image = display, image
         self.plot_every_s = plot_every_s
         self._last_plot = -math.inf
-        self._text = display("following metrics...", display_id=True)
+        self._text = display(StatusLine("following metrics..."), display_id=True)
         self._fig = display(self._image(data=figure_png(plot_metrics(Metrics()))), display_id=True)
 
     def update(self, metrics: Metrics, new: list, force: bool = False) -> None:
-        self._text.update(metrics.summary())
+        self._text.update(StatusLine(metrics.summary()))
         # Drawing a PNG takes ~0.2 s of a CPU the training also needs: redraw at most every few s.
         if force or time.monotonic() - self._last_plot >= self.plot_every_s:
             self._fig.update(self._image(data=figure_png(plot_metrics(metrics))))
@@ -253,7 +260,7 @@ class NotebookSink:
 
     def close(self, metrics: Metrics, note: str = "") -> None:
         self.update(metrics, [], force=True)
-        self._text.update(f"final: {metrics.summary()}{' (' + note + ')' if note else ''}")
+        self._text.update(StatusLine(f"final: {metrics.summary()}{' (' + note + ')' if note else ''}"))
 
 
 def in_notebook() -> bool:

@@ -144,3 +144,44 @@ def test_mambaft_chat_command_reads_stdin(small_gpt2_folder):
 def test_terminal_refuses_bad_flags_by_name(small_gpt2_folder, capsys):
     assert terminal_main(["--model", str(small_gpt2_folder), "--top-p", "1.5"]) == 2
     assert "top_p=1.5" in capsys.readouterr().err
+
+
+# --- headless notebook (papermill: widget state is not saved, text and PNG outputs are) ----------
+@pytest.mark.notebooks
+def test_papermill_notebook_keeps_text_answers_and_the_final_plot(small_gpt2_folder, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    papermill = pytest.importorskip("papermill")
+    from mambaft.chat import answer_table
+
+    prompts = ["Hello?", "Capital of France?"]
+    settings = ChatSettings(temperature=0.0, max_new_tokens=6)
+    want = answer_table({"tuned": small_gpt2_folder}, prompts, settings)
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    writer = ("import json, sys, time\\nf = open(sys.argv[1], 'a')\\nfor s in range(1, 4):\\n"
+              "    f.write(json.dumps({'step': s, 'loss': 1.0 / s}) + '\\\\n'); f.flush(); time.sleep(0.2)\\n")
+    nb.cells = [
+        nbformat.v4.new_code_cell("MODEL = ''\nOUT = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import subprocess, sys\nfrom mambaft.chat import ChatSettings, answer_table\n"
+            "from mambaft.chat.widgets import chat_widget\nfrom mambaft.plots import follow_metrics\n"
+            "S = ChatSettings(temperature=0.0, max_new_tokens=6)"),
+        nbformat.v4.new_code_cell("chat_widget(MODEL, settings=S)"),
+        nbformat.v4.new_code_cell(f"answer_table({{'tuned': MODEL}}, {prompts!r}, S)"),
+        nbformat.v4.new_code_cell(
+            f"p = subprocess.Popen([sys.executable, '-c', \"{writer}\", OUT + '/metrics.jsonl'])\n"
+            "m = follow_metrics(OUT + '/metrics.jsonl', until=p, out_png=OUT + '/loss.png', interval=0.1)"),
+    ]
+    src, out = tmp_path / "chat.ipynb", tmp_path / "chat.out.ipynb"
+    nbformat.write(nb, src)
+    papermill.execute_notebook(str(src), str(out), parameters={"MODEL": str(small_gpt2_folder),
+                               "OUT": str(tmp_path)}, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    cells = nbformat.read(out, 4).cells
+    widget, table, follow = (c.outputs for c in cells[-3:])   # papermill adds a parameters cell
+    assert "application/vnd.jupyter.widget-view+json" in widget[0]["data"]   # shows nothing once saved
+    assert table[0]["data"]["text/plain"] == str(want)                         # ...but the table does
+    assert want.answer(1, "tuned") and want.answer(1, "tuned") in table[0]["data"]["text/html"]
+    texts = [o["data"]["text/plain"] for o in follow if "text/plain" in o.get("data", {})]
+    assert "final: step 3 | loss 0.3333 (training process exited with code 0)" in texts
+    assert any("image/png" in o.get("data", {}) for o in follow)
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -67,7 +67,7 @@ class AnswerTable:
                 lines.append(f"    {'':<{width}} | ({len(r.token_ids)} tokens, stopped: "
                              f"{r.stop_reason.replace('_', ' ')})")
             lines.append("")
-        return "\n".join(lines).rstrip() + "\n"
+        return "\n".join(lines).rstrip()
 
     def to_html(self) -> str:
         e = html.escape
