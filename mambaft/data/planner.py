@@ -73,7 +73,7 @@ def _phase_plan(cfg, stats: Optional[dict], steps: int, global_batch: int, label
                         f"({PRETRAINING_TOKENS / 1e9:.1f}B); fine-tuning usually needs far fewer")
     if stats is not None:
         totals = stats.get("totals", {})
-        n = totals.get("train_rows", 0)
+        n = sum(s.get("unique_train", 0) + s.get("unique_val", 0) for s in sources.values())
         if n and totals.get("truncated", 0) / n > TRUNCATED_WARN:
             warnings.append(f"{label}{totals['truncated'] / n:.0%} of rows lost their oldest turns at "
                             f"max_seq_len={cfg.max_seq_len}")

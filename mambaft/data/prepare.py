@@ -72,7 +72,7 @@ def resolve_sources(hub: dict, offline: dict, overrides: dict, data_mode: str, p
     def with_overrides(names: dict, only_local: bool) -> dict:
         chosen = {n: (w, overrides.get(n)) for n, w in names.items()}
         for n, v in (local if only_local else overrides).items():
-            chosen[n] = (weight(n), v)
+            chosen[n] = (names[n] if n in names else weight(n), v)
         return chosen
 
     if data_mode == "offline":
@@ -159,11 +159,13 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         n_tok = np.array(chat["n_tokens"])
         twin = filters.near_duplicates(np.array(chat["minhash"], dtype=np.int64).astype(np.uint32),
                                        eligible=(n_tok >= filters.NEAR_MIN_TOKENS) & ~too_long)
+        keep = ~too_long & (twin < 0)
+        cut = np.array(chat["dropped_messages"]) > 0
         for name in per:
             m = src == name
             per[name]["too_long"] = int((too_long & m).sum())
             per[name]["near_duplicates"] = int(((twin >= 0) & m).sum())
-        keep = ~too_long & (twin < 0)
+            per[name]["truncated"] = int((cut & keep & m).sum())   # unique rows that lost old turns
         chat = chat.remove_columns(["too_long", "minhash"]).cast(feats)
     chat_idx: dict[str, np.ndarray] = {name: np.nonzero(keep & (src == name))[0] for name in per
                                        if per[name]["kind"] == "chat"}
@@ -219,7 +221,10 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
     train = mix.shuffled(train, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     dd = DatasetDict({"train": full.select(train), "val": full.select(sorted(val))})
-    dd.save_to_disk(str(out_dir))
+    # Explicit shard counts: datasets writes no shard at all for an empty split (val_fraction=0) and
+    # then cannot load it back. ~500 MB shards: input_ids + labels as int32 = 8 bytes per token.
+    n_bytes = 8 * sum(full["n_tokens"]) if len(full) else 0
+    dd.save_to_disk(str(out_dir), num_shards={"train": max(1, n_bytes // 500_000_000 + 1), "val": 1})
     t_saved = time.perf_counter()
 
     # --- 6. stats, preview, template ----------------------------------------------------------
@@ -244,14 +249,12 @@ def _stats(cfg, per: dict, dd, uniq: dict, bad: BadRows, mode: str, label: str) 
     val_src = np.array(dd["val"]["source"]) if len(dd["val"]) else np.array([], dtype=str)
     n_tok = np.array(dd["train"]["n_tokens"]) if len(dd["train"]) else np.zeros(0)
     n_tr = np.array(dd["train"]["n_trained"]) if len(dd["train"]) else np.zeros(0)
-    dropped = np.array(dd["train"]["dropped_messages"]) if len(dd["train"]) else np.zeros(0)
     langs = np.array(dd["train"]["lang"]) if len(dd["train"]) else np.array([], dtype=str)
     sources = {}
     for name, s in per.items():
         m = train_src == name
         lens = n_tok[m]
         sources[name] = {**s, "filtered": dict(s["filtered"]), "bad_rows": bad.counts.get(name, 0),
-                         "truncated": int((dropped[m] > 0).sum()),
                          "unique_train": uniq.get(name, (0, 0))[0], "unique_val": uniq.get(name, (0, 0))[1],
                          "train_rows": int(m.sum()), "val_rows": int((val_src == name).sum()),
                          "train_tokens": int(lens.sum()), "train_trained_tokens": int(n_tr[m].sum()),
@@ -265,7 +268,8 @@ def _stats(cfg, per: dict, dd, uniq: dict, bad: BadRows, mode: str, label: str) 
         "template": DEFAULT_TEMPLATE.name, "sources": sources,
         "totals": {"train_rows": len(dd["train"]), "val_rows": len(dd["val"]),
                    "train_tokens": int(n_tok.sum()), "train_trained_tokens": int(n_tr.sum()), "val_tokens": val_tok,
-                   "truncated": int((dropped > 0).sum()), "too_long": sum(s["too_long"] for s in per.values()),
+                   "truncated": sum(s["truncated"] for s in per.values()),
+                   "too_long": sum(s["too_long"] for s in per.values()),
                    "bad_rows": bad.total, "max_row_tokens": int(n_tok.max()) if len(n_tok) else 0},
         "bad_rows": bad.to_dict(),
     }
@@ -295,10 +299,22 @@ def preview(ds, tok, n: int = PREVIEW_ROWS, max_tokens: int = 200) -> str:
 def prepare(cfg, out_dir, *, sources: Optional[dict] = None, progress: bool = True) -> dict:
     """Prepare the dataset(s) of `cfg.strategy` into `out_dir`; returns the stats (also in stats.json).
     `sources` maps NAME -> HUB_ID_OR_PATH overrides (the CLI's --source)."""
+
+    import datasets
+
+    bars_were_off = datasets.utils.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        return _prepare(cfg, Path(out_dir), dict(sources or {}), progress)
+    finally:
+        if not progress and not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _prepare(cfg, out: Path, overrides: dict, progress: bool) -> dict:
     from mambaft.tokenizer import load_tokenizer
 
-    out = Path(out_dir)
-    overrides = dict(sources or {})
     tok = load_tokenizer()
     common = dict(progress=progress)
     if cfg.strategy != "specialized":

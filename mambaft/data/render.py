@@ -29,6 +29,7 @@ class Rendered:
     labels: list
     dropped_messages: int          # oldest messages removed to fit (0 = untouched)
     too_long: bool                 # even the last exchange does not fit: the row must be dropped
+    kept: list                     # indices of the messages rendered
 
 
 def _plan_start(lengths: list[int], roles: list[str], max_len: int) -> tuple[int, bool, bool]:
@@ -95,7 +96,7 @@ def render_conversations(convs: Sequence[Sequence[dict]], tok, train_on: str = "
                 ids.extend(t)
                 labels.extend(t if segs[s][1] else [IGNORE_INDEX] * len(t))
         dropped = len(msgs) - len(kept)
-        out.append(Rendered(ids, labels, dropped, not fits))
+        out.append(Rendered(ids, labels, dropped, not fits, kept))
     return out
 
 
@@ -104,6 +105,9 @@ def render_batch(batch: dict, tok, train_on: str, max_seq_len: int, with_minhash
     dropped_messages, too_long and (for near-duplicate search) minhash."""
     rendered = render_conversations(batch["messages"], tok, train_on, max_seq_len)
     out = {
+        # the messages actually rendered (oldest turns removed by truncation), so that
+        # template.render(row["messages"]) == (row["input_ids"], row["labels"]) for every chat row
+        "messages": [[m[i] for i in r.kept] for m, r in zip(batch["messages"], rendered)],
         "input_ids": [r.input_ids for r in rendered],
         "labels": [r.labels for r in rendered],
         "n_tokens": [len(r.input_ids) for r in rendered],
@@ -135,7 +139,7 @@ def pack_text(docs: Sequence[dict], tok, max_seq_len: int, source: str) -> list[
         rows.append((first_doc, docs[-1].get("lang", "und"), cur))
     return [{"id": f"{source}:pack{i}", "conversation_id": f"{source}:{doc}", "source": source, "lang": lang,
              "kind": "text", "messages": [], "input_ids": ids, "labels": list(ids), "n_tokens": len(ids),
-             "n_trained": len(ids), "dropped_messages": 0, "too_long": False}
+             "n_trained": len(ids), "dropped_messages": 0}
             for i, (doc, lang, ids) in enumerate(rows)]
 
 

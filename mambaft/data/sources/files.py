@@ -59,7 +59,7 @@ def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iter
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     n = len(text)
-    line = text.count("\n", 0, pos) + 1
+    line, counted_to = 1, 0   # 1-based line of `counted_to`, advanced lazily (one pass in total)
     item = 0
     while True:
         while pos < n and text[pos] in " \t\r\n,":
@@ -67,13 +67,14 @@ def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iter
         if pos >= n or text[pos] == "]":
             return
         start = pos
+        line += text.count("\n", counted_to, start)
+        counted_to = start
         try:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             bad.add(source, f"{path}:{line}", f"record {item} is cut off or broken ({e.msg}); "
                                               f"{n - start:,} trailing characters ignored")
             return
-        line += text.count("\n", start, pos)
         if isinstance(obj, dict):
             yield f"{path}:{line} (item {item})", obj
         else:

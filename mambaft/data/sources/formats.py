@@ -243,7 +243,7 @@ def chatterbot_file(path, source: str, lang: str, bad: BadRows) -> Iterator[dict
         try:
             doc = yaml.safe_load(f.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise FormatError(f"{f}: not valid YAML ({e})") from e
+            raise FormatError(f"{f}: not the chatterbot format (not valid YAML: {e})") from e
         if not isinstance(doc, dict) or not isinstance(doc.get("conversations"), list):
             raise FormatError(f"{f}: not the chatterbot format (expected a YAML mapping with "
                               f"'conversations: [[question, answer, ...]]')")
