@@ -272,3 +272,22 @@ def test_smoke_preset_from_the_real_registry_cache(tmp_path):
         assert 300 < s["unique_train"] + s["unique_val"] <= 400
     assert stats["totals"]["max_row_tokens"] <= 256
     assert os.path.isfile(tmp_path / "smoke" / "dataset_dict.json")
+
+
+def test_every_configured_source_name_is_registered():
+    from mambaft.config import DOMAIN_SOURCES, PRESETS, Config
+    from mambaft.data.sources import SOURCES
+
+    c = Config()
+    names = set(c.sources) | set(c.offline_sources)
+    for p in PRESETS.values():
+        names |= set(p.get("sources", {})) | set(p.get("offline_sources", {}))
+    for d in DOMAIN_SOURCES.values():
+        names |= set(d["hub"]) | set(d["offline"])
+    assert names - set(SOURCES) == set()
+    # every strategy can be prepared offline: its offline sources come from registry packages
+    for name in c.offline_sources:
+        assert SOURCES[name].origin.startswith("registry:"), name
+    for d in DOMAIN_SOURCES.values():
+        for name in d["offline"]:
+            assert SOURCES[name].origin.startswith("registry:"), name
