@@ -124,15 +124,17 @@ def text_perplexity(lm, texts: Iterable[str], window: int = 256, max_tokens: Opt
 
 
 def heldout_perplexity(lm, names: Sequence[str] = ("wiki_en", "wiki_fr"), limit_docs: int = 50,
-                       window: int = 256, max_tokens: Optional[int] = 20_000, progress: bool = False) -> dict:
-    """Plain-text perplexity on the held-out slice of each text source (forgetting, EN and FR)."""
+                       window: int = 256, max_tokens: Optional[int] = 20_000, progress: bool = False,
+                       split: str = "heldout") -> dict:
+    """Plain-text perplexity on the held-out slice of each text source (forgetting, EN and FR).
+    `names`: keys of mambaft.data.text.TEXT_SOURCES or local .txt/.jsonl paths."""
     from ..data.text import load_text_documents
 
     out = {}
     for name in names:
-        docs = load_text_documents(name, limit_docs, split="heldout", progress=progress)
+        docs = load_text_documents(name, limit_docs, split=split, progress=progress)
         if not docs:
-            raise ValueError(f"text source {name!r}: no held-out documents")
+            raise ValueError(f"text source {name!r}: no documents in its {split!r} split")
         res = text_perplexity(lm, [d["text"] for d in docs], window, max_tokens, progress)
         res.update(docs=len(docs), lang=docs[0]["lang"], license=docs[0]["license"])
         out[str(name)] = res

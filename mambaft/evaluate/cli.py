@@ -1,0 +1,238 @@
+"""Evaluate one model: probes, degeneration, end token, perplexity, BLEU/chrF, benchmarks -> JSON.
+
+    mambaft evaluate --model PATH [--data DIR] [--out DIR] [--limit N] [--reference]
+    mambaft evaluate --model smollm2 --out runs/eval/smollm2          # the reference row alone
+
+`--data` is a prepared dataset folder (`mambaft prepare --out DIR`: a DatasetDict with a `val`
+split). Without it, instruction perplexity and BLEU/chrF are left out. `--limit N` caps every part
+(validation rows, generated answers, benchmark items, held-out documents) for quick runs.
+Library call for the notebooks: `evaluate_model(path_or_model, ...) -> dict`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .benchmarks import BENCHMARKS, run_benchmarks
+from .lm import load_lm
+from .metrics import (answer_scores, degeneration, end_token_probability, heldout_perplexity,
+                      instruction_perplexity, validation_pairs)
+from .probes import DEFAULT_MAX_NEW_TOKENS, PROBES, score_probes, summarize_probes
+
+RESULTS_FILE = "results.json"
+TEXT_SETS = ("wiki_en", "wiki_fr")
+
+
+def load_val_split(data):
+    """A prepared dataset folder / DatasetDict / Dataset -> its validation Dataset."""
+    import datasets
+
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such prepared dataset folder (mambaft prepare --out DIR)")
+        try:
+            data = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise ValueError(f"{path}: not a dataset written by save_to_disk ({e})") from e
+    if isinstance(data, datasets.DatasetDict):
+        for split in ("val", "validation", "test"):
+            if split in data:
+                return data[split]
+        raise ValueError(f"prepared dataset has splits {list(data)}: expected 'val'")
+    return data
+
+
+def _clean(o):
+    """JSON-safe: NaN -> None, tuples -> lists, paths -> str."""
+    if isinstance(o, float):
+        return None if math.isnan(o) or math.isinf(o) else o
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = None, name: Optional[str] = None,
+                   limit: Optional[int] = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0,
+                   probes: bool = True, benchmarks: Sequence[str] = tuple(BENCHMARKS),
+                   bench_limit: Optional[int] = 200, bench_source: Union[str, dict] = "auto",
+                   text_sets: Sequence[str] = TEXT_SETS, text_docs: int = 50, text_tokens: int = 20_000,
+                   text_split: str = "heldout",
+                   window: int = 256, val_rows: Optional[int] = 500, answer_pairs: int = 100,
+                   device: Optional[str] = None, precision: str = "fp32", progress: bool = True,
+                   strict: bool = False) -> dict:
+    """Measure one model and return (and, with `out`, write to out/results.json) a dict:
+
+        model         what was evaluated (path, step, architecture, parameters)
+        probes        {"results": [one dict per probe], "summary": pass rates}
+        degeneration  rep_2/3/4, distinct_1/2, limit / end-token / stop-string rates (probe and
+                      validation replies together)
+        end_token     p(end token | complete answer)
+        perplexity    {"instruction": per source (needs `data`), "text": {set: ppl, bpb}}
+        answers       BLEU and chrF of greedy answers against validation answers (needs `data`)
+        benchmarks    {name: acc, acc_norm, n, chance}
+        errors        {part: message} for parts that could not run (strict=True raises instead)
+
+    `limit` caps val_rows, answer_pairs, bench_limit and text_docs at once (quick runs)."""
+    if limit is not None:
+        val_rows, answer_pairs = min(val_rows or limit, limit), min(answer_pairs, limit)
+        bench_limit, text_docs = min(bench_limit or limit, limit), min(text_docs, limit)
+    t_start = time.perf_counter()
+    lm = load_lm(path_or_model, name=name, device=device, precision=precision)
+    if name:
+        lm.name = name
+    res: dict = {"name": lm.name, "model": lm.describe(), "errors": {}, "timing_s": {},
+                 "settings": {"limit": limit, "max_new_tokens": max_new_tokens, "seed": seed,
+                              "bench_limit": bench_limit, "text_sets": list(text_sets), "text_docs": text_docs,
+                              "text_tokens": text_tokens, "text_split": text_split, "window": window, "val_rows": val_rows,
+                              "answer_pairs": answer_pairs, "precision": precision,
+                              "data": str(data) if isinstance(data, (str, Path)) else None}}
+
+    def part(key: str, fn):
+        t0 = time.perf_counter()
+        if progress:
+            print(f"[evaluate] {lm.name}: {key} ...", file=sys.stderr, flush=True)
+        try:
+            return fn()
+        except Exception as e:  # one failing part must not lose the others' results
+            if strict:
+                raise
+            res["errors"][key] = f"{type(e).__name__}: {e}"
+            print(f"[evaluate] {lm.name}: {key} failed: {res['errors'][key]}", file=sys.stderr, flush=True)
+            return None
+        finally:
+            res["timing_s"][key] = round(time.perf_counter() - t0, 2)
+
+    replies = []
+    if probes:
+        def _probes():
+            rs = lm.replies([p.messages for p in PROBES], max_new_tokens=max_new_tokens, seed=seed)
+            replies.extend(rs)
+            results = score_probes(PROBES, rs)
+            return {"results": results, "summary": summarize_probes(results)}
+        res["probes"] = part("probes", _probes)
+    res["end_token"] = part("end_token", lambda: end_token_probability(lm))
+
+    res["perplexity"] = {}
+    val = None
+    if data is not None:
+        val = part("data", lambda: load_val_split(data))
+    if val is not None:
+        res["perplexity"]["instruction"] = part(
+            "instruction_perplexity", lambda: instruction_perplexity(lm, val, val_rows, progress))
+
+        def _answers():
+            pairs = validation_pairs(val, answer_pairs)
+            scores, rs = answer_scores(lm, pairs, max_new_tokens, seed, progress)
+            replies.extend(rs)
+            scores["examples"] = [{"question": h[-1]["content"], "reference": ref, "answer": r.answer}
+                                  for (h, ref), r in list(zip(pairs, rs))[:10]]
+            return scores
+        res["answers"] = part("answers", _answers)
+    if text_sets:
+        res["perplexity"]["text"] = part("text_perplexity", lambda: heldout_perplexity(
+            lm, text_sets, text_docs, window, text_tokens, progress, text_split))
+    if replies:
+        res["degeneration"] = degeneration(replies)
+    if benchmarks:
+        res["benchmarks"] = part("benchmarks", lambda: run_benchmarks(lm, benchmarks, bench_limit,
+                                                                      bench_source, progress))
+    res["timing_s"]["total"] = round(time.perf_counter() - t_start, 2)
+    res = _clean(res)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RESULTS_FILE).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return res
+
+
+def format_summary(res: dict) -> str:
+    """A few lines for the terminal."""
+    lines = [f"== {res['name']}"]
+    if res.get("probes"):
+        s = res["probes"]["summary"]
+        lines.append(f"probes: {s['passed']}/{s['total']} passed  " +
+                     "  ".join(f"{k} {v:.0%}" for k, v in s["by_kind"].items()))
+    if res.get("degeneration"):
+        d = res["degeneration"]
+        lines.append(f"degeneration: rep_3 {d['rep_3'] or 0:.3f}  distinct_2 {d['distinct_2'] or 0:.3f}  "
+                     f"hit limit {d['limit_rate']:.0%}  ended by end token {d['end_token_rate']:.0%}")
+    if res.get("end_token"):
+        lines.append(f"p(end | complete answer): mean {res['end_token']['mean']:.3g}")
+    ppl = res.get("perplexity") or {}
+    if ppl.get("instruction"):
+        a = ppl["instruction"]["all"]
+        lines.append(f"instruction perplexity: {a['ppl']:.2f} ({a['tokens']} tokens, {a['bpb']:.3f} bits/byte)")
+    for k, v in (ppl.get("text") or {}).items():
+        lines.append(f"held-out {k}: perplexity {v['ppl']:.2f}, {v['bpb']:.3f} bits/byte ({v['tokens']} tokens)")
+    if res.get("answers"):
+        lines.append(f"BLEU {res['answers']['bleu']:.2f}  chrF {res['answers']['chrf']:.2f} (n={res['answers']['n']})")
+    for k, v in (res.get("benchmarks") or {}).items():
+        lines.append(f"{k}: acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance {v['chance']:.3f})")
+    for k, v in res.get("errors", {}).items():
+        lines.append(f"ERROR in {k}: {v}")
+    return "\n".join(lines)
+
+
+def build_parser(prog: str = "mambaft evaluate", one_model: bool = True) -> argparse.ArgumentParser:
+    """The evaluation options, shared by `mambaft evaluate` (--model) and `mambaft compare`."""
+    p = argparse.ArgumentParser(prog=prog, description="Evaluate one model and write results.json.")
+    if one_model:
+        p.add_argument("--model", required=True, help="original .pt, mambaft model folder, or 'smollm2'")
+    p.add_argument("--data", help="prepared dataset folder (its 'val' split)")
+    p.add_argument("--out", help="folder for results.json")
+    p.add_argument("--name", help="label in reports (default: the folder/file name)")
+    p.add_argument("--limit", type=int, help="cap every part at N items (quick runs)")
+    p.add_argument("--max-new", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens per generated answer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bench", nargs="*", default=list(BENCHMARKS), help=f"benchmarks ({', '.join(BENCHMARKS)}); none: skip")
+    p.add_argument("--bench-limit", type=int, default=200, help="items per benchmark")
+    p.add_argument("--bench-source", default="auto", help="auto | offline | hub")
+    p.add_argument("--text", nargs="*", default=list(TEXT_SETS), help="held-out text sources; none: skip")
+    p.add_argument("--text-split", default="heldout", choices=["heldout", "train", "all"])
+    p.add_argument("--no-probes", action="store_true")
+    p.add_argument("--reference", action="store_true", help="also evaluate SmolLM2-135M-Instruct")
+    p.add_argument("--device")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--strict", action="store_true", help="stop at the first failing part")
+    return p
+
+
+def kwargs_from_args(a) -> dict:
+    return dict(data=a.data, limit=a.limit, max_new_tokens=a.max_new, seed=a.seed, probes=not a.no_probes,
+                benchmarks=a.bench, bench_limit=a.bench_limit, bench_source=a.bench_source, text_sets=a.text,
+                text_split=a.text_split,
+                device=a.device, precision=a.precision, strict=a.strict)
+
+
+def main(argv: Optional[list] = None) -> int:
+    a = build_parser().parse_args(argv)
+    from ..runtime import seed_everything, set_threads
+    set_threads(a.threads)
+    seed_everything(a.seed)
+    kw = kwargs_from_args(a)
+    out = Path(a.out) if a.out else None
+    res = evaluate_model(a.model, out=out, name=a.name, **kw)
+    print(format_summary(res))
+    failed = bool(res["errors"])
+    if a.reference:
+        ref = evaluate_model("smollm2", out=out / "reference" if out else None, **kw)
+        print(format_summary(ref))
+        failed = failed or bool(ref["errors"])
+    if out:
+        print(f"wrote {out / RESULTS_FILE}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""Compare any list of models side by side: a table, plots and a report (markdown + HTML) in a run
+folder, with every probe's answers next to each other.
+
+Each entry is a checkpoint (evaluated now, results kept under OUT/models/NAME/results.json), a
+results.json written earlier by `mambaft evaluate`, or a folder holding one. `--reference` adds
+SmolLM2-135M-Instruct as the last column.
+
+    mambaft compare base.pt runs/ckpt-5000 runs/ckpt-10000 runs/final --out runs/compare [--limit 20]
+Library call for the notebooks: `compare_models(paths, out_dir, ...) -> dict`.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .cli import RESULTS_FILE, build_parser, evaluate_model, kwargs_from_args
+
+def _get(d: dict, *keys):
+    """d[k1][k2]... or None when any level is missing."""
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return None
+        d = d[k]
+    return d
+
+
+# (key, label, getter, lower is better? / None: not a score) of the comparison table
+COLUMNS = [
+    ("step", "step", lambda r: _get(r, "model", "step"), None),
+    ("probes", "probes passed", lambda r: _get(r, "probes", "summary", "pass_rate"), False),
+    ("probes_en", "probes EN", lambda r: _get(r, "probes", "summary", "by_lang", "en"), False),
+    ("probes_fr", "probes FR", lambda r: _get(r, "probes", "summary", "by_lang", "fr"), False),
+    ("ppl_instr", "instruction ppl", lambda r: _get(r, "perplexity", "instruction", "all", "ppl"), True),
+    ("bpb_instr", "instruction bits/byte", lambda r: _get(r, "perplexity", "instruction", "all", "bpb"), True),
+    ("bpb_wiki_en", "held-out EN bits/byte", lambda r: _get(r, "perplexity", "text", "wiki_en", "bpb"), True),
+    ("bpb_wiki_fr", "held-out FR bits/byte", lambda r: _get(r, "perplexity", "text", "wiki_fr", "bpb"), True),
+    ("rep_3", "repeated 3-grams", lambda r: _get(r, "degeneration", "rep_3"), True),
+    ("distinct_2", "distinct-2", lambda r: _get(r, "degeneration", "distinct_2"), False),
+    ("limit_rate", "hit token limit", lambda r: _get(r, "degeneration", "limit_rate"), True),
+    ("p_end", "p(end | answer)", lambda r: _get(r, "end_token", "mean"), False),
+    ("bleu", "BLEU", lambda r: _get(r, "answers", "bleu"), False),
+    ("chrf", "chrF", lambda r: _get(r, "answers", "chrf"), False),
+    ("hellaswag", "HellaSwag acc_norm", lambda r: _get(r, "benchmarks", "hellaswag", "acc_norm"), False),
+    ("arc_easy", "ARC-Easy acc_norm", lambda r: _get(r, "benchmarks", "arc_easy", "acc_norm"), False),
+    ("piqa", "PIQA acc_norm", lambda r: _get(r, "benchmarks", "piqa", "acc_norm"), False),
+]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) >= 100 or v == 0 else f"{v:.3f}"
+    return str(v)
+
+
+def load_or_evaluate(entry, out_dir: Path, **eval_kwargs) -> dict:
+    """A results dict, a results.json (or a folder holding one), or a checkpoint to evaluate now."""
+    if isinstance(entry, dict):
+        return entry
+    p = Path(str(entry))
+    if p.is_file() and p.suffix == ".json":
+        return json.loads(p.read_text(encoding="utf-8"))
+    if p.is_dir() and (p / RESULTS_FILE).is_file() and not (p / "model.safetensors").is_file():
+        return json.loads((p / RESULTS_FILE).read_text(encoding="utf-8"))
+    if not p.exists() and str(entry).lower() not in ("smollm2", "reference"):
+        raise FileNotFoundError(f"{p}: no such checkpoint, model folder or results.json")
+    name = eval_kwargs.pop("name", None) or (p.name if p.suffix != ".pt" else f"{p.parent.name}/{p.stem}")
+    return evaluate_model(entry, out=out_dir / "models" / _slug(name), name=name, **eval_kwargs)
+
+
+def table_rows(results: Sequence[dict]) -> list:
+    return [{"name": r["name"], **{key: get(r) for key, _, get, _ in COLUMNS}} for r in results]
+
+
+def _used_columns(rows: list) -> list:
+    return [c for c in COLUMNS if any(row[c[0]] is not None for row in rows)]
+
+
+def markdown_table(rows: list) -> str:
+    cols = _used_columns(rows)
+    lines = ["| model | " + " | ".join(label for _, label, _, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row['name']} | " + " | ".join(_fmt(row[c[0]]) for c in cols) + " |")
+    arrows = ", ".join(f"{label} {'lower' if low else 'higher'}" for _, label, _, low in cols if low is not None)
+    return "\n".join(lines) + f"\n\nBetter: {arrows}.\n"
+
+
+def probe_answers(results: Sequence[dict]) -> list:
+    """[{id, question, rule, answers: {model: (answer, passed, stopped_by)}}] in probe order."""
+    table: dict = {}
+    for r in results:
+        for p in _get(r, "probes", "results") or []:
+            row = table.setdefault(p["id"], {"id": p["id"], "question": p["question"], "rule": p["rule"], "answers": {}})
+            row["answers"][r["name"]] = (p["answer"], p["passed"], p["stopped_by"])
+    return list(table.values())
+
+
+# --- plots -----------------------------------------------------------------------------------------
+def make_plots(results: Sequence[dict], out: Path) -> list:
+    """PNG plots (matplotlib, Agg backend: works headless) -> list of paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in results]
+    paths = []
+
+    def bars(groups: dict, title: str, fname: str, ylabel: str, chance: Optional[dict] = None, log=False):
+        groups = {g: v for g, v in groups.items() if any(x is not None for x in v)}
+        if not groups:
+            return
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(names) ** 0.5 + 2), 4))
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            xs = [j + i * width for j in range(len(groups))]
+            ax.bar(xs, [v[i] if v[i] is not None else 0 for v in groups.values()], width, label=n)
+        if chance:
+            for j, g in enumerate(groups):
+                if chance.get(g) is not None:
+                    ax.hlines(chance[g], j - width / 2, j + 0.8 - width / 2, colors="k", linestyles="dashed")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+        ax.set_xticklabels(list(groups), rotation=20, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        paths.append(out / fname)
+
+    kinds = list(dict.fromkeys(k for r in results for k in (_get(r, "probes", "summary", "by_kind") or {})))
+    bars({k: [_get(r, "probes", "summary", "by_kind", k) for r in results] for k in kinds},
+         "Probe pass rate by kind", "probes.png", "pass rate")
+    bars({"instruction": [_get(r, "perplexity", "instruction", "all", "bpb") for r in results],
+          **{f"held-out {t}": [_get(r, "perplexity", "text", t, "bpb") for r in results]
+             for t in dict.fromkeys(t for r in results for t in (_get(r, "perplexity", "text") or {}))}},
+         "Bits per byte (lower is better)", "perplexity.png", "bits/byte")
+    bars({"repeated 3-grams": [_get(r, "degeneration", "rep_3") for r in results],
+          "distinct-2": [_get(r, "degeneration", "distinct_2") for r in results],
+          "hit limit": [_get(r, "degeneration", "limit_rate") for r in results],
+          "p(end | answer)": [_get(r, "end_token", "mean") for r in results]},
+         "Degeneration and stopping", "degeneration.png", "rate / probability")
+    benches = list(dict.fromkeys(b for r in results for b in (_get(r, "benchmarks") or {})))
+    bars({b: [_get(r, "benchmarks", b, "acc_norm") for r in results] for b in benches},
+         "Benchmarks (acc_norm; dashed: chance)", "benchmarks.png", "accuracy",
+         chance={b: next((_get(r, "benchmarks", b, "chance") for r in results
+                          if _get(r, "benchmarks", b, "chance") is not None), None) for b in benches})
+    # Training progress: metrics against the checkpoint step, when several models carry a step.
+    stepped = [(r["model"].get("step"), r) for r in results if isinstance(_get(r, "model", "step"), int)]
+    if len(stepped) >= 2:
+        stepped.sort(key=lambda x: x[0])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label, get, _ in COLUMNS:
+            if key in ("probes", "p_end", "limit_rate", "rep_3"):
+                ys = [get(r) for _, r in stepped]
+                if any(y is not None for y in ys):
+                    ax.plot([s for s, _ in stepped], [y if y is not None else float("nan") for y in ys], "o-", label=label)
+        ax.set_xlabel("step")
+        ax.set_title("Across checkpoints")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "progress.png", dpi=110)
+        plt.close(fig)
+        paths.append(out / "progress.png")
+    return paths
+
+
+# --- reports ---------------------------------------------------------------------------------------
+def markdown_report(results: Sequence[dict], rows: list, plots: list) -> str:
+    lines = ["# Model comparison", "", markdown_table(rows)]
+    errs = [(r["name"], k, v) for r in results for k, v in (r.get("errors") or {}).items()]
+    if errs:
+        lines += ["Parts that could not run:", ""] + [f"- {n}: {k}: {v}" for n, k, v in errs] + [""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots] + ["", "## Probe answers side by side", ""]
+    names = [r["name"] for r in results]
+    for pr in probe_answers(results):
+        lines += [f"### {pr['id']}: {pr['question']}", "", f"Pass rule: {pr['rule']}", "",
+                  "| model | answer | pass | stopped by |", "|---|---|---|---|"]
+        for n in names:
+            if n in pr["answers"]:
+                a, ok, stop = pr["answers"][n]
+                a = a.replace("|", "\\|").replace("\n", " ")
+                lines.append(f"| {n} | {a} | {'PASS' if ok else 'fail'} | {stop} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def html_report(results: Sequence[dict], rows: list, plots: list) -> str:
+    e = html.escape
+    cols = _used_columns(rows)
+    head = "".join(f"<th>{e(label)}</th>" for _, label, _, _ in cols)
+    body = "".join("<tr><td>" + e(r["name"]) + "</td>" + "".join(f"<td>{e(_fmt(r[c[0]]))}</td>" for c in cols)
+                   + "</tr>" for r in rows)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Model comparison</title><style>"
+             "body{font-family:sans-serif;max-width:1200px;margin:auto} table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top} .pass{background:#dfd}"
+             ".fail{background:#fdd}</style></head><body><h1>Model comparison</h1>",
+             f"<table><tr><th>model</th>{head}</tr>{body}</table>"]
+    parts += [f"<p><img src='{e(p.name)}' alt='{e(p.stem)}'></p>" for p in plots]
+    parts.append("<h2>Probe answers side by side</h2>")
+    names = [r["name"] for r in results]
+    for pr in probe_answers(results):
+        parts.append(f"<h3>{e(pr['id'])}: {e(pr['question'])}</h3><p><i>Pass rule: {e(pr['rule'])}</i></p><table>"
+                     "<tr><th>model</th><th>answer</th><th>pass</th><th>stopped by</th></tr>")
+        for n in names:
+            if n in pr["answers"]:
+                a, ok, stop = pr["answers"][n]
+                cls = "pass" if ok else "fail"
+                parts.append(f"<tr class='{cls}'><td>{e(n)}</td><td>{e(a)}</td><td>{'PASS' if ok else 'fail'}</td>"
+                             f"<td>{e(stop)}</td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def compare_models(models: Sequence[Union[str, Path, dict]], out_dir: Union[str, Path],
+                   names: Optional[Sequence[str]] = None, reference: bool = False, **eval_kwargs) -> dict:
+    """Evaluate (or load) each model and write OUT/{compare.json, table.csv, table.md, report.md,
+    report.html, *.png}. Returns {"results", "rows", "files"}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = list(models) + (["smollm2"] if reference else [])
+    if names is not None and len(names) != len(models):
+        raise ValueError(f"{len(names)} names for {len(models)} models")
+    results = []
+    for i, entry in enumerate(entries):
+        kw = dict(eval_kwargs)
+        if names is not None and i < len(names):
+            kw["name"] = names[i]
+        r = load_or_evaluate(entry, out, **kw)
+        if names is not None and i < len(names):
+            r = {**r, "name": names[i]}
+        results.append(r)
+    seen: dict = {}
+    for r in results:  # unique column names: "final", "final (2)"
+        seen[r["name"]] = seen.get(r["name"], 0) + 1
+        if seen[r["name"]] > 1:
+            r["name"] = f"{r['name']} ({seen[r['name']]})"
+    rows = table_rows(results)
+    plots = make_plots(results, out)
+    files = {"json": out / "compare.json", "csv": out / "table.csv", "table": out / "table.md",
+             "markdown": out / "report.md", "html": out / "report.html"}
+    files["json"].write_text(json.dumps({"rows": rows, "results": results}, indent=2, ensure_ascii=False) + "\n",
+                             encoding="utf-8")
+    with files["csv"].open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["name"] + [c[0] for c in COLUMNS])
+        w.writeheader()
+        w.writerows(rows)
+    files["table"].write_text(markdown_table(rows), encoding="utf-8")
+    files["markdown"].write_text(markdown_report(results, rows, plots), encoding="utf-8")
+    files["html"].write_text(html_report(results, rows, plots), encoding="utf-8")
+    return {"results": results, "rows": rows, "files": {**{k: str(v) for k, v in files.items()},
+                                                        "plots": [str(p) for p in plots]}}
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = build_parser("mambaft compare", one_model=False)
+    p.description = "Compare several models side by side (table, plots, markdown + HTML report)."
+    p.add_argument("models", nargs="+", help="checkpoints, model folders or results.json files")
+    p.add_argument("--names", nargs="*", help="one label per model")
+    a = p.parse_args(argv)
+    if not a.out:
+        p.error("--out DIR is required")
+    from ..runtime import seed_everything, set_threads
+    set_threads(a.threads)
+    seed_everything(a.seed)
+    res = compare_models(a.models, a.out, names=a.names, reference=a.reference, **kwargs_from_args(a))
+    print(markdown_table(res["rows"]))
+    for k, v in res["files"].items():
+        print(f"{k}: {v}")
+    return 1 if any(r.get("errors") for r in res["results"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
