@@ -46,9 +46,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0  # d(sum CE)/d(logits)
                 g = probs.to(dtype)
                 if want_h:
-                    grad_h[s:s + chunk] = (g @ w).to(h.dtype)   # [n, D]
+                    if dtype == h.dtype:                        # write straight into the rows
+                        torch.mm(g, w, out=grad_h[s:s + chunk])  # [n, D]
+                    else:
+                        grad_h[s:s + chunk] = g @ w
                 if want_w:
-                    grad_w += (g.t() @ hc).float()              # [V, D]
+                    if dtype == torch.float32:                  # accumulate in place: no [V, D] temp
+                        grad_w.addmm_(g.t(), hc)
+                    else:                                       # bf16 product, summed in fp32
+                        grad_w.add_(g.t() @ hc)                 # [V, D]
         ctx.save_for_backward(grad_h if want_h else None, grad_w if want_w else None)
         ctx.weight_dtype = weight.dtype
         return total

@@ -1,0 +1,160 @@
+"""The speed kernels compute what the plain ops compute: SWELU (custom autograd Function), the causal
+depthwise conv, and the chunked fused cross-entropy. Values and gradients, fp32 and bf16 autocast."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambaft.model.conv import causal_depthwise_conv
+from mambaft.model.loss import linear_cross_entropy
+from mambaft.model.swelu import SWELU, swelu, swelu_reference
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def _grads(fn, z, k, g):
+    z = z.detach().clone().requires_grad_()
+    k = k.detach().clone().requires_grad_()
+    out = fn(z, k)
+    out.backward(g)
+    return out.detach(), z.grad, k.grad
+
+
+@pytest.mark.parametrize("k_value", [0.42, 1.0, 1.87, -0.6])
+def test_swelu_function_equals_reference_fp32(k_value):
+    z = torch.randn(3, 40, 64) * 2.5
+    z[0, 0, :4] = 0.0                        # exact zeros: value 0, gradient 0 (as autograd gives)
+    k = torch.tensor(k_value)
+    g = torch.randn(3, 40, 64)
+    out, gz, gk = _grads(swelu, z, k, g)
+    ref, rz, rk = _grads(swelu_reference, z, k, g)
+    assert torch.equal(out, ref)             # same ops in the same order: bit-identical forward
+    torch.testing.assert_close(gz, rz, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-4)
+    assert gk.shape == k.shape and gk.abs() > 1e-3    # k really receives a gradient
+    assert torch.all(gz[0, 0, :4] == 0)
+
+
+def test_swelu_function_gradcheck_fp64():
+    z = (torch.randn(5, 7, dtype=torch.float64) * 2).requires_grad_()
+    k = torch.tensor(0.55, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(swelu, (z, k), eps=1e-6, atol=1e-6)
+
+
+def test_swelu_function_under_bf16_autocast_matches_reference():
+    x = torch.randn(4, 32, 48)
+    w = torch.randn(48, 48) / 7
+    k = torch.tensor(0.5)
+    g = torch.randn(4, 32, 48)
+
+    def run(fn):
+        xx = x.clone().requires_grad_()
+        kk = k.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = xx @ w                        # bf16 under autocast
+            out = fn(z, kk)
+        out.backward(g)
+        return z.dtype, out, xx.grad, kk.grad
+
+    zd, out, gx, gk = run(swelu)
+    zr, ref, rx, rk = run(swelu_reference)
+    assert zd == torch.bfloat16 and out.dtype == torch.float32   # computed in fp32 from bf16 input
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(gx, rx, rtol=1e-2, atol=1e-2)     # bf16 gradient into the matmul
+    torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-4)
+
+
+def test_swelu_module_lam_variant_still_uses_the_reference_path():
+    m = SWELU(k_init=0.7, lam_formula="outer")
+    with torch.no_grad():
+        m.lam.fill_(0.5)
+    z = torch.randn(10)
+    torch.testing.assert_close(m(z), 0.5 * swelu_reference(z, m.k))
+
+
+def _conv_reference(x, weight, bias):
+    conv = torch.nn.Conv1d(weight.shape[0], weight.shape[0], weight.shape[1], groups=weight.shape[0],
+                           padding=weight.shape[1] - 1, bias=True)
+    conv.weight = torch.nn.Parameter(weight.unsqueeze(1))
+    conv.bias = torch.nn.Parameter(bias)
+    L = x.shape[1]
+    return conv(x.transpose(1, 2))[..., :L].transpose(1, 2), conv
+
+
+@pytest.mark.parametrize("L", [1, 3, 37])
+def test_causal_conv_equals_conv1d_in_values_and_gradients(L):
+    E, K = 24, 4
+    full = torch.randn(2, L, 2 * E)
+    weight, bias = torch.randn(E, K), torch.randn(E)
+    g = torch.randn(2, L, E)
+    x1 = full.clone().requires_grad_()
+    ref, conv = _conv_reference(x1[..., :E], weight.clone(), bias.clone())   # a strided view
+    ref.backward(g)
+    x2 = full.clone().requires_grad_()
+    w2, b2 = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    out = causal_depthwise_conv(x2[..., :E], w2, b2)
+    out.backward(g)
+    assert torch.equal(out, ref)             # oneDNN's summation order: bit-identical in fp32
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w2.grad, conv.weight.grad.squeeze(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b2.grad, conv.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_conv_is_causal_and_keeps_bf16():
+    E = 8
+    x = torch.randn(1, 10, E)
+    w, b = torch.randn(E, 4), torch.randn(E)
+    y = causal_depthwise_conv(x, w, b)
+    x2 = x.clone()
+    x2[:, 6:] += 5.0                          # change the future
+    assert torch.equal(causal_depthwise_conv(x2, w, b)[:, :6], y[:, :6])
+    yb = causal_depthwise_conv(x.bfloat16(), w, b)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), causal_depthwise_conv(x.bfloat16().float(), w, b),
+                               rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_linear_cross_entropy_equals_plain_cross_entropy(reduction):
+    B, L, D, V = 2, 19, 16, 97
+    h = torch.randn(B, L, D)
+    w = torch.randn(V, D) / 4
+    labels = torch.randint(0, V, (B, L))
+    labels[0, :5] = -100                      # a masked prompt
+    labels[1, 11:] = -100                     # padding
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss, n = linear_cross_entropy(h1, w1, labels, chunk=7, reduction=reduction)  # chunks cross rows
+    loss.backward()
+    h2, w2 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    logits = h2 @ w2.t()
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), ignore_index=-100,
+                          reduction=reduction)
+    ref.backward()
+    assert n == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_cross_entropy_under_bf16_autocast_is_close_to_fp32():
+    B, L, D, V = 2, 33, 32, 301
+    h = torch.randn(B, L, D)
+    w = torch.randn(V, D) / 6
+    labels = torch.randint(0, V, (B, L))
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = linear_cross_entropy(h1, w1, labels, chunk=16)
+    loss.backward()
+    h2, w2 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = F.cross_entropy((h2 @ w2.t())[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
+    ref.backward()
+    assert loss.dtype == torch.float32 and w1.grad.dtype == torch.float32
+    assert abs(loss.item() - ref.item()) < 2e-2
+    assert torch.nn.functional.cosine_similarity(w1.grad.flatten(), w2.grad.flatten(), dim=0) > 0.999
+    assert torch.nn.functional.cosine_similarity(h1.grad.flatten(), h2.grad.flatten(), dim=0) > 0.999
