@@ -1,0 +1,119 @@
+"""Training rows -> micro-batches: a deterministic order that a resumed run can rejoin exactly.
+
+The order is an endless stream of epochs, each a seeded permutation of the train rows
+(`torch.randperm(N, generator=seed + epoch)`), so row p of the stream is a pure function of
+(seed, p). The only data position a checkpoint needs is `rows_consumed` (p at the next step).
+
+One optimizer step takes the next G = B x A x W rows (B rows per micro-batch, A accumulation steps,
+W ranks). Rank r takes the r-th contiguous share of A x B rows, sorts it by length and cuts it into A
+micro-batches: sorting cuts padding (a 40-token row no longer waits beside a 900-token one) and does
+not change the gradient, because every micro-batch is weighted by its trained tokens
+(see mambaft.train.step).
+
+Padding is masked by LENGTH, never by token id: GPT-2 has no pad token and padding with the end
+token (50256) must not mask the real end tokens that the model has to learn.
+
+    python -m pytest tests/test_train_units.py -k collate
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None) -> dict:
+    """Right-pad rows to the batch's longest one.
+
+    Args:
+        rows: dicts with `input_ids` and `labels` (equal-length int lists; labels -100 where untrained).
+        pad_id: filler id for input_ids past each row's end (its value never matters: the model is
+            causal, so padding on the right cannot reach a real position, and its labels are -100).
+        max_len: refuse rows longer than this (the model's position table), naming the row.
+    Returns:
+        {"input_ids": [B, L] long, "labels": [B, L] long, "lengths": [B] long}
+    """
+    lengths = [len(r["input_ids"]) for r in rows]
+    for i, r in enumerate(rows):
+        if len(r["labels"]) != lengths[i]:
+            raise ValueError(f"row {r.get('id', i)!r}: {lengths[i]} input_ids but {len(r['labels'])} labels")
+        if max_len is not None and lengths[i] > max_len:
+            raise ValueError(f"row {r.get('id', i)!r}: {lengths[i]} tokens, longer than max_seq_len "
+                             f"{max_len} (prepare the data with the same max_seq_len as the model)")
+    L = max(lengths)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), L), IGNORE_INDEX, dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = lengths[b]
+        ids[b, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        labels[b, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
+    return {"input_ids": ids, "labels": labels, "lengths": torch.tensor(lengths, dtype=torch.long)}
+
+
+@dataclass
+class StepRows:
+    """What one rank trains on in one optimizer step."""
+    micro_batches: list          # A collated dicts (see `collate`)
+    row_ids: list                # dataset indices of this rank's rows, in micro-batch order
+    first_row: int               # stream position of the global batch's first row
+    epoch: float                 # stream position / N: fractional epochs completed before this step
+
+
+class RowStream:
+    """Deterministic endless stream of training rows (see module docstring).
+
+    Args:
+        dataset: a `datasets.Dataset` (or anything with len() and __getitem__(list) -> dict of
+            columns) with `input_ids` and `labels` columns.
+        seed: the run's seed; epoch e uses permutation seed + e.
+    """
+
+    def __init__(self, dataset, seed: int, pad_id: int, max_len: Optional[int] = None):
+        if len(dataset) == 0:
+            raise ValueError("the train split is empty: nothing to train on")
+        self.dataset = dataset
+        self.n = len(dataset)
+        self.seed = int(seed)
+        self.pad_id = pad_id
+        self.max_len = max_len
+        self._perm_epoch = -1
+        self._perm: Optional[torch.Tensor] = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=g)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def indices(self, start: int, count: int) -> list[int]:
+        """Dataset indices of stream positions start .. start+count-1 (crossing epochs as needed)."""
+        out: list[int] = []
+        p = start
+        while len(out) < count:
+            epoch, offset = divmod(p, self.n)
+            take = min(count - len(out), self.n - offset)
+            out.extend(self._permutation(epoch)[offset:offset + take].tolist())
+            p += take
+        return out
+
+    def fetch(self, idx: Sequence[int]) -> list[dict]:
+        cols = self.dataset[list(idx)]
+        return [{"id": i, "input_ids": a, "labels": b}
+                for i, a, b in zip(idx, cols["input_ids"], cols["labels"])]
+
+    def step_rows(self, step_first_row: int, *, batch_size: int, grad_accum: int, rank: int,
+                  world_size: int) -> StepRows:
+        """This rank's A micro-batches for the optimizer step whose global batch starts at
+        stream position `step_first_row`."""
+        share = batch_size * grad_accum
+        idx = self.indices(step_first_row + rank * share, share)
+        rows = self.fetch(idx)
+        rows.sort(key=lambda r: len(r["input_ids"]))   # less padding; same gradient (token-weighted)
+        micro = [collate(rows[i:i + batch_size], self.pad_id, self.max_len)
+                 for i in range(0, share, batch_size)]
+        return StepRows(micro_batches=micro, row_ids=[r["id"] for r in rows], first_row=step_first_row,
+                        epoch=step_first_row / self.n)

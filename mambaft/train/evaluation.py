@@ -1,0 +1,198 @@
+"""Evaluation during fine-tuning: val loss per source, held-out text perplexity, probe answers.
+
+All three run on the UNWRAPPED model in eval mode under no_grad (no DDP collectives inside), so ranks
+never wait on each other mid-evaluation; the caller all-reduces the val sums and lets rank 0 alone
+run the (cheap) held-out perplexity and the probes.
+
+    python -m pytest tests/test_train_units.py -k eval
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .batches import collate
+
+
+def val_rows(val_ds, max_rows: int, seed: int) -> list[int]:
+    """A fixed subset of the val split: the first `max_rows` of a seeded permutation, so every
+    evaluation of a run (and of a resumed run) scores the same rows whatever order `prepare` wrote."""
+    n = len(val_ds)
+    g = torch.Generator().manual_seed(seed + 7919)
+    return torch.randperm(n, generator=g)[:min(n, max_rows)].tolist()
+
+
+@torch.no_grad()
+def val_loss_sums(model, val_ds, indices: Sequence[int], *, batch_size: int, pad_id: int,
+                  device: torch.device, autocast_ctx=None, sources: Sequence[str] = ()) -> dict:
+    """Summed token loss and trained-token count per source over `indices` of the val split.
+
+    Rows are grouped by source so that each forward pass covers one source and the model's own
+    summed loss gives the per-source sums directly. Returns {source: [loss_sum, n_tokens]} for every
+    name in `sources` (zeros where this rank saw none: the caller all-reduces a fixed layout)."""
+    out = {s: [0.0, 0] for s in sources}
+    if not len(indices):
+        return out
+    cols = val_ds.select_columns(["input_ids", "labels", "source"])[list(indices)]
+    by_source: dict[str, list[dict]] = {}
+    for i, ids, labels, src in zip(indices, cols["input_ids"], cols["labels"], cols["source"]):
+        by_source.setdefault(src, []).append({"id": i, "input_ids": ids, "labels": labels})
+    was_training = model.training
+    model.eval()
+    ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
+    try:
+        for src, rows in by_source.items():
+            rows.sort(key=lambda r: len(r["input_ids"]))
+            acc = out.setdefault(src, [0.0, 0])
+            for s in range(0, len(rows), batch_size):
+                batch = collate(rows[s:s + batch_size], pad_id)
+                with ctx:
+                    res = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
+                                return_logits=False, loss_reduction="sum")
+                acc[0] += float(res["loss"])
+                acc[1] += int(res["n_tokens"])
+    finally:
+        model.train(was_training)
+    return out
+
+
+def summarize_val(sums: dict) -> dict:
+    """{source: [loss_sum, n]} -> metrics: token-weighted val_loss, val_ppl, val_loss/<source>."""
+    total = sum(v[0] for v in sums.values())
+    n = sum(v[1] for v in sums.values())
+    row: dict = {}
+    if n:
+        row["val_loss"] = total / n
+        row["val_ppl"] = math.exp(min(row["val_loss"], 50.0))
+    for src in sorted(sums):
+        if sums[src][1]:
+            row[f"val_loss/{src}"] = sums[src][0] / sums[src][1]
+    return row
+
+
+@torch.no_grad()
+def heldout_perplexity(model, texts: dict, tokenizer, *, seq_len: int, max_tokens: int,
+                       device: torch.device, autocast_ctx=None, batch_size: int = 4) -> dict:
+    """Perplexity on plain text the run never trains on (forgetting watch).
+
+    Each source's documents are tokenized and concatenated (no separator, as in pretraining), cut
+    into non-overlapping windows of `seq_len` tokens, at most `max_tokens` tokens per source.
+    Returns {"heldout_ppl": exp(token-weighted mean NLL over all sources), "heldout_ppl/<name>": ...}."""
+    was_training = model.training
+    model.eval()
+    ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
+    row: dict = {}
+    grand, grand_n = 0.0, 0
+    try:
+        for name in sorted(texts):
+            stream: list[int] = []
+            for doc in texts[name]:
+                stream.extend(tokenizer.encode(doc))
+                if len(stream) >= max_tokens:
+                    break
+            stream = stream[:max_tokens]
+            windows = [stream[i:i + seq_len] for i in range(0, len(stream), seq_len)]
+            windows = [w for w in windows if len(w) >= 2]
+            total, n = 0.0, 0
+            for s in range(0, len(windows), batch_size):
+                rows = [{"input_ids": w, "labels": w} for w in windows[s:s + batch_size]]
+                batch = collate(rows, pad_id=0)
+                with ctx:
+                    res = model(batch["input_ids"].to(device), labels=batch["labels"].to(device),
+                                return_logits=False, loss_reduction="sum")
+                total += float(res["loss"])
+                n += int(res["n_tokens"])
+            if n:
+                row[f"heldout_ppl/{name}"] = math.exp(min(total / n, 50.0))
+                grand, grand_n = grand + total, grand_n + n
+    finally:
+        model.train(was_training)
+    if grand_n:
+        row["heldout_ppl"] = math.exp(min(grand / grand_n, 50.0))
+    return row
+
+
+def load_probes() -> tuple[Optional[list], str]:
+    """The fixed probe set (mambaft.evaluate.probes.PROBES), or (None, why not)."""
+    try:
+        from mambaft.evaluate.probes import PROBES
+    except ImportError as e:
+        return None, f"no probe set yet (mambaft.evaluate.probes: {e}); probes skipped"
+    return list(PROBES), f"{len(PROBES)} probes from mambaft.evaluate.probes"
+
+
+def load_heldout_texts(names: Sequence[str], max_docs: int = 200) -> tuple[dict, str]:
+    """Held-out plain text per source name from mambaft.data.text, or ({}, why not)."""
+    try:
+        from mambaft.data.text import load_text_documents
+    except ImportError as e:
+        return {}, f"no held-out text loader yet (mambaft.data.text: {e}); held-out perplexity skipped"
+    texts, notes = {}, []
+    for name in names:
+        try:
+            docs = load_text_documents(name, limit=max_docs, split="heldout")
+        except Exception as e:  # offline cache missing, unknown name, ...: evaluation goes on
+            notes.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        texts[name] = [d["text"] if isinstance(d, dict) else str(d) for d in docs]
+    note = f"held-out text: {', '.join(f'{k} ({len(v)} docs)' for k, v in texts.items()) or 'none'}"
+    if notes:
+        note += "; skipped " + "; ".join(notes)
+    return texts, note
+
+
+@torch.no_grad()
+def probe_answers(model, probes: Sequence, tokenizer, template, *, max_new_tokens: int = 64) -> list[dict]:
+    """Greedy answers to the probes, all prompts decoded together in one batch.
+
+    A row stops on the template's end token (id) or when a stop string ("\\nUser:") appears.
+    Returns one dict per probe: id, prompt, answer (cleaned), raw, passed, stopped (end token or
+    stop string before the limit), new_tokens."""
+    from mambaft.generate import generate
+
+    end_id = template.end_id(tokenizer)
+    prompts = [template.prompt_ids(p.messages, tokenizer) for p in probes]
+    produced: list[list[int]] = [[] for _ in probes]
+    stopped_by_text = [False] * len(probes)
+
+    def stream(row: int, tok: int) -> bool:  # not called for the end token (generate stops first)
+        produced[row].append(tok)
+        text = tokenizer.decode(produced[row])
+        if any(s in text for s in template.stop_strings):
+            stopped_by_text[row] = True
+            return True
+        return False
+
+    was_training = model.training
+    model.eval()
+    try:
+        full = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
+                        stop_token_ids=[end_id], stream=stream)
+    finally:
+        model.train(was_training)
+    rows = []
+    for p, prompt, ids, by_text in zip(probes, prompts, full, stopped_by_text):
+        new = ids[len(prompt):]
+        raw = tokenizer.decode(new)
+        answer = template.clean_reply(raw)
+        rows.append({"id": p.id, "lang": getattr(p, "lang", None),
+                     "prompt": template.prompt_text(p.messages), "answer": answer, "raw": raw,
+                     "passed": bool(p.check(answer)), "stopped": bool(new and (new[-1] == end_id or by_text)),
+                     "end_token": bool(new and new[-1] == end_id), "new_tokens": len(new)})
+    return rows
+
+
+def write_probe_answers(path: Path, step: int, rows: list[dict]) -> dict:
+    """OUT/probes/step_N.jsonl (one answer per line) -> summary metrics for metrics.jsonl."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n")
+    n = max(1, len(rows))
+    return {"probe_pass_rate": sum(r["passed"] for r in rows) / n,
+            "probe_stop_rate": sum(r["stopped"] for r in rows) / n}

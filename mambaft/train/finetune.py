@@ -1,0 +1,315 @@
+"""Fine-tune a MambaSWELU base model on a prepared dataset: library call, CLI, and accelerate entry.
+
+    mambaft finetune --strategy smoke --base data/demo_base --data outputs/smoke/data --out outputs/smoke/run
+    accelerate launch --config_file configs/accelerate/6x4090.yaml -m mambaft.train.finetune \\
+        --strategy conversational --base final_model.pt --data data/conv --out runs/conv
+    python -m mambaft.train.finetune ... --no-resume --set lr=1e-4 --set max_steps=5000
+
+Running the same command again on the same --out resumes from the newest complete checkpoint.
+Strategy "specialized": phase 1 trains on DATA/phase1 into OUT/phase1, then phase 2 starts from
+OUT/phase1/final and trains cfg.phase2_steps on DATA/phase2 into OUT/phase2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from mambaft import runtime
+from mambaft.config import Config, make_config, parse_overrides
+
+from . import checkpoints as ck
+from .evaluation import load_heldout_texts, load_probes
+from .loop import PhaseInputs, run_phase, write_final
+from .plan import plan_lines
+
+PathLike = Union[str, Path]
+REQUIRED_COLUMNS = ("input_ids", "labels")
+DEMO_BASE = Path(__file__).resolve().parents[2] / "data" / "demo_base"
+
+
+def load_data(data_dir: PathLike):
+    """A `mambaft prepare` folder -> DatasetDict (train, val), with errors that name the folder."""
+    path = Path(data_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such data folder (write one with `mambaft prepare`)")
+    try:
+        from mambaft.data import load_prepared
+    except ImportError:
+        load_prepared = None
+    if load_prepared is not None:
+        dd = load_prepared(path)
+    else:
+        from datasets import DatasetDict, load_from_disk
+        try:
+            dd = load_from_disk(str(path))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{path}: not a dataset folder written by `mambaft prepare` ({e})") from e
+        if not isinstance(dd, DatasetDict):
+            raise ValueError(f"{path}: holds a single Dataset; expected a DatasetDict with train and val")
+    if "train" not in dd:
+        raise ValueError(f"{path}: no 'train' split (splits: {', '.join(dd.keys())})")
+    missing = [c for c in REQUIRED_COLUMNS if c not in dd["train"].column_names]
+    if missing:
+        raise ValueError(f"{path}: train split lacks column(s) {missing} (has {dd['train'].column_names})")
+    return dd
+
+
+def resolve_base(base: Optional[PathLike], cfg: Config) -> Path:
+    chosen = base or cfg.base
+    if chosen:
+        return Path(chosen)
+    if DEMO_BASE.is_dir():
+        return DEMO_BASE
+    raise FileNotFoundError("no base model: pass --base PATH (an original .pt or a mambaft model folder), "
+                            "or build the demo base with `mambaft pretrain`")
+
+
+def load_base(base: Path, cfg: Config, say) -> tuple:
+    """Base checkpoint -> (model on CPU, info); upgraded to selective when the config asks for it;
+    the dead x_proj/dt_proj frozen (still saved) for the as-trained architecture."""
+    from mambaft.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(base)
+    if cfg.architecture == "selective" and model.config.architecture == "original":
+        from mambaft.model.selective import upgrade_to_selective
+        model = upgrade_to_selective(model, d_state=cfg.d_state)
+        say(f"upgraded {base} to the selective architecture (d_state {cfg.d_state})")
+    return model, info
+
+
+def _freeze(model, say) -> None:
+    if getattr(model.config, "architecture", "original") == "original" and hasattr(model, "freeze_dead"):
+        n = model.freeze_dead()
+        say(f"froze {n:,} dead x_proj/dt_proj parameters (kept in every checkpoint)")
+
+
+def _chat_template(data_dir: Path, info, say):
+    from mambaft.template import TEMPLATE_FILE, ChatTemplate
+    if not (data_dir / TEMPLATE_FILE).is_file():
+        return info.template
+    tpl = ChatTemplate.load(data_dir)   # what the rows were rendered with: the model must keep it
+    if not info.template_source.startswith("default") and info.template != tpl:
+        say(f"note: the data was rendered with template {tpl.name!r}, the base carries "
+            f"{info.template.name!r}; the fine-tuned model keeps the data's")
+    return tpl
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _heldout_names(cfg: Config) -> list:
+    names = ["wiki_en"]
+    if "fr" in cfg.languages or cfg.domain == "french":
+        names.append("wiki_fr")
+    return names
+
+
+def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, *, resume: bool,
+           progress: bool, heldout_texts, probes, opts: dict) -> dict:
+    say = (lambda m: print(m, flush=True)) if accelerator.is_main_process else (lambda m: None)
+    dd = load_data(data_dir)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        removed = ck.clean_partial(out_dir)
+        if removed:
+            say(f"removed {len(removed)} half-written checkpoint folder(s) left by a killed run")
+        if not resume and ((out_dir / ck.CKPT_DIRNAME).exists() or (out_dir / "metrics.jsonl").exists()):
+            for p in (out_dir / ck.CKPT_DIRNAME, out_dir / "probes", out_dir / "final"):
+                shutil.rmtree(p, ignore_errors=True)
+            for f in ("metrics.jsonl", "result.json", "final_model.pt"):
+                (out_dir / f).unlink(missing_ok=True)
+            say(f"--no-resume: starting over in {out_dir} (previous checkpoints and metrics deleted)")
+    accelerator.wait_for_everyone()
+    latest = ck.latest_checkpoint(out_dir) if resume else None
+    from mambaft.checkpoint import load_checkpoint
+    if latest is not None:
+        saved = json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8"))
+        changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
+                   if k in saved and json.dumps(saved[k]) != json.dumps(v)}
+        if changed:
+            say("note: config differs from the checkpoint's: " +
+                ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
+        model, info = load_checkpoint(latest.path / ck.MODEL_DIRNAME)
+    else:
+        model, info = load_base(base, cfg, say)
+    _freeze(model, say)
+    template = _chat_template(data_dir, info, say)
+    tokenizer = info.tokenizer
+    if accelerator.is_main_process:
+        (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+    stats = None
+    if (data_dir / "stats.json").is_file():
+        stats = json.loads((data_dir / "stats.json").read_text(encoding="utf-8"))
+    train = dd["train"]
+    lines, warnings = plan_lines(cfg, world_size=accelerator.num_processes,
+                                 train_sources=train["source"] if "source" in train.column_names else None,
+                                 stats=stats, n_params=sum(p.numel() for p in model.parameters()),
+                                 cli_overrides=opts.get("cli_overrides"))
+    lines = [f"base {base if latest is None else latest.path}, data {data_dir} "
+             f"({len(train):,} train / {len(dd['val']) if 'val' in dd else 0:,} val rows), out {out_dir}"] \
+        + lines + [f"WARNING: {w}" for w in warnings]
+    if heldout_texts is None:
+        heldout_texts, note = load_heldout_texts(_heldout_names(cfg)) if accelerator.is_main_process else ({}, "")
+        lines.append(note)
+    if probes is None:
+        probes, note = load_probes()
+        lines.append(note)
+    inp = PhaseInputs(model=model, template=template, tokenizer=tokenizer,
+                      train=train.select_columns(list(REQUIRED_COLUMNS)),
+                      val=dd["val"] if "val" in dd and len(dd["val"]) else None, out_dir=out_dir,
+                      resume_from=latest, heldout_texts=heldout_texts or {}, probes=probes or [],
+                      probe_tokens=opts.get("probe_tokens", 64), heldout_tokens=opts.get("heldout_tokens", 8192),
+                      eval_at_start=opts.get("eval_at_start", True), progress=progress,
+                      max_bad_steps=opts.get("max_bad_steps", 5), plan_text=lines)
+    summary = run_phase(cfg, inp, accelerator)
+    newest = ck.latest_checkpoint(out_dir)
+    result = write_final(cfg, out_dir, accelerator, newest.path)
+    result["resumed_from"] = latest.step if latest is not None else None
+    result["world_size"] = summary["world_size"]
+    say(f"done: {result.get('steps')} steps, final model {result.get('final')}"
+        + (f", best val loss {result['best_val_loss']:.4f} at {result['best_checkpoint']}"
+           if result.get("best_val_loss") is not None else ""))
+    return result
+
+
+def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[PathLike] = None,
+             out_dir: Optional[PathLike] = None, *, resume: bool = True, progress: bool = True,
+             threads: Optional[int] = None, device: Optional[str] = None,
+             heldout_texts: Optional[dict] = None, probes: Optional[list] = None,
+             probe_tokens: int = 64, heldout_tokens: int = 8192, eval_at_start: bool = True,
+             max_bad_steps: int = 5, tensorboard: bool = False,
+             cli_overrides: Optional[dict] = None) -> dict:
+    """Fine-tune `base` on the prepared `data_dir` into `out_dir`. Works the same in a notebook, from
+    the CLI, and in each process of `accelerate launch`.
+
+    Args:
+        cfg: a resolved config (`make_config(strategy, **overrides)`).
+        base: original .pt or mambaft model folder (default cfg.base, else the demo base).
+        resume: continue from the newest complete checkpoint in out_dir (False: delete and start over).
+        threads: CPU threads per process (default: the cores divided among the local processes).
+        heldout_texts: {name: [text, ...]} for held-out perplexity; None loads wiki_en (and wiki_fr
+            for French) from mambaft.data.text; {} disables it.
+        probes: probe objects (.id, .messages, .check); None loads mambaft.evaluate.probes.PROBES;
+            [] disables them.
+    Returns:
+        {"final": path, "steps", "losses": [per step], "val_loss", "best_checkpoint", ...}; for
+        "specialized" also {"phase1": {...}, "phase2": {...}} with "final" = phase 2's.
+    """
+    from accelerate import Accelerator
+
+    if data_dir is None or out_dir is None:
+        raise ValueError("finetune needs data_dir (a `mambaft prepare` folder) and out_dir")
+    log_with = None
+    if tensorboard:
+        try:
+            import tensorboard as _tb  # noqa: F401
+            log_with = "tensorboard"
+        except ImportError:
+            print("note: tensorboard is not installed; metrics.jsonl only (pip install tensorboard)")
+    # cpu=True also when no GPU exists: only then does accelerate read WORLD_SIZE/RANK as a gloo group
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=cpu, log_with=log_with,
+                              project_dir=str(out_dir) if log_with else None)
+    previous_threads = torch.get_num_threads()
+    if accelerator.device.type == "cpu":
+        # N processes on one box share its cores: 2 cores / 2 processes = 1 thread each
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        runtime.set_threads(threads or max(1, _cores() // max(1, local)))
+    elif threads:
+        runtime.set_threads(threads)
+    if log_with:
+        accelerator.init_trackers("mambaft", config={k: v for k, v in cfg.to_dict().items()
+                                                     if isinstance(v, (int, float, str, bool))})
+    base_path = resolve_base(base, cfg)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    opts = dict(probe_tokens=probe_tokens, heldout_tokens=heldout_tokens, eval_at_start=eval_at_start,
+                max_bad_steps=max_bad_steps, cli_overrides=cli_overrides)
+    kw = dict(resume=resume, progress=progress, heldout_texts=heldout_texts, probes=probes, opts=opts)
+    try:
+        if cfg.strategy != "specialized":
+            return _phase(cfg, base_path, data_dir, out_dir, accelerator, **kw)
+        for sub in ("phase1", "phase2"):
+            if not (data_dir / sub).is_dir():
+                raise FileNotFoundError(f"{data_dir / sub}: strategy specialized needs DATA/phase1 and "
+                                        "DATA/phase2 (written by `mambaft prepare --strategy specialized`)")
+        r1 = _phase(cfg, base_path, data_dir / "phase1", out_dir / "phase1", accelerator, **kw)
+        cfg2 = dataclasses.replace(cfg, max_steps=cfg.phase2_steps,
+                                   warmup_steps=min(cfg.warmup_steps, max(1, cfg.phase2_steps // 10)))
+        if accelerator.is_main_process:
+            print(f"phase 2 ({cfg.domain}): {cfg2.max_steps:,} steps from {r1['final']}", flush=True)
+        r2 = _phase(cfg2, Path(r1["final"]), data_dir / "phase2", out_dir / "phase2", accelerator, **kw)
+        return {**r2, "phase1": r1, "phase2": r2}
+    finally:
+        if log_with:
+            accelerator.end_training()
+        torch.set_num_threads(previous_threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mambaft finetune", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategy", required=True, help="quick | conversational | specialized | smoke")
+    p.add_argument("--base", help="original .pt or mambaft model folder (default: cfg.base / demo base)")
+    p.add_argument("--data", required=True, help="folder written by `mambaft prepare`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final/)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--keep", type=int, help="checkpoints to keep (plus the best by val loss)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
+    p.add_argument("--no-resume", action="store_true", help="delete OUT's checkpoints and start over")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="CPU threads per process")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
+    p.add_argument("--heldout", default="auto", help="comma-separated text sources for held-out "
+                   "perplexity (mambaft.data.text), 'auto' or 'none'")
+    p.add_argument("--no-probes", action="store_true")
+    p.add_argument("--probe-tokens", type=int, default=64)
+    p.add_argument("--no-eval-at-start", action="store_true")
+    p.add_argument("--tensorboard", action="store_true", help="also log through accelerate's tensorboard tracker")
+    p.add_argument("--lr-sweep", action="store_true", help="run a short lr sweep (lr_sweep) instead of training")
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    overrides = parse_overrides(a.set)
+    how = {k: "--set" for k in overrides}
+    for flag, key in (("max_steps", "max_steps"), ("save_every", "save_every"),
+                      ("eval_every", "eval_every"), ("keep", "keep_last")):
+        value = getattr(a, flag)
+        if value is not None:
+            overrides[key] = value
+            how[key] = "--" + flag.replace("_", "-")
+    cfg = make_config(a.strategy, **overrides)
+    if a.lr_sweep:
+        from .sweep import lr_sweep
+        res = lr_sweep(cfg, a.base, a.data, a.out, progress=not a.no_progress, threads=a.threads)
+        print(f"lr sweep: best lr {res['best_lr']:g}; plot {res['plot']}")
+        return 0
+    if a.heldout == "auto":
+        heldout = None
+    elif a.heldout == "none":
+        heldout = {}
+    else:
+        from .evaluation import load_heldout_texts
+        heldout, note = load_heldout_texts([n.strip() for n in a.heldout.split(",") if n.strip()])
+        print(note)
+    finetune(cfg, a.base, a.data, a.out, resume=not a.no_resume, progress=not a.no_progress,
+             threads=a.threads, device="cpu" if a.cpu else None, heldout_texts=heldout,
+             probes=[] if a.no_probes else None, probe_tokens=a.probe_tokens,
+             eval_at_start=not a.no_eval_at_start, tensorboard=a.tensorboard, cli_overrides=how)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
