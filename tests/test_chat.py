@@ -256,15 +256,15 @@ def test_session_equals_a_direct_generate_call(small_session_model):
 
 
 def test_seed_makes_sampled_chats_reproducible(small_session_model):
-    hot = ChatSettings(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12, seed=7)
+    hot = ChatSettings(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6, seed=7)
 
-    def chat(settings):
+    def chat(settings, turns=2):
         s = ChatSession(small_session_model, TOK, DEFAULT_TEMPLATE, settings)
-        return [s.send("hi"), s.send("hi")], s
+        return [s.send("hi") for _ in range(turns)], s
 
     (a1, a2), s = chat(hot)
     (b1, b2), _ = chat(hot)
-    (c1, _), _ = chat(hot.replace(seed=8))
+    (c1,), _ = chat(hot.replace(seed=8), turns=1)
     assert (a1, a2) == (b1, b2)
     assert a1 != a2                      # turn t samples with seed + t: the same question, a new draw
     assert c1 != a1

@@ -46,11 +46,23 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = 
         stdout.write(text)
         stdout.flush()
 
+    interactive = stdin is sys.stdin and stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (arrow keys and history for input())
+        except ImportError:  # pragma: no cover - Windows
+            pass
     replies = 0
     while True:
-        write("You: ")
         try:
-            line = stdin.readline()
+            if interactive:
+                try:
+                    line = input("You: ") + "\n"
+                except EOFError:
+                    line = ""
+            else:
+                write("You: ")
+                line = stdin.readline()
         except KeyboardInterrupt:
             write("\n")
             break
@@ -128,8 +140,12 @@ def main(argv=None, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = N
     except ValueError as e:
         print(f"mambaft chat: {e}", file=sys.stderr)
         return 2
-    from mambaft.checkpoint import load_checkpoint
-    model, info = load_checkpoint(a.model, device=a.device)
+    from mambaft.checkpoint import CheckpointError, load_checkpoint
+    try:
+        model, info = load_checkpoint(a.model, device=a.device)
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"mambaft chat: {e}", file=sys.stderr)
+        return 2
     session = ChatSession(model, info.tokenizer, info.template, settings, name=info.path.name)
     stdout.write(f"{info.path} ({info.format}, {info.config.architecture} architecture, step {info.step})\n"
                  f"chat template: {info.template.name} ({info.template_source})\n"
