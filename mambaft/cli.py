@@ -18,6 +18,7 @@ COMMANDS = {
     "compare": ("mambaft.evaluate.compare", "compare several models side by side, with a report"),
     "diagnose": ("mambaft.evaluate.diagnosis", "diagnose a base model: reach, end token, symptoms"),
     "chat": ("mambaft.chat.terminal", "chat with a model in the terminal"),
+    "plot": ("mambaft.plots", "plot or follow a run's metrics.jsonl"),
     "pretrain": ("mambaft.pretrain", "pretrain the small demo base model on offline text"),
     "course": ("mambaft.course", "run the five notebooks headless with papermill"),
 }

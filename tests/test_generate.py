@@ -78,3 +78,10 @@ def test_repetition_controls_break_the_fixture_loop(tiny_model, tiny_reference):
     assert len(bigrams) == len(set(bigrams))
     pen = generate(tiny_model, tiny_reference["greedy_prompt"], 24, repetition_penalty=1.5)[0, 10:].tolist()
     assert pen.count(71) < tiny_reference["greedy_output"][0, 10:].tolist().count(71)
+
+
+def test_sampling_follows_the_distribution():
+    # p = softmax([0, ln 3]) = [0.25, 0.75]: 4000 draws land within 4 sigma (sigma = 0.0068)
+    logits = torch.tensor([[0.0, float(torch.log(torch.tensor(3.0)))]]).repeat(4000, 1)
+    draws = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert abs(draws.float().mean().item() - 0.75) < 4 * 0.0068
