@@ -90,12 +90,11 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
     lm = load_lm(path_or_model, name=name, device=device, precision=precision)
     if name:
         lm.name = name
-    res: dict = {"name": lm.name, "model": lm.describe(), "errors": {}, "timing_s": {},
-                 "settings": {"limit": limit, "max_new_tokens": max_new_tokens, "seed": seed,
-                              "bench_limit": bench_limit, "text_sets": list(text_sets), "text_docs": text_docs,
-                              "text_tokens": text_tokens, "text_split": text_split, "window": window, "val_rows": val_rows,
-                              "answer_pairs": answer_pairs, "precision": precision,
-                              "data": str(data) if isinstance(data, (str, Path)) else None}}
+    settings = dict(limit=limit, max_new_tokens=max_new_tokens, seed=seed, bench_limit=bench_limit,
+                    text_sets=list(text_sets), text_docs=text_docs, text_tokens=text_tokens,
+                    text_split=text_split, window=window, val_rows=val_rows, answer_pairs=answer_pairs,
+                    precision=precision, data=str(data) if isinstance(data, (str, Path)) else None)
+    res: dict = {"name": lm.name, "model": lm.describe(), "errors": {}, "timing_s": {}, "settings": settings}
 
     def part(key: str, fn):
         t0 = time.perf_counter()
