@@ -43,7 +43,7 @@ except Exception:  # ImportError, or a build that does not match this torch/CUDA
     _mamba_ssm_scan = None
 
 HAS_MAMBA_SSM = _mamba_ssm_scan is not None
-DEFAULT_BUDGET = 1 << 21   # elements of one [T, B, E, N] chunk tensor (8 MiB in fp32)
+DEFAULT_BUDGET = 1 << 18   # elements of one [T, B, E, N] chunk tensor (1 MiB in fp32: stays in L2)
 
 
 def selective_scan_ref(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,

@@ -1,0 +1,432 @@
+"""Does a model use context beyond its 19-token reach? Loss by token position and a name-recall probe.
+
+Loss by position: over windows of plain text, the mean next-token loss at context length t = 1..L-1
+(predicting token t from tokens 0..t-1). The original MambaSWELU sees 1 + 6 x 3 = 19 tokens, so its
+curve is flat past t ~ 19; a model that uses longer context keeps going down.
+
+Recall probe: "My name is Alice." + 50+ tokens of held-out text + " What is my name? My name is",
+scored by the log-probability of " Alice" against 9 distractor names (all single GPT-2 tokens).
+Every filler is asked once with EACH of the 10 names as the answer, so a model whose prediction
+cannot depend on the name (the original: the name lies > 19 tokens back) scores exactly chance:
+accuracy 1/10, mean rank 5.5.
+
+    python -m mambaft.evaluate.context --help
+    python -m mambaft.evaluate.context measure --model A --model B --text sotu --out outputs/context
+    python -m mambaft.evaluate.context demo --out outputs/context_demo   # train, upgrade, measure (CPU)
+
+The demo builds a small 6-layer MambaSWELU with the GPT-2 vocabulary, pretrains it on plain text
+(`--text`, default the State of the Union addresses), then continues training two copies on the
+same batches (plain text + synthetic recall rows whose names are never the probe's): one as it is
+("original") and one after `upgrade_to_selective` ("selective"), and measures all three on
+held-out text.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Single GPT-2 tokens with a leading space (checked when items are built). The probe asks the first
+# 10; the demo's recall training uses only the others, so the probe's names are never a trained answer.
+PROBE_NAMES = ("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Jack", "Kate")
+TRAIN_NAMES = ("Leo", "Maria", "Nina", "Oscar", "Paul", "Rose", "Sam", "Tom", "Victor", "Anna", "Peter",
+               "John", "Mary", "James", "Sarah", "Robert", "Linda", "Michael", "Laura", "Daniel", "Julia",
+               "Thomas", "Sophie", "George", "Lucy", "Martin", "Helen", "Charles", "Clara", "Walter",
+               "Diana", "Hugo", "Eva", "Felix", "Iris", "Oliver", "Ruth", "Simon", "Vera", "Adam", "Ben",
+               "Chris", "Dan", "Eric", "Fred", "Greg", "Ian", "Jane", "Karl", "Lisa", "Mark", "Ned", "Pam",
+               "Rita", "Steve", "Ted", "Will", "Zoe", "Joe", "Max", "Amy", "Ray", "Kim", "Tim", "Lee")
+INTRO, QUESTION = "My name is{name}.", " What is my name? My name is"
+
+
+# --- data ----------------------------------------------------------------------------------------
+def token_stream(tok, texts: Sequence[str]) -> torch.Tensor:
+    """Documents joined by a blank line, tokenized: [N] long (pretraining used no separator token)."""
+    ids: list[int] = []
+    for enc in tok.encode_batch([t.strip() + "\n\n" for t in texts if t.strip()]):
+        ids.extend(enc)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def text_windows(stream: torch.Tensor, length: int, n: int) -> torch.Tensor:
+    """n windows of `length` tokens, evenly spaced over the stream (deterministic): [n, length]."""
+    if stream.numel() < length + 1:
+        raise ValueError(f"text has {stream.numel()} tokens: too short for windows of {length}")
+    n = min(n, stream.numel() // length)
+    starts = torch.linspace(0, stream.numel() - length, n).long()
+    return torch.stack([stream[s:s + length] for s in starts.tolist()])
+
+
+def load_texts(sources: Sequence[str], split: str) -> list[str]:
+    """Plain texts of mambaft.data.text sources (names, local files or folders), one split."""
+    from mambaft.data.text import load_text_documents
+    return [d["text"] for s in sources for d in load_text_documents(s, split=split)]
+
+
+# --- loss by position ------------------------------------------------------------------------------
+@torch.no_grad()
+def loss_by_position(model, windows: torch.Tensor, batch_size: int = 8, chunk: int = 128) -> torch.Tensor:
+    """Per-window, per-position next-token loss [n, L-1]; column t-1 = context length t.
+    The vocabulary projection runs `chunk` positions at a time (B x 128 x 50257 fp32 = 26 MB per row)."""
+    was = model.training
+    model.eval()
+    dev = model.token_embedding.weight.device
+    out = []
+    try:
+        for i in range(0, windows.shape[0], batch_size):
+            ids = windows[i:i + batch_size].to(dev)
+            f = model.features(ids)[:, :-1]                                   # [b, L-1, D]
+            tgt = ids[:, 1:]                                                  # [b, L-1]
+            parts = []
+            for s in range(0, f.shape[1], chunk):
+                logits = model.lm_head(f[:, s:s + chunk]).float()             # [b, c, V]
+                parts.append(F.cross_entropy(logits.transpose(1, 2), tgt[:, s:s + chunk], reduction="none"))
+            out.append(torch.cat(parts, dim=1).cpu())
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
+def summarize_curve(per_window: torch.Tensor, rf: int = 19) -> dict:
+    """Numbers for a loss-by-position table. per_window: [n, L-1] from `loss_by_position`.
+
+    near_rf: mean loss at context rf..2rf-1 (just past the original's reach); far: over the last
+    quarter of the window; gain_beyond_rf = near_rf - far (about 0 when nothing past rf is used),
+    with its standard error over windows."""
+    n, T = per_window.shape
+    curve = per_window.mean(0)
+    lo, hi = rf - 1, min(2 * rf - 1, T)                                       # columns of t = rf..2rf-1
+    far0 = max(hi, T - T // 4)
+    gains = per_window[:, lo:hi].mean(1) - per_window[:, far0:].mean(1)       # [n]
+    buckets, b = {}, 1
+    while b <= T:                                                             # t in [b, 2b)
+        buckets[f"{b}-{min(2 * b, T + 1) - 1}"] = round(float(curve[b - 1:min(2 * b - 1, T)].mean()), 4)
+        b *= 2
+    return {"windows": n, "length": T + 1, "loss_mean": round(float(curve.mean()), 4),
+            "loss_by_bucket": buckets, "near_rf": round(float(per_window[:, lo:hi].mean()), 4),
+            "far": round(float(per_window[:, far0:].mean()), 4),
+            "gain_beyond_rf": round(float(gains.mean()), 4),
+            "gain_beyond_rf_se": round(float(gains.std() / math.sqrt(max(1, n))), 4)}
+
+
+# --- recall probe -----------------------------------------------------------------------------------
+@dataclass
+class RecallItem:
+    ids: list                  # the prompt, ending with " My name is"
+    candidates: list           # token ids of the candidate names
+    answer: int                # index into candidates
+    gap: int                   # tokens from the name to the end of the prompt
+
+
+def make_recall_items(tok, filler: torch.Tensor, n_fillers: int = 10, names: Sequence[str] = PROBE_NAMES,
+                      min_gap: int = 50, max_gap: int = 100, seed: int = 0) -> list[RecallItem]:
+    """n_fillers x len(names) items: each filler (held-out text) asked with every name as the answer."""
+    cands = []
+    for name in names:
+        ids = tok.encode(" " + name)
+        if len(ids) != 1:
+            raise ValueError(f"probe name {name!r} is {len(ids)} tokens in this tokenizer; use single-token names")
+        cands.append(ids[0])
+    rng = random.Random(seed)
+    question = tok.encode(QUESTION)
+    items = []
+    for _ in range(n_fillers):
+        gap = rng.randint(min_gap, max_gap)
+        n_fill = gap - len(question) - 1                                      # "." follows the name
+        if n_fill < 1 or filler.numel() < n_fill:
+            raise ValueError(f"filler too short or gap {gap} too small for the question")
+        s = rng.randrange(0, filler.numel() - n_fill + 1)
+        body = filler[s:s + n_fill].tolist()
+        for a, c in enumerate(cands):
+            ids = tok.encode(INTRO.format(name=" " + names[a])) + body + question
+            items.append(RecallItem(ids=ids, candidates=cands, answer=a, gap=len(ids) - ids.index(c) - 1))
+    return items
+
+
+@torch.no_grad()
+def recall_probe(model, items: Sequence[RecallItem], batch_size: int = 16) -> dict:
+    """Accuracy (right name ranked first among the candidates), mean rank (1 = best), mean log-prob of
+    the right name and its margin over the best distractor. Chance: 1/n accuracy, (n+1)/2 rank."""
+    was = model.training
+    model.eval()
+    dev = model.token_embedding.weight.device
+    ranks, lps, margins = [], [], []
+    try:
+        for i in range(0, len(items), batch_size):
+            batch = items[i:i + batch_size]
+            L = max(len(it.ids) for it in batch)
+            ids = torch.zeros(len(batch), L, dtype=torch.long, device=dev)   # right-padded (causal)
+            for b, it in enumerate(batch):
+                ids[b, :len(it.ids)] = torch.tensor(it.ids)
+            f = model.features(ids)
+            last = torch.tensor([len(it.ids) - 1 for it in batch], device=dev)
+            logp = torch.log_softmax(model.lm_head(f[torch.arange(len(batch)), last]).float(), -1)
+            for b, it in enumerate(batch):
+                s = logp[b, it.candidates]                                    # [n]
+                right = s[it.answer]
+                others = torch.cat([s[:it.answer], s[it.answer + 1:]])
+                ranks.append(1 + int((others > right).sum()))
+                lps.append(float(right))
+                margins.append(float(right - others.max()))
+    finally:
+        model.train(was)
+    n = len(items[0].candidates)
+    return {"items": len(items), "candidates": n, "accuracy": round(sum(r == 1 for r in ranks) / len(ranks), 4),
+            "chance_accuracy": round(1 / n, 4), "mean_rank": round(sum(ranks) / len(ranks), 3),
+            "chance_rank": (n + 1) / 2, "mean_logprob": round(sum(lps) / len(lps), 4),
+            "mean_margin": round(sum(margins) / len(margins), 4),
+            "mean_gap_tokens": round(sum(it.gap for it in items) / len(items), 1)}
+
+
+# --- comparing models ---------------------------------------------------------------------------------
+@dataclass
+class ContextReport:
+    curves: dict = field(default_factory=dict)      # name -> mean loss by position, list [L-1]
+    summary: dict = field(default_factory=dict)     # name -> summarize_curve(...)
+    recall: dict = field(default_factory=dict)      # name -> recall_probe(...)
+    notes: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [f"{'model':<12} {'loss':>7} {'t~19-37':>8} {'last 1/4':>8} {'gain>19':>14} "
+                f"{'recall acc':>10} {'rank':>5} {'margin':>7}"]
+        for name, s in self.summary.items():
+            r = self.recall.get(name, {})
+            rows.append(f"{name:<12} {s['loss_mean']:7.3f} {s['near_rf']:8.3f} {s['far']:8.3f} "
+                        f"{s['gain_beyond_rf']:+8.3f}+-{s['gain_beyond_rf_se']:.3f} "
+                        f"{r.get('accuracy', float('nan')):10.2f} {r.get('mean_rank', float('nan')):5.2f} "
+                        f"{r.get('mean_margin', float('nan')):+7.2f}")
+        if self.recall:
+            r = next(iter(self.recall.values()))
+            rows.append(f"(recall chance: accuracy {r['chance_accuracy']}, rank {r['chance_rank']}; "
+                        f"name {r['mean_gap_tokens']} tokens back on average)")
+        return "\n".join(rows)
+
+    def save(self, out: Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "context.json").write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        plot_context(self, out / "context.png")
+        return out / "context.json"
+
+
+def measure_context(models: dict, tok, heldout_texts: Sequence[str], length: int = 256, windows: int = 64,
+                    n_fillers: int = 10, rf: int = 19) -> ContextReport:
+    """Loss by position and recall probe for several models on the same held-out text."""
+    stream = token_stream(tok, heldout_texts)
+    win = text_windows(stream, length, windows)
+    items = make_recall_items(tok, stream, n_fillers=n_fillers)
+    rep = ContextReport(notes={"length": length, "windows": int(win.shape[0]), "rf": rf})
+    for name, model in models.items():
+        per = loss_by_position(model, win)
+        rep.curves[name] = [round(float(v), 4) for v in per.mean(0)]
+        rep.summary[name] = summarize_curve(per, rf)
+        rep.recall[name] = recall_probe(model, items)
+    return rep
+
+
+def plot_context(rep: ContextReport, path: Optional[Path] = None):
+    """Loss by position (log x) with the 19-token reach marked, and recall accuracy against chance."""
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for name, curve in rep.curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=name, lw=1.2)
+    rf = rep.notes.get("rf", 19)
+    ax.axvline(rf, color="grey", ls="--", lw=1)
+    ax.text(rf * 1.05, ax.get_ylim()[1] * 0.98, f"{rf} tokens: the original's reach", va="top", fontsize=8)
+    ax.set(xscale="log", xlabel="context length t (tokens before the predicted one)",
+           ylabel="mean next-token loss (nats)", title="Loss by token position (held-out text)")
+    ax.legend()
+    names = list(rep.recall)
+    bx.bar(names, [rep.recall[n]["accuracy"] for n in names], color="tab:blue")
+    if names:
+        bx.axhline(rep.recall[names[0]]["chance_accuracy"], color="grey", ls="--", lw=1, label="chance")
+        bx.legend()
+    bx.set(ylim=(0, 1), ylabel="accuracy", title="Recall a name given 50+ tokens earlier")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+# --- the demo experiment ------------------------------------------------------------------------------
+def text_batch(stream: torch.Tensor, batch: int, length: int, gen: torch.Generator):
+    """Random windows of plain text, every token trained: (ids, labels) [batch, length]."""
+    starts = torch.randint(0, stream.numel() - length, (batch,), generator=gen)
+    ids = torch.stack([stream[s:s + length] for s in starts.tolist()])
+    return ids, ids
+
+
+def recall_batch(tok, stream: torch.Tensor, batch: int, gen: torch.Generator, names: Sequence[str] = TRAIN_NAMES,
+                 min_gap: int = 10, max_gap: int = 100):
+    """Synthetic recall rows "My name is X." + text + " What is my name? My name is" -> " X", the loss
+    on the answer only (so the 50257-way head runs on one position per row: cheap).
+    The gap from X to the answer is uniform in [min_gap, max_gap] tokens. (ids, labels) [batch, Lmax]."""
+    question = tok.encode(QUESTION)
+    rows = []
+    for _ in range(batch):
+        name = names[int(torch.randint(len(names), (1,), generator=gen))]
+        gap = int(torch.randint(min_gap, max_gap + 1, (1,), generator=gen))
+        n_fill = max(1, gap - len(question) - 1)
+        s = int(torch.randint(0, stream.numel() - n_fill, (1,), generator=gen))
+        answer = tok.encode(" " + name)
+        rows.append(tok.encode(INTRO.format(name=" " + name)) + stream[s:s + n_fill].tolist() + question + answer)
+    L = max(map(len, rows))
+    ids = torch.zeros(batch, L, dtype=torch.long)
+    labels = torch.full((batch, L), -100, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.tensor(r)
+        labels[b, len(r) - 1] = r[-1]                  # predicted from the position before (shift inside)
+    return ids, labels
+
+
+def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: int, precision: str = "auto",
+             desc: str = "train") -> list:
+    """AdamW + warmup/cosine on the batches `make_batches(generator)` returns (a list of (ids, labels));
+    the step's loss is the sum of each batch's mean loss. The same seed gives the same batches.
+    Returns the loss of every step."""
+    from tqdm.auto import tqdm
+
+    from mambaft.runtime import autocast, resolve_precision
+    from mambaft.train.optim import build_optimizer, lr_at
+
+    dev = model.token_embedding.weight.device
+    prec = resolve_precision(precision, dev)
+    gen = torch.Generator().manual_seed(seed)
+    opt = build_optimizer(model, lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in (bar := tqdm(range(steps), desc=desc)):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, lr=lr, warmup_steps=warmup, max_steps=steps)
+        total = 0.0
+        for ids, labels in make_batches(gen):
+            with autocast(dev, prec):
+                loss = model(ids.to(dev), labels=labels.to(dev), return_logits=False)["loss"]
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, continue_steps: int = 300,
+             d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
+             lr: float = 3e-3, continue_lr: float = 2e-3, seed: int = 0, windows: int = 64,
+             precision: str = "auto") -> ContextReport:
+    """Pretrain a small original model on plain text; continue two copies on the same batches (plain
+    text + synthetic recall rows with TRAIN_NAMES), one as it is and one upgraded; measure all three."""
+    from mambaft.model import MambaSWELU, MambaSWELUConfig, upgrade_to_selective
+    from mambaft.runtime import seed_everything
+    from mambaft.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    train = token_stream(tok, load_texts(texts, "train"))
+    heldout = load_texts(texts, "heldout")
+    seed_everything(seed)
+    cfg = MambaSWELUConfig(vocab_size=50257, d_model=d_model, n_layers=n_layers, max_seq_len=length,
+                           dense_hidden_dim=2 * d_model, dropout=0.0)
+    base = MambaSWELU(cfg)
+    base.freeze_dead()                                   # x_proj/dt_proj are dead in both models
+    t0 = time.time()
+    log = {"base": train_lm(base, lambda g: [text_batch(train, batch, length, g)], steps, lr=lr,
+                            warmup=steps // 10, seed=seed, precision=precision, desc="pretrain (original)")}
+    t_base = time.time() - t0
+    original = MambaSWELU(cfg)
+    original.load_state_dict(base.state_dict())
+    original.freeze_dead()
+    selective = upgrade_to_selective(base, d_state=16)
+
+    def mixture(g):
+        return [text_batch(train, batch, length, g), recall_batch(tok, train, recall_rows, g)]
+    times = {}
+    for name, model in (("original", original), ("selective", selective)):
+        t0 = time.time()                                 # same seed: the same batches for both
+        log[name] = train_lm(model, mixture, continue_steps, lr=continue_lr, warmup=continue_steps // 10,
+                             seed=seed + 1, precision=precision, desc=f"continue ({name})")
+        times[name] = round(time.time() - t0, 1)
+    rep = measure_context({"base": base, f"original+{continue_steps}": original,
+                           f"selective+{continue_steps}": selective}, tok, heldout, length=length,
+                          windows=windows)
+    rep.notes.update({
+        "texts": list(texts), "train_tokens": int(train.numel()), "model": cfg.to_dict(),
+        "pretrain_steps": steps, "continue_steps": continue_steps,
+        "pretrain_tokens_per_step": batch * length, "continue_batches": f"{batch} x {length} text rows "
+        f"(all tokens trained) + {recall_rows} recall rows (answer trained), names {len(TRAIN_NAMES)} "
+        f"training names, probe names {len(PROBE_NAMES)} never trained",
+        "pretrain_seconds": round(t_base, 1), "continue_seconds": times, "lr": lr, "continue_lr": continue_lr,
+        "final_train_loss": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in log.items()},
+        "selective_gate_mean_abs": round(float(selective.gates().abs().mean()), 4),
+        "precision": precision, "seed": seed})
+    rep.save(out)
+    return rep
+
+
+def _load_model(path: str):
+    from mambaft.checkpoint import load_checkpoint
+    return load_checkpoint(path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m mambaft.evaluate.context", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure", help="loss by position + recall probe for saved models")
+    m.add_argument("--model", action="append", required=True, help="checkpoint (.pt or folder); repeat")
+    m.add_argument("--name", action="append", help="label per --model (default: folder name)")
+    d = sub.add_parser("demo", help="pretrain a small model, continue as original and as selective, measure")
+    d.add_argument("--steps", type=int, default=400, help="pretraining steps of the small original model")
+    d.add_argument("--continue-steps", type=int, default=300, help="continued-training steps of each copy")
+    d.add_argument("--d-model", type=int, default=64)
+    d.add_argument("--layers", type=int, default=6)
+    d.add_argument("--batch", type=int, default=4, help="plain-text rows per step")
+    d.add_argument("--recall-rows", type=int, default=16, help="synthetic recall rows per continued step")
+    d.add_argument("--lr", type=float, default=3e-3)
+    d.add_argument("--continue-lr", type=float, default=2e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    for q in (m, d):
+        q.add_argument("--text", action="append", help="plain-text source name, file or folder "
+                       "(mambaft.data.text; default sotu); the held-out split is measured")
+        q.add_argument("--length", type=int, default=256, help="window length in tokens")
+        q.add_argument("--windows", type=int, default=64, help="held-out windows for loss by position")
+        q.add_argument("--out", default="outputs/context", help="folder for context.json and context.png")
+        q.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    from mambaft.runtime import set_threads
+    set_threads(a.threads)
+    texts = a.text or ["sotu"]
+    if a.cmd == "demo":
+        rep = run_demo(Path(a.out), texts, a.steps, a.continue_steps, a.d_model, a.layers, a.length, a.batch,
+                       a.recall_rows, a.lr, a.continue_lr, a.seed, a.windows, a.precision)
+    else:
+        loaded = [_load_model(path) for path in a.model]
+        names = a.name or [Path(path).stem if Path(path).is_file() else Path(path).name for path in a.model]
+        if len(names) != len(loaded):
+            p.error("give one --name per --model")
+        tok = loaded[0][1].tokenizer
+        length = min([a.length] + [mdl.config.max_seq_len for mdl, _ in loaded])
+        rep = measure_context({n: mdl for n, (mdl, _) in zip(names, loaded)}, tok, load_texts(texts, "heldout"),
+                              length=length, windows=a.windows)
+        rep.save(Path(a.out))
+    print(rep.table())
+    print(f"wrote {Path(a.out) / 'context.json'} and context.png")
+
+
+if __name__ == "__main__":
+    main()
