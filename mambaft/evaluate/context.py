@@ -221,7 +221,9 @@ def measure_context(models: dict, tok, heldout_texts: Sequence[str], length: int
     """Loss by position and recall probe for several models on the same held-out text."""
     stream = token_stream(tok, heldout_texts)
     win = text_windows(stream, length, windows)
-    items = make_recall_items(tok, stream, n_fillers=n_fillers)
+    # the probe prompt (5 + gap tokens) must fit the position table: gap <= length - 6
+    items = make_recall_items(tok, stream, n_fillers=n_fillers, min_gap=min(50, length - 6),
+                              max_gap=min(100, length - 6))
     rep = ContextReport(notes={"length": length, "windows": int(win.shape[0]), "rf": rf})
     for name, model in models.items():
         per = loss_by_position(model, win)
@@ -243,7 +245,8 @@ def plot_context(rep: ContextReport, path: Optional[Path] = None):
         ax.plot(range(1, len(curve) + 1), curve, label=name, lw=1.2)
     rf = rep.notes.get("rf", 19)
     ax.axvline(rf, color="grey", ls="--", lw=1)
-    ax.text(rf * 1.05, ax.get_ylim()[1] * 0.98, f"{rf} tokens: the original's reach", va="top", fontsize=8)
+    ax.text(rf * 1.05, 0.97, f"{rf} tokens: the original's reach", va="top", fontsize=8,
+            transform=ax.get_xaxis_transform())                             # x in data, y in axes units
     ax.set(xscale="log", xlabel="context length t (tokens before the predicted one)",
            ylabel="mean next-token loss (nats)", title="Loss by token position (held-out text)")
     ax.legend()

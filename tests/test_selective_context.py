@@ -1,0 +1,139 @@
+"""The context evaluation: loss by token position, the name-recall probe, the report and its plot."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, loss_by_position,
+                                      main, make_recall_items, measure_context, recall_batch,
+                                      recall_probe, summarize_curve, text_windows, token_stream)
+from mambaft.model import upgrade_to_selective
+from mambaft.tokenizer import load_tokenizer
+from tests.conftest import make_small_gpt2_model
+
+TEXT = ("The committee met on Tuesday to discuss the budget for the coming year. Members raised "
+        "questions about schools, roads and the harbour, and the chair promised an answer by spring. ")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def _open_gates(model, std=0.5):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.mamba_stack.layers:
+            layer.mamba.selective.gate.copy_(torch.randn(layer.mamba.selective.gate.shape, generator=g) * std)
+    return model
+
+
+def test_loss_by_position_equals_cross_entropy_of_the_full_forward(tiny_model):
+    ids = torch.randint(0, 512, (5, 40), generator=torch.Generator().manual_seed(0))
+    per = loss_by_position(tiny_model, ids, batch_size=2, chunk=7)
+    assert per.shape == (5, 39)
+    with torch.no_grad():
+        logits = tiny_model(ids)["logits"]
+    want = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    torch.testing.assert_close(per, want, atol=1e-5, rtol=1e-5)
+
+
+def test_original_loss_ignores_tokens_beyond_its_reach_and_the_upgrade_does_not(tiny_model):
+    # tiny fixture: 2 blocks of width 4 -> reach 1 + 2 x 3 = 7 tokens. Change tokens 0..4 only:
+    # outputs at positions >= 4 + 7 = 11 cannot change, so neither can the loss of targets t >= 12.
+    a = torch.randint(0, 512, (1, 60), generator=torch.Generator().manual_seed(0))
+    b = a.clone()
+    b[0, :5] = (b[0, :5] + 1) % 512
+    la, lb = loss_by_position(tiny_model, a), loss_by_position(tiny_model, b)
+    assert torch.equal(la[:, 11:], lb[:, 11:])
+    assert (la[:, :11] - lb[:, :11]).abs().max() > 0
+    up = _open_gates(upgrade_to_selective(tiny_model))
+    ua, ub = loss_by_position(up, a), loss_by_position(up, b)
+    assert (ua[:, 40:] - ub[:, 40:]).abs().max() > 1e-4     # 35+ tokens later, the state remembers
+
+
+def test_summarize_curve_measures_the_gain_beyond_the_reach():
+    t = torch.arange(1, 256, dtype=torch.float32)
+    flat = (4.0 + 3.0 * torch.exp(-t / 2)).expand(8, -1)          # plateaus well before 19
+    falling = (4.0 + 3.0 * torch.exp(-t / 2) - 0.3 * torch.log(t)).expand(8, -1)
+    s_flat, s_fall = summarize_curve(flat), summarize_curve(falling)
+    assert abs(s_flat["gain_beyond_rf"]) < 1e-3
+    # falling: 0.3 * (mean log t over the last quarter - over t = 19..37) = 0.3 * (5.36 - 3.28) ~ 0.62
+    assert s_fall["gain_beyond_rf"] == pytest.approx(0.62, abs=0.02)
+    assert list(s_flat["loss_by_bucket"])[:3] == ["1-1", "2-3", "4-7"] and s_flat["windows"] == 8
+    assert s_flat["length"] == 256
+
+
+def test_recall_items_are_balanced_and_far_enough(tok):
+    filler = token_stream(tok, [TEXT] * 20)
+    items = make_recall_items(tok, filler, n_fillers=4, min_gap=50, max_gap=90)
+    assert len(items) == 4 * len(PROBE_NAMES)
+    assert all(50 <= it.gap <= 90 for it in items)
+    assert sorted(it.answer for it in items[:10]) == list(range(10))     # each name once per filler
+    first = items[0]
+    assert tok.decode(first.ids).startswith("My name is Alice.")
+    assert tok.decode(first.ids).endswith(" What is my name? My name is")
+    assert first.ids[len(first.ids) - 1 - first.gap] == tok.encode(" Alice")[0]
+    assert not set(PROBE_NAMES) & set(TRAIN_NAMES)                       # probe names never trained
+    with pytest.raises(ValueError, match="single-token"):
+        make_recall_items(tok, filler, names=["Alice", "Bartholomew"])
+
+
+def test_original_scores_exactly_chance_on_the_recall_probe(tok):
+    model = make_small_gpt2_model()               # reach 7 tokens; the name is 50+ tokens back
+    filler = token_stream(tok, [TEXT] * 20)
+    items = make_recall_items(tok, filler, n_fillers=3)
+    r = recall_probe(model, items)
+    assert r["accuracy"] == r["chance_accuracy"] == 0.1 and r["mean_rank"] == r["chance_rank"] == 5.5
+    up = _open_gates(upgrade_to_selective(model), std=2.0)
+
+    def scores(m, it):                             # one item at a time: the same shapes every call
+        with torch.no_grad():
+            return m.lm_head(m.features(torch.tensor([it.ids]))[0, -1])[it.candidates]
+    # same filler, names 0 and 1: identical for the original (bit for bit), not for the upgrade
+    # (the random model's logits are ~1e-4, so the difference is small, but it is there)
+    assert torch.equal(scores(model, items[0]), scores(model, items[1]))
+    assert (scores(up, items[0]) - scores(up, items[1])).abs().max() > 0
+
+
+def test_recall_training_rows_train_only_the_answer(tok):
+    stream = token_stream(tok, [TEXT] * 20)
+    ids, labels = recall_batch(tok, stream, 6, torch.Generator().manual_seed(0), min_gap=20, max_gap=40)
+    assert ids.shape == labels.shape and ids.shape[0] == 6
+    for b in range(6):
+        trained = (labels[b] != -100).nonzero().flatten().tolist()
+        assert len(trained) == 1
+        name = tok.decode([int(labels[b, trained[0]])]).strip()
+        assert name in TRAIN_NAMES and int(ids[b, 3]) == int(labels[b, trained[0]])
+        assert 20 <= trained[0] - 3 <= 41
+
+
+def test_report_saves_json_and_plot(tok, tmp_path):
+    model = make_small_gpt2_model(max_seq_len=64)
+    up = upgrade_to_selective(model)
+    texts = [TEXT * 3, TEXT * 2]
+    rep = measure_context({"original": model, "selective": up}, tok, texts, length=64, windows=4, n_fillers=2)
+    assert isinstance(rep, ContextReport)
+    # closed gate: the upgraded model measures exactly like the original
+    assert rep.curves["original"] == rep.curves["selective"] and len(rep.curves["original"]) == 63
+    assert rep.recall["selective"]["accuracy"] == 0.1
+    path = rep.save(tmp_path)
+    data = json.loads(path.read_text())
+    assert set(data) == {"curves", "summary", "recall", "notes"} and data["notes"]["length"] == 64
+    png = tmp_path / "context.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "selective" in rep.table() and "chance" in rep.table()
+
+
+def test_windows_and_cli_help(capsys):
+    stream = torch.arange(1000)
+    w = text_windows(stream, 100, 4)
+    assert w.shape == (4, 100) and w[0, 0] == 0 and w[-1, -1] == 999
+    with pytest.raises(ValueError, match="too short"):
+        text_windows(torch.arange(50), 100, 4)
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "measure" in out
