@@ -91,6 +91,7 @@ def train_losses(out: Path) -> dict:
     return {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
 
 
+EOS_ID = 50256
 QUIET = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
 
 
@@ -198,3 +199,51 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     m2, _ = load_checkpoint(two["final"])
     for (n, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
         torch.testing.assert_close(p2, p1, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_specialized_runs_two_phases_and_a_rerun_resumes_instead_of_retraining(tmp_path):
+    from mambaft.train import finetune as finetune_via_package     # the package spelling works too
+    data = tmp_path / "data"
+    write_prepared(data / "phase1", QA[:6], QA[:2])
+    write_prepared(data / "phase2", QA[6:] * 3, QA[6:])
+    base = save_checkpoint(learnable_model(seed=3), tmp_path / "base")
+    cfg = make_config("specialized", domain="french", lr=3e-3, warmup_steps=1, max_steps=4, phase2_steps=3,
+                      batch_size=2, grad_accum=1, num_gpus=1, precision="fp32", save_every=2, eval_every=2,
+                      keep_last=1, export_original=True)
+    out = tmp_path / "run"
+    res = finetune_via_package(cfg, base, data, out, **QUIET)
+    # export_original: the final model also in the original .pt format, identical weights, original keys
+    original = torch.load(out / "phase2" / "final_model.pt", weights_only=True)
+    assert set(original) >= {"model_state_dict", "config", "global_step"} and original["global_step"] == 3
+    folder_model, _ = load_checkpoint(res["final"])
+    sd = original["model_state_dict"]
+    assert set(sd) == set(folder_model.state_dict())
+    for k, v in folder_model.state_dict().items():
+        assert torch.equal(sd[k], v), k
+    assert res["phase1"]["steps"] == 4 and res["phase2"]["steps"] == 3
+    assert res["final"] == str(out / "phase2" / "final") and Path(res["phase1"]["final"]).is_dir()
+    # phase 2 starts from phase 1's final weights: its first loss equals phase 1's model on phase 2 data
+    p2 = read_metrics(out / "phase2" / "metrics.jsonl")
+    assert p2[0]["event"] == "start" and len([r for r in p2 if "loss" in r and "event" not in r]) == 3
+    from datasets import load_from_disk
+    from mambaft.train.batches import RowStream
+    from mambaft.train.step import count_trained_tokens
+    phase1_model, _ = load_checkpoint(res["phase1"]["final"])
+    mb = RowStream(load_from_disk(str(data / "phase2"))["train"], seed=cfg.seed, pad_id=EOS_ID).step_rows(
+        0, batch_size=2, grad_accum=1, rank=0, world_size=1).micro_batches[0]
+    with torch.no_grad():
+        first = phase1_model(mb["input_ids"], labels=mb["labels"], loss_reduction="sum")["loss"]
+    assert p2[1]["loss"] == pytest.approx(float(first) / count_trained_tokens(mb["labels"]), rel=1e-5)
+    n_rows = len(read_metrics(out / "phase1" / "metrics.jsonl")), len(p2)
+    # the same call again: both phases are complete, nothing is retrained
+    again = finetune(cfg, base, data, out, **QUIET)
+    assert again["resumed_from"] == 3 and again["phase1"]["resumed_from"] == 4
+    assert again["losses"] == res["losses"]
+    assert [len([r for r in read_metrics(out / p / "metrics.jsonl") if "loss" in r and "event" not in r])
+            for p in ("phase1", "phase2")] == [4, 3]
+    assert len(read_metrics(out / "phase1" / "metrics.jsonl")) == n_rows[0] + 1   # + the resume event
+    # --no-resume: start over, one row per step
+    fresh = finetune(cfg, base, data, out, resume=False, **QUIET)
+    assert fresh["phase1"]["losses"] == res["phase1"]["losses"]                   # same seed, same run
+    assert [r["step"] for r in read_metrics(out / "phase1" / "metrics.jsonl") if "loss" in r
+            and "event" not in r] == [1, 2, 3, 4]

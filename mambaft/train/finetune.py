@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import types
 from pathlib import Path
 from typing import Optional, Union
 
@@ -310,6 +311,17 @@ def main(argv=None) -> int:
              eval_at_start=not a.no_eval_at_start, tensorboard=a.tensorboard, cli_overrides=how)
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """`from mambaft.train import finetune` finds this module, not the function, once the module has
+    been imported (Python binds a submodule to its package attribute of the same name); calling the
+    module calls the function, so both spellings work."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return finetune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())
