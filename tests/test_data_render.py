@@ -143,3 +143,33 @@ def test_pack_text_rows(tok):
     assert all(r["n_tokens"] == 32 for r in rows[:-1]) and 0 < rows[-1]["n_tokens"] <= 32
     assert all(r["labels"] == r["input_ids"] and r["messages"] == [] and r["kind"] == "text" for r in rows)
     assert sum(r["input_ids"].count(EOT) for r in rows) == 4   # one end token between documents
+
+
+def _brute_force(conv, tok, max_len):
+    """The reference: the earliest user turn from which the template's full rendering fits."""
+    system = conv[:1] if conv[0]["role"] == "system" else []
+    body = conv[len(system):]
+    for sys_part in (system, []):
+        for k in range(len(body)):
+            if body[k]["role"] != "user":
+                continue
+            ids, labels = DEFAULT_TEMPLATE.render(sys_part + body[k:], tok)
+            if len(ids) <= max_len:
+                return ids, labels
+    return None
+
+
+@pytest.mark.parametrize("content", ["a sentence of ordinary English words, repeated for length. " * 4,
+                                     "=" * 2000])   # ~32 characters per token: forces the second pass
+def test_long_conversations_match_brute_force(tok, content):
+    conv = [{"role": "system", "content": "Be helpful."}]
+    for i in range(16):
+        conv += [U(f"question {i}: {content}"), A(f"answer {i}: {content}")]
+    for max_len in (128, 1024):
+        r = render_conversations([conv], tok, max_seq_len=max_len)[0]
+        expected = _brute_force(conv, tok, max_len)
+        if expected is None:
+            assert r.too_long
+        else:
+            assert not r.too_long and (r.input_ids, r.labels) == expected
+            assert (r.input_ids, r.labels) == DEFAULT_TEMPLATE.render([conv[i] for i in r.kept], tok)

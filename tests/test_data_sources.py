@@ -204,3 +204,64 @@ def test_guess_lang():
     assert guess_lang("Je pense que le temps est beau pour une promenade dans la ville.") == "fr"
     assert guess_lang("Привет, как у тебя дела сегодня?") == "ru"
     assert guess_lang("Hi!") == "und"
+
+
+# --- hub loaders, with the hub replaced by the fixture files (no network) -------------------------------
+def _fake_hub(monkeypatch, tables: dict):
+    """datasets.load_dataset(id, split=...) -> a Dataset of the fixture rows registered for that id."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(ds_id, config=None, split="train", streaming=False, **kw):
+        calls.append((ds_id, config, split, streaming))
+        rows = tables[ds_id]
+        return iter(rows) if streaming else datasets.Dataset.from_list(rows)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def _rows(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def test_hub_loaders_read_the_same_rows_as_local_files(monkeypatch):
+    calls = _fake_hub(monkeypatch, {
+        "tatsu-lab/alpaca": json.loads((HUB / "alpaca_data.json").read_text()),
+        "databricks/databricks-dolly-15k": _rows(HUB / "databricks-dolly-15k.jsonl"),
+        "OpenAssistant/oasst1": _rows(HUB / "oasst1_messages.jsonl"),
+        "HuggingFaceH4/ultrachat_200k": [r for r in map(json.loads, [
+            json.dumps({"prompt_id": "p1", "prompt": "Hi", "messages": [{"role": "user", "content": "Hi"},
+                                                                     {"role": "assistant", "content": "Hello"}]})])],
+        "ccdv/arxiv-summarization": [{"article": "We study transformers.", "abstract": "short"}],
+    })
+    hub = load_source("alpaca")
+    assert hub.origin == "hub:tatsu-lab/alpaca"
+    assert [msgs(r) for r in hub.rows] == [msgs(r) for r in load_source("alpaca", str(HUB / "alpaca_data.json")).rows]
+    assert len(load_source("dolly").rows) == 3
+    assert [r["lang"] for r in load_source("oasst").rows] == ["en", "fr"]
+    ultra = load_source("messages").rows
+    assert msgs(ultra[0]) == [("user", "Hi"), ("assistant", "Hello")] and ultra[0]["id"] == "messages:p1"
+    docs = load_source("arxiv").rows
+    assert docs[0]["text"] == "We study transformers." and docs[0]["license"].startswith("arXiv")
+    assert ("HuggingFaceH4/ultrachat_200k", None, "train_sft", False) in calls
+    # another hub id given with --source NAME=ID (an oasst2 export, same table format)
+    calls.clear()
+    _fake_hub(monkeypatch, {"OpenAssistant/oasst2": _rows(HUB / "oasst1_messages.jsonl")})
+    assert load_source("oasst", "OpenAssistant/oasst2").origin == "hub:OpenAssistant/oasst2"
+
+
+def test_sharegpt_hub_downloads_the_json_file(monkeypatch):
+    import huggingface_hub
+
+    seen = []
+
+    def download(repo_id, filename, repo_type=None, **kw):
+        seen.append((repo_id, filename, repo_type))
+        return str(HUB / "sharegpt_truncated.json")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    bad = BadRows()
+    rows = load_source("sharegpt", bad=bad).rows
+    assert seen == [("anon8231489123/ShareGPT_Vicuna_unfiltered", "ShareGPT_V3_unfiltered_cleaned_split.json",
+                     "dataset")]
+    assert len(rows) == 3 and bad.total == 1

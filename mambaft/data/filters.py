@@ -14,7 +14,6 @@ exactly: the template's own tokens make every short pair look alike.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,7 +22,7 @@ NUM_PERM = 32
 BANDS = 8                          # 8 bands x 4 rows = 32
 NEAR_THRESHOLD = 0.8
 SHINGLE = 5                        # tokens per shingle
-MINHASH_MAX_TOKENS = 512           # the first 512 tokens decide (bounds the cost of long rows)
+MINHASH_MAX_TOKENS = 256           # the first 256 tokens decide (bounds the cost of long rows)
 NEAR_MIN_TOKENS = 64
 
 _rng = np.random.default_rng(20240917)   # fixed: signatures must match across runs and processes
@@ -66,12 +65,9 @@ def clean_conversation(conv: dict, languages: Optional[Sequence[str]] = None) ->
     return {**conv, "messages": system + body}, reason
 
 
-_WS = re.compile(r"\s+")
-
-
 def exact_key(conv: dict) -> str:
     """Same text up to case and whitespace -> same key (roles included, source excluded)."""
-    text = "\x1e".join(f"{m['role']}\x1f{_WS.sub(' ', m['content']).strip().lower()}" for m in conv["messages"])
+    text = "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].lower().split())}" for m in conv["messages"])
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 

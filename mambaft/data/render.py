@@ -57,46 +57,87 @@ def _plan_start(lengths: list[int], roles: list[str], max_len: int) -> tuple[int
     return best[0], best[1], True
 
 
+# Long conversations (ShareGPT: often 3-10x the window) are tokenized from the end, only as far
+# back as can matter: a suffix of 8 characters per token of the window (English averages ~4.2) is
+# tokenized first, and a conversation whose tokenized suffix does not yet overflow the window gets
+# the rest in a second pass. The result is exactly the full rendering's (the tests compare them).
+CHARS_PER_TOKEN_BOUND = 8
+
+
+def _suffix_start(msgs: Sequence[dict], first_body: int, max_seq_len: Optional[int]) -> int:
+    if max_seq_len is None:
+        return first_body
+    budget, chars, k = max_seq_len * CHARS_PER_TOKEN_BOUND, 0, len(msgs)
+    while k > first_body:
+        chars += len(msgs[k - 1]["content"])
+        if chars > budget and k < len(msgs) - 1:  # the last exchange is always tokenized
+            break
+        k -= 1
+    return k
+
+
 def render_conversations(convs: Sequence[Sequence[dict]], tok, train_on: str = "all_assistant",
                          max_seq_len: Optional[int] = None,
                          template: ChatTemplate = DEFAULT_TEMPLATE) -> list[Rendered]:
-    """Render message lists in one tokenizer call. Equal to `template.render` when nothing is cut."""
+    """Render message lists with batched tokenizer calls. Equal to `template.render` when nothing is
+    cut; with `max_seq_len`, oldest whole turns are dropped as described in the module docstring."""
     end_id = template.end_id(tok)
-    per_conv = []          # [(segments, per-message segment counts)]
-    unique: dict[str, int] = {}
+    encoded: dict[str, list[int]] = {}
+
+    def encode(pieces: set) -> None:
+        texts = [t for t in pieces if t not in encoded]
+        if texts:
+            ids = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
+            encoded.update(zip(texts, ids))
+
+    plans = []   # per conversation: segments, message -> (first, last) segment bounds, first tokenized message
+    wanted: set = set()
     for msgs in convs:
         segs = template.segments(msgs, end_id, train_on)
-        counts = [len(template.segments([m], end_id)) for m in msgs]
-        per_conv.append((segs, counts))
-        for piece, _ in segs:
-            if isinstance(piece, str) and piece not in unique:
-                unique[piece] = len(unique)
-    texts = list(unique)
-    encoded = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
-    out = []
-    for msgs, (segs, counts) in zip(convs, per_conv):
-        seg_ids = [[p] if isinstance(p, int) else encoded[unique[p]] for p, _ in segs]
         bounds, pos = [], 0
-        for c in counts:
+        for m in msgs:
+            c = len(template.segments([m], end_id))
             bounds.append((pos, pos + c))
             pos += c
-        lengths = [sum(len(seg_ids[s]) for s in range(a, b)) for a, b in bounds]
-        roles = [m["role"] for m in msgs]
-        start, keep_sys, fits = (1 if roles and roles[0] == "system" else 0,
-                                 bool(roles) and roles[0] == "system", True)
+        first_body = 1 if msgs and msgs[0]["role"] == "system" else 0
+        k = _suffix_start(msgs, first_body, max_seq_len)
+        plans.append([segs, bounds, first_body, k])
+        for mi in list(range(first_body)) + list(range(k, len(msgs))):
+            wanted.update(p for p, _ in segs[bounds[mi][0]:bounds[mi][1]] if isinstance(p, str))
+    encode(wanted)
+
+    def msg_len(plan, mi) -> int:
+        segs, bounds = plan[0], plan[1]
+        return sum(1 if isinstance(p, int) else len(encoded[p]) for p, _ in segs[bounds[mi][0]:bounds[mi][1]])
+
+    # second pass: conversations whose tokenized suffix still fits need their older messages too
+    more: set = set()
+    for msgs, plan in zip(convs, plans):
+        segs, bounds, first_body, k = plan
+        if k > first_body and sum(msg_len(plan, mi) for mi in range(k, len(msgs))) <= max_seq_len:
+            for mi in range(first_body, k):
+                more.update(p for p, _ in segs[bounds[mi][0]:bounds[mi][1]] if isinstance(p, str))
+            plan[3] = first_body
+    encode(more)
+
+    out = []
+    for msgs, plan in zip(convs, plans):
+        segs, bounds, first_body, k = plan
+        idx = list(range(first_body)) + list(range(k, len(msgs)))   # the tokenized messages
+        lengths = [msg_len(plan, mi) for mi in idx]
+        roles = [msgs[mi]["role"] for mi in idx]
+        keep_sys, fits, start = first_body == 1, True, (1 if first_body else 0)
         if max_seq_len is not None:
             start, keep_sys, fits = _plan_start(lengths, roles, max_seq_len)
-        kept = ([0] if keep_sys else []) + list(range(start, len(msgs)))
+        kept = ([0] if keep_sys else []) + idx[start:] if first_body else idx[start:]
         ids: list[int] = []
         labels: list[int] = []
         for mi in kept:
-            a, b = bounds[mi]
-            for s in range(a, b):
-                t = seg_ids[s]
+            for p, trained in segs[bounds[mi][0]:bounds[mi][1]]:
+                t = [p] if isinstance(p, int) else encoded[p]
                 ids.extend(t)
-                labels.extend(t if segs[s][1] else [IGNORE_INDEX] * len(t))
-        dropped = len(msgs) - len(kept)
-        out.append(Rendered(ids, labels, dropped, not fits, kept))
+                labels.extend(t if trained else [IGNORE_INDEX] * len(t))
+        out.append(Rendered(ids, labels, len(msgs) - len(kept), not fits, kept))
     return out
 
 

@@ -210,8 +210,12 @@ def load_source(name: str, override: Optional[str] = None, *, limit: Optional[in
         from huggingface_hub import hf_hub_download
         where = Path(hf_hub_download(str(where), spec.hub_file, repo_type="dataset"))
         from_hub = False
+    from tqdm.auto import tqdm
+
     rows = []
-    for conv in _read_chat(spec, where, from_hub, bad, None if spec.keep else limit):
+    stream = _read_chat(spec, where, from_hub, bad, None if spec.keep else limit)
+    for conv in tqdm(stream, desc=f"load {name}", unit=" conv", total=limit, disable=not progress,
+                     mininterval=1.0, leave=False):
         if spec.keep is not None and not spec.keep(conv):
             continue
         rows.append(conv)
