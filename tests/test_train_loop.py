@@ -144,8 +144,9 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path)
     p = subprocess.run(args, env=run_env(MAMBAFT_FAULT="in_save=15"), capture_output=True, text=True)
     assert p.returncode == -9, p.stderr[-2000:]
     assert "resuming from" in p.stdout and "step 10 of 20" in p.stdout, p.stdout[-2000:]
-    assert (out / "checkpoints" / ".tmp-step_0000015").is_dir()          # half-written ...
-    assert [r.step for r in ck.list_checkpoints(out)] == [5, 10]          # ... and not counted
+    partial = out / "checkpoints" / ".tmp-step_0000015"                   # every file written,
+    assert (partial / "trainer_state.pt").is_file() and (partial / "model" / "model.safetensors").is_file()
+    assert [r.step for r in ck.list_checkpoints(out)] == [5, 10]          # but not committed: not counted
     # 3rd run: resumes from 10 again and finishes.
     p = subprocess.run(args, env=run_env(), capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]

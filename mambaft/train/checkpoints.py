@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -167,8 +167,10 @@ def write_rng(tmp: Path, rank: int) -> None:
 
 
 def commit(out_dir: Union[str, Path], step: int, model: torch.nn.Module, *, trainer_state: dict,
-           config: dict, template, tokenizer, training_meta: dict, export_original: bool) -> Path:
-    """Rank 0: write the model and trainer state into the temp folder, then rename it into place."""
+           config: dict, template, tokenizer, training_meta: dict, export_original: bool,
+           before_rename: Optional[Callable[[], None]] = None) -> Path:
+    """Rank 0: write the model and trainer state into the temp folder, then rename it into place.
+    `before_rename` runs when every file is written but not yet committed (the crash tests kill there)."""
     from mambaft.checkpoint import save_checkpoint
 
     tmp = tmp_dir(out_dir, step)
@@ -178,6 +180,8 @@ def commit(out_dir: Union[str, Path], step: int, model: torch.nn.Module, *, trai
         save_checkpoint(model, tmp / ORIGINAL_FILE, format="original", step=step)
     torch.save(trainer_state, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if before_rename is not None:
+        before_rename()
     final = Path(out_dir) / CKPT_DIRNAME / step_dirname(step)
     if final.exists():  # the same step written again (a resumed run passing it a second time)
         _remove(final)

@@ -131,6 +131,12 @@ def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, 
             say(f"--no-resume: starting over in {out_dir} (previous checkpoints and metrics deleted)")
     accelerator.wait_for_everyone()
     latest = ck.latest_checkpoint(out_dir) if resume else None
+    if latest is None and accelerator.is_main_process and (out_dir / "metrics.jsonl").exists():
+        # a run that died before its first checkpoint: its rows would otherwise be logged twice
+        (out_dir / "metrics.jsonl").unlink()
+        shutil.rmtree(out_dir / "probes", ignore_errors=True)
+        say(f"no complete checkpoint in {out_dir}: starting from the base (old metrics.jsonl replaced)")
+    accelerator.wait_for_everyone()
     from mambaft.checkpoint import load_checkpoint
     if latest is not None:
         saved = json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8"))

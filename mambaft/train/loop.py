@@ -175,12 +175,12 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "guard": guard.state_dict(), "best_val_loss": best, "world_size": W,
                      "global_batch": G, "epoch": rows_consumed / len(inp.train)}
-            _fault("in_save", at_step)
             path = ck.commit(out, at_step, raw, trainer_state=state, config=cfg.to_dict(),
                              template=inp.template, tokenizer=inp.tokenizer,
                              training_meta={"config": cfg.to_dict(), "step": at_step, "val_loss": val_loss,
                                             "rows_consumed": rows_consumed},
-                             export_original=cfg.export_original and raw.config.architecture == "original")
+                             export_original=cfg.export_original and raw.config.architecture == "original",
+                             before_rename=lambda: _fault("in_save", at_step))
             removed = ck.rotate(out, cfg.keep_last)
             metrics.write({"step": at_step, "event": "checkpoint", "path": str(path),
                            "removed": [p.name for p in removed]})
