@@ -267,3 +267,23 @@ def test_lr_sweep_writes_curves_and_a_plot(tmp_path):
     assert res["best_lr"] == 3e-3 and res["scores"]["0.003"] < res["scores"]["1e-05"] - 0.5
     assert (tmp_path / "sweep" / "lr_sweep.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "sweep" / "lr_sweep.json").read_text())["best_lr"] == 3e-3
+
+
+def test_bf16_autocast_run_tracks_the_fp32_run(tmp_path):
+    """precision=bf16 goes through mambaft.runtime.autocast (matmuls in bf16, SWELU and the loss's
+    softmax in fp32): the first losses agree with fp32 to bf16 accuracy."""
+    from mambaft.checkpoint import save_checkpoint
+    from mambaft.train.finetune import finetune
+    data = write_prepared(tmp_path / "data")
+    base = save_checkpoint(learnable_model(seed=6), tmp_path / "base")
+    quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = make_config("smoke", precision=precision, max_steps=4, batch_size=4, save_every=4,
+                          eval_every=4, lr=3e-3, warmup_steps=1)
+        runs[precision] = finetune(cfg, base, data, tmp_path / precision, **quiet)
+    assert runs["bf16"]["losses"] != runs["fp32"]["losses"]              # bf16 really ran
+    for a, b in zip(runs["fp32"]["losses"], runs["bf16"]["losses"]):
+        assert b == pytest.approx(a, rel=0.03)
+    start = read_metrics(tmp_path / "bf16" / "metrics.jsonl")[0]
+    assert start["event"] == "start" and start["precision"] == "bf16"
