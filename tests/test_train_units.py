@@ -177,7 +177,9 @@ def test_plan_arithmetic_provenance_and_the_plans_warnings():
     cfg = make_config("quick")
     assert provenance(cfg)["lr"] == "preset quick" and provenance(cfg)["seed"] == "default"
     assert provenance(make_config("quick", lr=1e-4))["lr"] == "override"
-    assert provenance(cfg, {"max_steps": "--max-steps"})["max_steps"] == "override (--max-steps)"
+    assert provenance(make_config("quick", max_steps=50), {"max_steps": "--max-steps"})["max_steps"] == \
+        "override (--max-steps)"
+    assert provenance(cfg, {"max_steps": "--set"})["max_steps"] == "preset quick"   # same value passed again
     epochs = epochs_per_source(["alpaca"] * 52_002, 192 * 10_000)
     assert epochs["alpaca"] == pytest.approx(36.92, abs=0.01)          # the plan's "37 epochs"
     lines, warns = plan_lines(cfg, world_size=6, train_sources=["alpaca"] * 52_002, n_params=124_104_719)

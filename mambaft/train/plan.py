@@ -28,18 +28,17 @@ SMALL_MODEL_LR = (5e-5, 1e-4)    # what ~100M-parameter fine-tuning recipes use
 def provenance(cfg: Config, cli_overrides: Optional[dict] = None) -> dict:
     """field -> "default" | "preset <strategy>" | "override" | "override (<how>)".
 
-    A value equal to the preset's is "preset"; equal to the dataclass default (and not in the preset)
-    is "default"; anything else was overridden (`cli_overrides` names how, e.g. "--max-steps")."""
+    A value equal to the preset's is "preset" and one equal to the dataclass default (not in the
+    preset) "default", even when a launcher passed it again with --set (the course passes every
+    value); anything else was overridden (`cli_overrides` names how, e.g. "--max-steps")."""
     preset = PRESETS.get(cfg.strategy, {})
     ref = make_config(cfg.strategy)
     cli_overrides = cli_overrides or {}
     out = {}
     for f in dataclasses.fields(Config):
         name, value = f.name, getattr(cfg, f.name)
-        if name in cli_overrides:
-            out[name] = f"override ({cli_overrides[name]})"
-        elif value != getattr(ref, name):
-            out[name] = "override"
+        if value != getattr(ref, name):
+            out[name] = f"override ({cli_overrides[name]})" if name in cli_overrides else "override"
         elif name in preset:
             out[name] = f"preset {cfg.strategy}"
         else:
