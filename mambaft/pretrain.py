@@ -1,0 +1,574 @@
+"""Pretrain the small demo base model: the SAME architecture as MambaSWELU 124M, on offline plain text.
+
+The course needs a base model to fine-tune on a 2-core CPU, and the user's 124M checkpoint is not in
+any registry. So mambaft pretrains a small one the way the original was pretrained, with the same
+flaws on purpose, so that notebook 00 shows the same symptoms and the course's fine-tune fixes them:
+
+    * SimplifiedMamba blocks (no selective scan), SWELU, dense head, learned position embeddings,
+      GPT-2 tokenizer; 6 layers and d_conv 4, so the receptive field is 1 + 6 x 3 = 19 tokens, as in 124M.
+    * Documents are concatenated WITHOUT `<|endoftext|>` into rows of `seq_len` tokens: the model never
+      sees token 50256, as input or as target, and never learns to stop.
+    * Only `d_model` and the dense head are smaller (the GPT-2 vocabulary dominates the size: 50,257 x
+      d_model = 6.4M parameters at d_model 128, 12.9 MB in bf16; the shipped folder must stay under 30 MB).
+
+The loop is one flat loop: set lr, evaluate, forward/backward (bf16 autocast on CPU), clip, step, log.
+
+    mambaft pretrain --out data/demo_base                                # rebuild the shipped demo base
+    mambaft pretrain --steps 20 --out /tmp/try --no-card                 # measure speed
+    mambaft pretrain --init-from data/demo_base --architecture selective --out /tmp/sel   # context repair
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+# Plain-text sources of mambaft.data.text (registry packages; licences travel with the documents).
+# The weight is an up/down-sampling factor of the source's own rows per epoch (1.0 = every row once).
+# About 1.0M + 0.4M + 0.45M + 0.4M = 2.3M tokens per epoch, mostly encyclopedic English: the course's
+# fine-tune asks about Wikipedia topics, so that is the text the demo base should babble best.
+DEFAULT_SOURCES = {"wiki_en": 1.0, "shakespeare": 0.25, "python_docs": 0.15, "sotu": 0.2}
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "data/demo_base"
+    sources: dict = field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    text_files: tuple = ()          # extra local UTF-8 files, one document each (name "file:<path>")
+    max_docs_per_source: Optional[int] = None
+    # --- model: the 124M architecture, narrower ----------------------------------------------------
+    d_model: int = 128              # 124M: 1024
+    n_layers: int = 6               # as 124M: keeps the 19-token reach
+    d_conv: int = 4                 # as 124M
+    expand: int = 2                 # as 124M
+    dense_hidden_dim: int = 256     # 124M: 2048 (2 x d_model, the same ratio)
+    max_seq_len: int = 1024         # as 124M: every strategy's max_seq_len fits the position table
+    dropout: float = 0.0            # 124M: 0.1; a few-epoch run on a few M tokens needs none
+    # --- optimisation (124M recipe: AdamW betas (0.9, 0.95), wd 0.1, warmup then cosine, bf16) -----
+    seq_len: int = 1024             # rows of 1024 tokens, as 124M
+    batch_size: int = 8             # 8 x 1024 = 8,192 tokens per step
+    max_steps: int = 1500
+    minutes: float = 0.0            # > 0: set max_steps from the speed of the first steps to fit this
+    lr: float = 3e-3                # small models take a larger lr (124M: 3e-4)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0          # 124M: none; clipping costs nothing and guards the high lr
+    precision: str = "auto"         # auto: bf16 autocast where the CPU/GPU runs it natively
+    threads: int = 0                # 0: every core this process may use
+    seed: int = 1337
+    val_fraction: float = 0.01      # documents held back from training (of split="train") for val loss
+    eval_every: int = 250
+    eval_batches: int = 8
+    log_every: int = 10
+    save_dtype: str = "bf16"        # the folder stores bf16 (half the bytes); the loader upcasts to fp32
+    # --- continued pretraining ---------------------------------------------------------------------
+    init_from: str = ""             # a model folder or original .pt to continue from
+    architecture: str = "original"  # "selective": upgrade init_from first (mambaft.model.selective)
+    d_state: int = 16
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def validate(self) -> None:
+        for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
+                     "seq_len", "batch_size", "max_steps", "eval_every", "log_every", "d_state"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")
+        if self.seq_len > self.max_seq_len:
+            raise ValueError(f"seq_len={self.seq_len}: longer than max_seq_len={self.max_seq_len}")
+        if self.architecture not in ("original", "selective"):
+            raise ValueError(f"architecture={self.architecture!r}: expected original or selective")
+        if self.architecture == "selective" and not self.init_from:
+            raise ValueError("architecture=selective needs --init-from (the model to upgrade)")
+        if self.save_dtype not in ("bf16", "fp32"):
+            raise ValueError(f"save_dtype={self.save_dtype!r}: expected bf16 or fp32")
+        if not self.sources and not self.text_files:
+            raise ValueError("no data: give --source NAME=WEIGHT or --text-file PATH")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction={self.val_fraction!r}: must lie in [0, 0.5)")
+
+
+# --- data ------------------------------------------------------------------------------------------
+@dataclass
+class SourceRows:
+    name: str
+    licence: str
+    documents: int
+    train_rows: torch.Tensor        # [R, seq_len] int32 (int32: 4 B/token, 50257 < 2**31)
+    val_rows: torch.Tensor          # [Rv, seq_len]
+    tokens: int                     # train tokens in whole rows
+
+
+def _doc_text(doc) -> str:
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict) and isinstance(doc.get("text"), str):
+        return doc["text"]
+    raise TypeError(f"expected a document string or a dict with 'text', got {type(doc).__name__}")
+
+
+def load_documents(name: str, max_docs: Optional[int] = None) -> tuple[list[str], str]:
+    """Training documents of one plain-text source and its licence. Only `split="train"` is read:
+    the held-out slice of mambaft.data.text stays unseen, so evaluation can score it."""
+    if name.startswith("file:"):
+        path = Path(name[5:])
+        if not path.is_file():
+            raise FileNotFoundError(f"--text-file {path}: no such file")
+        return [path.read_text(encoding="utf-8", errors="replace")], "as given by the user"
+    from mambaft.data.text import load_text_documents
+
+    docs = load_text_documents(name, max_docs, split="train")
+    texts = [_doc_text(d) for d in docs]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f"source {name!r}: no non-empty training documents")
+    licence = docs[0].get("license", "unknown") if isinstance(docs[0], dict) else "unknown"
+    return texts, str(licence)
+
+
+def build_rows(name: str, docs: Sequence[str], tokenizer, seq_len: int, val_fraction: float,
+               seed: int, licence: str = "") -> SourceRows:
+    """Documents -> shuffled order -> one token stream WITHOUT end tokens -> rows of seq_len.
+
+    Held-out documents (the last `val_fraction` after shuffling, at least one when there are >= 2)
+    form the validation rows. A stream shorter than one row is refused with the source named."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(docs), generator=g).tolist()
+    n_val = int(round(len(docs) * val_fraction))
+    if val_fraction > 0 and len(docs) >= 2:
+        n_val = max(1, n_val)
+    val_docs = [docs[i] for i in order[len(order) - n_val:]] if n_val else []
+    train_docs = [docs[i] for i in order[:len(order) - n_val]]
+
+    def stream(texts: list[str]) -> torch.Tensor:
+        ids: list[int] = []
+        # Documents are joined by a blank line, as plain text, never by <|endoftext|> (the flaw we keep).
+        for enc in tokenizer.encode_batch([t.strip() + "\n\n" for t in texts]):
+            ids.extend(enc)
+        return torch.tensor(ids, dtype=torch.int32)
+
+    train = stream(train_docs)
+    val = stream(val_docs) if val_docs else torch.zeros(0, dtype=torch.int32)
+    if train.numel() < seq_len:
+        raise ValueError(f"source {name!r}: {train.numel()} training tokens, fewer than one row of {seq_len}")
+    if (train == tokenizer.eos_id).any():
+        raise ValueError(f"source {name!r}: its text encodes to the end token {tokenizer.eos_id}")
+    r, rv = train.numel() // seq_len, val.numel() // seq_len
+    return SourceRows(name=name, licence=licence,
+                      documents=len(docs), train_rows=train[:r * seq_len].view(r, seq_len),
+                      val_rows=val[:rv * seq_len].view(rv, seq_len), tokens=r * seq_len)
+
+
+def epoch_order(sources: list[SourceRows], weights: list[float], generator: torch.Generator) -> torch.Tensor:
+    """One epoch as [N, 2] (source index, row index): each source's rows scaled by its weight
+    (2.0 = every row twice, 0.5 = a random half), then shuffled together."""
+    parts = []
+    for si, (src, w) in enumerate(zip(sources, weights)):
+        n = src.train_rows.shape[0]
+        whole, frac = int(w), w - int(w)
+        idx = [torch.arange(n)] * whole
+        if frac > 0:
+            idx.append(torch.randperm(n, generator=generator)[:max(1, int(round(n * frac)))])
+        if idx:
+            rows = torch.cat(idx)
+            parts.append(torch.stack([torch.full_like(rows, si), rows], dim=1))
+    allrows = torch.cat(parts)
+    return allrows[torch.randperm(allrows.shape[0], generator=generator)]
+
+
+# --- model -----------------------------------------------------------------------------------------
+def build_demo_model(cfg: PretrainConfig):
+    """A fresh model (or `init_from`, upgraded to selective if asked). Returns (model, meta dict)."""
+    from mambaft.model import MambaSWELU, MambaSWELUConfig
+
+    if cfg.init_from:
+        from mambaft.checkpoint import load_checkpoint
+        model, info = load_checkpoint(cfg.init_from)
+        meta = {"init_from": str(cfg.init_from), "init_step": info.step}
+        if cfg.architecture == "selective" and model.config.architecture != "selective":
+            from mambaft.model.selective import upgrade_to_selective  # written by the context-repair work
+            model = upgrade_to_selective(model, cfg.d_state)
+            meta["upgraded_to"] = f"selective (d_state {cfg.d_state})"
+        return model, meta
+    mcfg = MambaSWELUConfig(vocab_size=50257, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                            d_conv=cfg.d_conv, expand=cfg.expand, max_seq_len=cfg.max_seq_len,
+                            dense_hidden_dim=cfg.dense_hidden_dim, dropout=cfg.dropout)
+    return MambaSWELU(mcfg), {}
+
+
+@torch.no_grad()
+def evaluate_rows(model, rows: torch.Tensor, batch_size: int, max_batches: int, ctx) -> float:
+    """Mean next-token loss (nats) over up to max_batches x batch_size rows."""
+    model.eval()
+    total, count = 0.0, 0
+    for b in range(min(max_batches, math.ceil(rows.shape[0] / batch_size))):
+        ids = rows[b * batch_size:(b + 1) * batch_size].long()
+        with ctx:
+            out = model(ids, labels=ids, return_logits=False, loss_reduction="sum")
+        total += float(out["loss"])
+        count += int(out["n_tokens"])
+    model.train()
+    return total / max(count, 1)
+
+
+# --- symptom check: does it babble, loop, and never stop? -------------------------------------------
+PROBE_PROMPTS = ("The history of the city", "def main():", "KING HENRY.", "The President said that",
+                 "User: What is the capital of France?\nAssistant:")
+
+
+def repeated_fraction(ids: Sequence[int], n: int = 4) -> float:
+    """Share of n-grams that already occurred earlier in the sequence (0 = no loop, -> 1 = a loop)."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    if not grams:
+        return 0.0
+    seen, rep = set(), 0
+    for g in grams:
+        rep += g in seen
+        seen.add(g)
+    return rep / len(grams)
+
+
+@torch.no_grad()
+def symptom_check(model, tokenizer, val_rows: torch.Tensor, new_tokens: int = 80) -> dict:
+    """Greedy continuations of fixed prompts (loops? end token?) and the mean probability of the end
+    token over validation positions (the base never learned it: should be ~0)."""
+    from mambaft.generate import generate
+
+    model.eval()
+    rows = [tokenizer.encode(p) for p in PROBE_PROMPTS]
+    outs = generate(model, rows, max_new_tokens=new_tokens, temperature=0.0)
+    samples, eos_emitted, rep = [], 0, []
+    for p, r, o in zip(PROBE_PROMPTS, rows, outs):
+        new = o[len(r):]
+        eos_emitted += sum(t == tokenizer.eos_id for t in new)
+        rep.append(repeated_fraction(new))
+        samples.append({"prompt": p, "continuation": tokenizer.decode(new),
+                        "repeated_4gram_fraction": round(rep[-1], 3)})
+    sampled = generate(model, rows, max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    eos_sampled = sum(t == tokenizer.eos_id for r, o in zip(rows, sampled) for t in o[len(r):])
+    p_eos = float("nan")
+    if val_rows.shape[0]:
+        ids = val_rows[:2, :256].long()
+        f = model.features(ids)
+        probs = torch.softmax(model.lm_head(f).float(), dim=-1)[..., tokenizer.eos_id]
+        p_eos = float(probs.mean())
+    model.train()
+    return {"greedy_new_tokens": new_tokens, "greedy_eos_emitted": int(eos_emitted),
+            "sampled_eos_emitted": int(eos_sampled),
+            "mean_greedy_repeated_4gram_fraction": round(sum(rep) / len(rep), 3),
+            "mean_p_end_token": p_eos, "samples": samples}
+
+
+# --- the run ---------------------------------------------------------------------------------------
+def pretrain(cfg: PretrainConfig, argv: Optional[list] = None, write_card: bool = True) -> dict:
+    """Build the data, train, save the folder (+ MODEL_CARD.md). Returns the run summary.
+    `argv` (the CLI arguments) becomes the card's rebuild command, with the steps actually run."""
+    from tqdm.auto import tqdm
+
+    from mambaft import runtime
+    from mambaft.checkpoint import save_checkpoint
+    from mambaft.tokenizer import load_tokenizer
+    from mambaft.train.optim import build_optimizer, lr_at
+    from mambaft.train.step import micro_step, optimizer_step
+
+    cfg.validate()
+    t_start = time.time()
+    threads = runtime.set_threads(cfg.threads or None)
+    runtime.seed_everything(cfg.seed)
+    device = runtime.pick_device()
+    precision = runtime.resolve_precision(cfg.precision, device)
+    ctx_factory = lambda: runtime.autocast(device, precision)  # noqa: E731
+    tok = load_tokenizer()
+    out = Path(cfg.out)
+    # Logs go to a work folder during the run (the model folder is replaced atomically at the end,
+    # and copies of the logs land in it then).
+    work = Path(tempfile.gettempdir()) / f"mambaft-pretrain-{out.name}-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "pretrain_log.jsonl"
+    log_path.write_text("")
+
+    def log(msg: str) -> None:
+        tqdm.write(msg)
+        with open(work / "pretrain.log", "a", encoding="utf-8") as fh:
+            fh.write(msg + "\n")
+
+    (work / "pretrain.log").write_text("")
+    log(f"pretrain: device {device}, precision {precision}, {threads} threads, seed {cfg.seed}; "
+        f"logs in {work}")
+    if device.type == "cpu" and "GLIBC_TUNABLES" not in os.environ:
+        log("note: set " + " ".join(f"{k}={v}" for k, v in runtime.FAST_MALLOC_ENV.items()) +
+            " before starting for 1.3-2.7x faster CPU steps (cpu-performance.md)")
+
+    # --- data: documents -> token streams without end tokens -> rows ---------------------------
+    names = list(cfg.sources) + [f"file:{p}" for p in cfg.text_files]
+    weights = [float(w) for w in cfg.sources.values()] + [1.0] * len(cfg.text_files)
+    sources: list[SourceRows] = []
+    for name in tqdm(names, desc="tokenize", unit="source"):
+        docs, licence = load_documents(name, cfg.max_docs_per_source)
+        src = build_rows(name, docs, tok, cfg.seq_len, cfg.val_fraction, cfg.seed, licence)
+        sources.append(src)
+        log(f"  {name}: {src.documents:,} documents, {src.tokens:,} train tokens "
+            f"({src.train_rows.shape[0]:,} rows), {src.val_rows.shape[0]} val rows; {src.licence}")
+    val_rows = torch.cat([s.val_rows for s in sources]) if any(s.val_rows.numel() for s in sources) \
+        else torch.zeros(0, cfg.seq_len, dtype=torch.int32)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = epoch_order(sources, weights, gen)
+    rows_per_epoch = order.shape[0]
+    log(f"data: {rows_per_epoch:,} rows/epoch = {rows_per_epoch * cfg.seq_len:,} tokens; "
+        f"{cfg.max_steps:,} steps x {cfg.tokens_per_step:,} tokens = {cfg.max_steps * cfg.tokens_per_step:,} "
+        f"tokens = {cfg.max_steps * cfg.batch_size / rows_per_epoch:.2f} epochs")
+
+    # --- model and optimizer ----------------------------------------------------------------------
+    model, init_meta = build_demo_model(cfg)
+    model.to(device).train()
+    if model.config.max_seq_len < cfg.seq_len:
+        raise ValueError(f"seq_len={cfg.seq_len}: the model's position table holds {model.config.max_seq_len}")
+    frozen = model.freeze_dead()  # x_proj/dt_proj: dead in the forward, as in 124M (kept in the file)
+    from mambaft.model import count_parameters
+    n_params = count_parameters(model)
+    log(f"model: {n_params:,} parameters ({frozen:,} dead, frozen), d_model {model.config.d_model}, "
+        f"{model.config.n_layers} layers, receptive field {model.config.receptive_field} tokens")
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+    # --- loop -------------------------------------------------------------------------------------
+    cursor, epoch = 0, 0
+    history: list[dict] = []
+    val_loss = float("nan")
+    t0 = time.time()
+    # A time budget fixes max_steps ONCE, from the median speed of the first steps (before the
+    # schedule depends on it: those steps are inside the warmup), so `--steps N` with the N it chose
+    # rebuilds the same run step for step.
+    probe = min(12, max(cfg.warmup_steps, 1)) if cfg.minutes > 0 else 0
+    step_times: list[float] = []
+    bar = tqdm(total=cfg.max_steps, desc="pretrain", unit="step", dynamic_ncols=True)
+    step = 0
+    while step < cfg.max_steps:
+        t_step = time.time()
+        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                   schedule="cosine", min_lr_ratio=cfg.min_lr_ratio)
+        # evaluate
+        if val_rows.shape[0] and step > 0 and step % cfg.eval_every == 0:
+            val_loss = evaluate_rows(model, val_rows, cfg.batch_size, cfg.eval_batches, ctx_factory())
+            rec = {"step": step, "val_loss": round(val_loss, 4)}
+            history.append(rec)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        # batch: the next rows of the shuffled epoch
+        if cursor + cfg.batch_size > rows_per_epoch:
+            cursor, epoch = 0, epoch + 1
+            order = epoch_order(sources, weights, gen)
+            rows_per_epoch = order.shape[0]
+        pick = order[cursor:cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        ids = torch.stack([sources[int(s)].train_rows[int(r)] for s, r in pick]).long().to(device)
+        # forward/backward (labels = ids: the model shifts inside), clip, step
+        n = int(ids.shape[0] * (ids.shape[1] - 1))
+        loss_sum, _ = micro_step(model, ids, ids, autocast_ctx=ctx_factory(), loss_scale=1.0 / n)
+        gnorm = optimizer_step(model, opt, lr=lr, grad_clip=cfg.grad_clip)
+        loss = loss_sum / n
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {step}: loss is {loss} (lr {lr:.2e}); lower --lr")
+        if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
+            tps = (step + 1) * cfg.tokens_per_step / (time.time() - t0)
+            rec = {"step": step, "loss": round(loss, 4), "lr": lr, "grad_norm": round(gnorm, 3),
+                   "tokens_per_s": round(tps), "epoch": epoch, "elapsed_s": round(time.time() - t0, 1)}
+            history.append(rec)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tps:,.0f}")
+        step_times.append(time.time() - t_step)
+        step += 1
+        bar.update(1)
+        if probe and step == probe:
+            per_step = sorted(step_times[2:])[len(step_times[2:]) // 2]   # skip 2 warm-up steps
+            cfg.max_steps = max(probe + 1, int(cfg.minutes * 60 / (per_step * 1.08)))  # 8%: evals
+            bar.total = cfg.max_steps
+            log(f"time budget {cfg.minutes:g} min at {per_step:.2f} s/step -> max_steps {cfg.max_steps}")
+    bar.close()
+    train_s = time.time() - t0
+    final_train = [h["loss"] for h in history if "loss" in h][-5:]
+    if val_rows.shape[0]:
+        val_loss = evaluate_rows(model, val_rows, cfg.batch_size, 4 * cfg.eval_batches, ctx_factory())
+    log(f"done: {cfg.max_steps} steps in {train_s / 60:.1f} min, val loss {val_loss:.3f} "
+        f"(ppl {math.exp(val_loss):.1f})")
+
+    # --- symptoms, save, card ---------------------------------------------------------------------
+    symptoms = symptom_check(model, tok, val_rows)
+    log(f"symptoms: end token emitted {symptoms['greedy_eos_emitted']} (greedy) / "
+        f"{symptoms['sampled_eos_emitted']} (sampled) times; mean p(end) {symptoms['mean_p_end_token']:.2e}; "
+        f"repeated 4-grams {symptoms['mean_greedy_repeated_4gram_fraction']:.2f}")
+    summary = {
+        "command": rebuild_command(list(argv or []), cfg.max_steps), "config": asdict(cfg), "device": str(device), "precision": precision,
+        "threads": threads, "parameters": n_params, "dead_parameters_frozen": frozen,
+        "model_config": model.config.to_dict(), **init_meta,
+        "sources": [{"name": s.name, "licence": s.licence, "documents": s.documents,
+                     "train_tokens": s.tokens, "val_rows": int(s.val_rows.shape[0]), "weight": w}
+                    for s, w in zip(sources, weights)],
+        "steps": cfg.max_steps, "tokens_per_step": cfg.tokens_per_step, "tokens_trained": cfg.max_steps * cfg.tokens_per_step,
+        "epochs": round(cfg.max_steps * cfg.batch_size / rows_per_epoch, 3),
+        "final_train_loss": round(sum(final_train) / max(len(final_train), 1), 4),
+        "final_val_loss": round(val_loss, 4) if math.isfinite(val_loss) else None,
+        "train_minutes": round(train_s / 60, 2), "total_minutes": round((time.time() - t_start) / 60, 2),
+        "tokens_per_s": round(cfg.max_steps * cfg.tokens_per_step / train_s), "symptoms": symptoms,
+    }
+    dtype = torch.bfloat16 if cfg.save_dtype == "bf16" else torch.float32
+    save_checkpoint(model, out, tokenizer=tok, step=cfg.max_steps, dtype=dtype,
+                    training={"kind": "pretrain", **{k: v for k, v in summary.items() if k != "symptoms"}})
+    (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for f in ("pretrain_log.jsonl", "pretrain.log"):
+        (out / f).write_bytes((work / f).read_bytes())
+    if write_card:
+        (out / "MODEL_CARD.md").write_text(model_card(summary), encoding="utf-8")
+    size = sum(p.stat().st_size for p in out.iterdir())
+    log(f"wrote {out} ({size / 1e6:.1f} MB)")
+    summary["folder_bytes"] = size
+    return summary
+
+
+def model_card(s: dict) -> str:
+    """The MODEL_CARD.md text, written from the run's own numbers."""
+    c, m = s["config"], s["model_config"]
+    src_lines = "\n".join(f"| {x['name']} | {x['documents']:,} | {x['train_tokens']:,} | {x['weight']} | "
+                          f"{x['licence']} |" for x in s["sources"])
+    sym = s["symptoms"]
+    samples = "\n".join(f"- `{x['prompt']!r}` -> `{x['continuation'][:160]!r}` (repeated 4-grams "
+                        f"{x['repeated_4gram_fraction']})" for x in sym["samples"])
+    return f"""# mambaft demo base model
+
+A small MambaSWELU pretrained by `mambaft pretrain` so that the course runs on a 2-core CPU. It has the
+architecture of the user's MambaSWELU 124M (SimplifiedMamba blocks with no selective scan, SWELU,
+dense head, learned position embeddings, tied GPT-2 embedding) and was pretrained the same way
+(documents concatenated WITHOUT `<|endoftext|>`), so it has the same flaws: a {m['n_layers'] * (m['d_conv'] - 1) + 1}-token
+receptive field, loops, and no end token. It is a teaching stand-in, not a useful language model.
+
+## Architecture
+| | demo | 124M |
+|---|---|---|
+| d_model | {m['d_model']} | 1024 |
+| layers | {m['n_layers']} | 6 |
+| d_conv (reach {m['n_layers'] * (m['d_conv'] - 1) + 1} tokens) | {m['d_conv']} | 4 (19 tokens) |
+| expand | {m['expand']} | 2 |
+| dense head | {m['dense_hidden_dim']} | 2048 |
+| max_seq_len | {m['max_seq_len']} | 1024 |
+| dropout | {m['dropout']} | 0.1 |
+| parameters | {s['parameters']:,} | 124,104,719 |
+
+Weights are stored in bf16 (`model.safetensors`); the loader upcasts them to fp32.
+
+## Data (split "train" of `mambaft.data.text`; the "heldout" split was never seen)
+| source | documents | train tokens | weight (rows per epoch x) | licence |
+|---|---|---|---|---|
+{src_lines}
+
+{c['val_fraction']:.0%} of each source's training documents were held back for the validation loss.
+
+## Training
+- steps: {s['steps']:,} x {c['batch_size']} rows x {c['seq_len']} tokens = {s['tokens_trained']:,} tokens ({s['epochs']} epochs)
+- AdamW lr {c['lr']} (warmup {c['warmup_steps']}, cosine to {c['min_lr_ratio']} x lr), betas (0.9, 0.95), weight decay {c['weight_decay']}, clip {c['grad_clip']}
+- precision {s['precision']} on {s['device']} ({s['threads']} threads): {s['train_minutes']} min, {s['tokens_per_s']:,} tokens/s
+- final train loss {s['final_train_loss']}, validation loss {s['final_val_loss']}
+- seed {c['seed']}
+
+## Symptoms (measured at the end of the run)
+- end token 50256 emitted: {sym['greedy_eos_emitted']} times in {len(sym['samples'])} x {sym['greedy_new_tokens']} greedy tokens, {sym['sampled_eos_emitted']} times sampled (temperature 1)
+- mean probability of the end token over validation positions: {sym['mean_p_end_token']:.2e}
+- mean share of repeated 4-grams in greedy continuations: {sym['mean_greedy_repeated_4gram_fraction']}
+
+{samples}
+
+## Rebuild
+```
+{s['command']}
+```
+(Set `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736` first for faster
+CPU steps. Another machine gives slightly different numbers: threads and bf16 kernels change the rounding.)
+"""
+
+
+def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
+    d = PretrainConfig()
+    p = argparse.ArgumentParser(prog="mambaft pretrain", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--source", action="append", default=None, metavar="NAME=WEIGHT",
+                   help=f"plain-text source and its weight (default: {DEFAULT_SOURCES})")
+    p.add_argument("--text-file", action="append", default=[], help="a local UTF-8 text file")
+    p.add_argument("--max-docs-per-source", type=int, default=None)
+    for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
+                 "seq_len", "batch_size", "warmup_steps", "threads", "seed", "eval_every",
+                 "eval_batches", "log_every", "d_state"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--steps", type=int, default=d.max_steps)
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="time budget: choose --steps from the speed of the first steps")
+    for name in ("dropout", "lr", "min_lr_ratio", "weight_decay", "grad_clip", "val_fraction"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
+    p.add_argument("--save-dtype", default=d.save_dtype, choices=["bf16", "fp32"])
+    p.add_argument("--init-from", default="")
+    p.add_argument("--architecture", default="original", choices=["original", "selective"])
+    p.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
+    a = p.parse_args(argv)
+    sources = dict(DEFAULT_SOURCES)
+    if a.source is not None or a.text_file:
+        sources = {}
+        for item in a.source or []:
+            name, _, w = item.partition("=")
+            try:
+                sources[name] = float(w) if w else 1.0
+            except ValueError:
+                p.error(f"--source {item!r}: expected NAME=WEIGHT with a number")
+    cfg = PretrainConfig(out=a.out, sources=sources, text_files=tuple(a.text_file),
+                         max_docs_per_source=a.max_docs_per_source, max_steps=a.steps, minutes=a.minutes,
+                         precision=a.precision, save_dtype=a.save_dtype, init_from=a.init_from,
+                         architecture=a.architecture,
+                         **{k: getattr(a, k) for k in ("d_model", "n_layers", "d_conv", "expand",
+                                                       "dense_hidden_dim", "max_seq_len", "seq_len",
+                                                       "batch_size", "warmup_steps", "threads", "seed",
+                                                       "eval_every", "eval_batches", "log_every",
+                                                       "d_state", "dropout", "lr", "min_lr_ratio",
+                                                       "weight_decay", "grad_clip", "val_fraction")})
+    return cfg, not a.no_card
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg, card = parse_args(argv)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        print(f"mambaft pretrain: {e}", file=sys.stderr)
+        return 2
+    summary = pretrain(cfg, argv=argv, write_card=card)
+    return 0 if summary else 1
+
+
+def rebuild_command(argv: list, steps: int) -> str:
+    """The command that rebuilds this run: a time budget (--minutes) becomes the steps it chose."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("--minutes", "--steps"):
+            skip = True
+            continue
+        if a.startswith("--minutes=") or a.startswith("--steps="):
+            continue
+        out.append(a)
+    return "mambaft pretrain " + " ".join(shlex.quote(x) for x in out + ["--steps", str(steps)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
