@@ -243,12 +243,13 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         metrics.write(row)
         losses.append(loss)
         if verdict == "nonfinite":
-            metrics.write({"step": step, "event": "nonfinite", "loss": loss, "grad_norm": grad_norm,
+            # event rows never carry "loss"/"grad_norm" keys: plots read those as the training series
+            metrics.write({"step": step, "event": "nonfinite", "bad_loss": loss, "bad_grad_norm": grad_norm,
                            "rows": rows.row_ids[:16]})
             say(f"step {step}: NaN/inf (loss {loss}, grad norm {grad_norm}): step skipped "
                 f"({guard.consecutive_bad} in a row, stop at {guard.max_bad})")
         elif verdict == "spike":
-            metrics.write({"step": step, "event": "loss_spike", "loss": loss, "ema": guard.ema})
+            metrics.write({"step": step, "event": "loss_spike", "spike_loss": loss, "ema": guard.ema})
             say(f"ALARM step {step}: loss {loss:.3f} is over {guard.spike_factor:g}x its running average "
                 f"{guard.ema:.3f} (check lr and data)")
         if bar is not None:

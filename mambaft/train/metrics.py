@@ -5,7 +5,8 @@ One JSON object per line, always with `step`:
                      "epoch", "elapsed_s"}
     eval rows       {"step", "val_loss", "val_loss/<source>", "val_ppl", "heldout_ppl",
                      "heldout_ppl/<name>", "probe_pass_rate", "probe_stop_rate"}
-    event rows      {"step", "event": "start"|"resume"|"nonfinite"|"loss_spike"|"checkpoint"|"done", ...}
+    event rows      {"step", "event": "start"|"resume"|"nonfinite"|"loss_spike"|"checkpoint", ...}
+                    (never with "loss"/"grad_norm" keys, so a plot of "loss" sees training rows only)
 
     python -m pytest tests/test_train_units.py -k guard
 """
