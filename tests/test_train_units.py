@@ -289,3 +289,22 @@ def test_bf16_autocast_run_tracks_the_fp32_run(tmp_path):
         assert b == pytest.approx(a, rel=0.03)
     start = read_metrics(tmp_path / "bf16" / "metrics.jsonl")[0]
     assert start["event"] == "start" and start["precision"] == "bf16"
+
+
+def test_selective_architecture_upgrades_the_base_first(tmp_path):
+    """cfg.architecture="selective" on an original base: upgrade_to_selective, then train; the saved
+    model is selective, and export_original is skipped (the original code cannot load it)."""
+    from mambaft.checkpoint import load_checkpoint, save_checkpoint
+    from mambaft.train.finetune import finetune
+    data = write_prepared(tmp_path / "data")
+    base = save_checkpoint(learnable_model(seed=7), tmp_path / "base")
+    quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
+    common = dict(max_steps=2, batch_size=4, save_every=2, eval_every=2, lr=3e-3, warmup_steps=1)
+    orig = finetune(make_config("smoke", **common), base, data, tmp_path / "orig", **quiet)
+    sel = finetune(make_config("smoke", architecture="selective", d_state=4, export_original=True, **common),
+                   base, data, tmp_path / "sel", **quiet)
+    # the upgrade starts as the same function: the first step's loss is the original model's
+    assert sel["losses"][0] == pytest.approx(orig["losses"][0], rel=1e-5)
+    model, _ = load_checkpoint(sel["final"])
+    assert model.config.architecture == "selective" and model.config.ssm_state == 4
+    assert sel["final_original"] is None and not (tmp_path / "sel" / "final_model.pt").exists()
