@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from mambaft.model.conv import causal_depthwise_conv
 from mambaft.model.loss import linear_cross_entropy
-from mambaft.model.swelu import SWELU, swelu, swelu_reference
+from mambaft.model.swelu import SWELU, swelu, swelu_gate, swelu_reference
 
 
 
@@ -70,12 +70,45 @@ def test_swelu_function_under_bf16_autocast_matches_reference():
     torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_swelu_gate_equals_swelu_times_sigmoid(autocast):
+    """The mixer's fused gate: values bit-identical, gradients for x, k and z as plain autograd's."""
+    u = torch.randn(2, 24, 32)
+    w = torch.randn(32, 64) / 5
+    k = torch.tensor(0.61)
+    g = torch.randn(2, 24, 32)
+
+    def run(fused):
+        uu, kk = u.clone().requires_grad_(), k.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            x, z = (uu @ w).chunk(2, dim=-1)               # strided views, bf16 under autocast
+            out = swelu_gate(x, kk, z) if fused else swelu_reference(x, kk) * torch.sigmoid(z)
+        out.backward(g)
+        return out.detach(), uu.grad, kk.grad
+
+    out, gu, gk = run(True)
+    ref, ru, rk = run(False)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gu, ru, **tol)             # through both x and z
+    torch.testing.assert_close(gk, rk, rtol=1e-4, atol=1e-4)
+
+
+def test_swelu_gate_gradcheck_fp64():
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    k = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(swelu_gate, (x, k, z), eps=1e-6, atol=1e-6)
+
+
 def test_swelu_module_lam_variant_still_uses_the_reference_path():
     m = SWELU(k_init=0.7, lam_formula="outer")
     with torch.no_grad():
         m.lam.fill_(0.5)
     z = torch.randn(10)
     torch.testing.assert_close(m(z), 0.5 * swelu_reference(z, m.k))
+    gate_in = torch.randn(10)
+    torch.testing.assert_close(m.gate(z, gate_in), 0.5 * swelu_reference(z, m.k) * torch.sigmoid(gate_in))
 
 
 def _conv_reference(x, weight, bias):

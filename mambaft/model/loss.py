@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
+_VOCAB_BLOCK = 8192     # rows of d(loss)/d(weight) accumulated at a time under bf16
 
 
 def _compute_dtype() -> torch.dtype:
@@ -38,12 +39,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, h.shape[0], chunk):
             hc = h[s:s + chunk].to(dtype)
             tc = targets[s:s + chunk]
+            rows = torch.arange(tc.shape[0], device=tc.device)
             logits = (hc @ w.t()).float()                       # [n, V] fp32
-            lse = torch.logsumexp(logits, dim=-1)               # [n]
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            target_logit = logits[rows, tc]                     # [n]
+            # log-sum-exp by hand, in place (torch.logsumexp would allocate another [n, V] buffer)
+            mx = logits.amax(dim=-1, keepdim=True)              # [n, 1]
+            e = logits.sub_(mx).exp_()                          # exp(logit - max): [n, V]
+            sumexp = e.sum(dim=-1, keepdim=True)                # [n, 1]
+            total += (mx.squeeze(1) + sumexp.log().squeeze(1) - target_logit).sum()  # lse - target
             if want_h or want_w:
-                probs = logits.sub_(lse[:, None]).exp_()        # softmax, in place: [n, V]
-                probs[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0  # d(sum CE)/d(logits)
+                probs = e.div_(sumexp)                          # softmax, in place: [n, V]
+                probs[rows, tc] -= 1.0                          # d(sum CE)/d(logits)
                 g = probs.to(dtype)
                 if want_h:
                     if dtype == h.dtype:                        # write straight into the rows
@@ -53,8 +59,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if want_w:
                     if dtype == torch.float32:                  # accumulate in place: no [V, D] temp
                         grad_w.addmm_(g.t(), hc)
-                    else:                                       # bf16 product, summed in fp32
-                        grad_w.add_(g.t() @ hc)                 # [V, D]
+                    else:
+                        # a bf16 [V, D] product would be upcast whole before the add (100 + 200 MB
+                        # at the 124M size): add it in vocabulary blocks of 8192 rows (16 + 32 MB)
+                        for v in range(0, grad_w.shape[0], _VOCAB_BLOCK):
+                            grad_w[v:v + _VOCAB_BLOCK].add_(g[:, v:v + _VOCAB_BLOCK].t() @ hc)
         ctx.save_for_backward(grad_h if want_h else None, grad_w if want_w else None)
         ctx.weight_dtype = weight.dtype
         return total
@@ -62,8 +71,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        # Scaled in place: no second [V, D] fp32 buffer (200 MB at the 124M size). A second backward
+        # through the same graph (retain_graph=True) is refused by autograd's version check.
+        gh = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+        gw = grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None
         return gh, gw, None, None, None
 
 

@@ -106,7 +106,7 @@ class SimplifiedMamba(nn.Module):
     def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """SWELU(conv x) * sigmoid(z) -> out_proj. `u` (the mixer input) is unused here; the selective
         upgrade adds its scan output at this point."""
-        return self.out_proj(self.ssm_activation(x_conv) * torch.sigmoid(z))
+        return self.out_proj(self.ssm_activation.gate(x_conv, z))   # SWELU_s(x_conv) * sigmoid(z)
 
     def forward(self, u: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
         """u: [B, L, D] -> [B, L, D]. If `cache` is a list, the pre-conv x [B, L, E] is appended to it

@@ -12,8 +12,9 @@ checkpoint has none. Loading `lam` keys requires naming the formula (`LAM_FORMUL
 Speed (the pow/exp chain dominates the elementwise time of a training step): `swelu` runs a custom
 autograd Function that keeps only its input (bf16 under autocast: 2 B/element instead of the ~5 fp32
 intermediates autograd keeps for the composed ops: abs, pow base, pow result, exp result, sign) and
-recomputes the chain in backward with in-place ops. Forward values are bit-identical to
-`swelu_reference` (same ops, same order); gradients agree to fp32 rounding (tests/test_perf_swelu.py).
+recomputes the chain in backward with in-place ops; `SWELU.gate` (the mixer's SWELU(x) * sigmoid(z))
+does the same for the whole gated branch. Forward values are bit-identical to `swelu_reference` and
+the plain ops (same ops, same order); gradients agree to fp32 rounding (tests/test_perf_kernels.py).
 """
 from __future__ import annotations
 
@@ -34,45 +35,81 @@ def _compute_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32  # never below fp32
 
 
-class _SweluFunction(torch.autograd.Function):
-    """SWELU without `lam`: saves z (its own dtype) and k; recomputes the chain in backward.
+def _swelu_forward(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """SWELU values (fp32, or fp64 for fp64 z) with one full-size buffer, ops in the original order."""
+    dtype = _compute_dtype(z)
+    k_eff = torch.abs(k.to(dtype)) + 1e-6
+    # |z| is exact in any dtype, so abs-then-upcast equals upcast-then-abs and skips an fp32 copy
+    t = torch.abs(z).to(dtype)
+    t.add_(1e-8).pow_(k_eff).neg_().exp_()                 # e = exp(-(|z| + 1e-8) ** k_eff)
+    return t.neg_().add_(1.0).mul_(torch.sign(z))          # (1 - e) * sign(z): same rounding as 1.0 - e
+
+
+def _swelu_backward(z: torch.Tensor, k: torch.Tensor, grad_out: torch.Tensor, needs: tuple):
+    """(d/dz, d/dk) of sum(grad_out * SWELU(z; k)), recomputing the chain from z.
 
     With a = |z| + 1e-8, p = a ** k_eff, e = exp(-p), out = sign(z) * (1 - e):
         d out / d z     = sign(z)^2 * e * k_eff * p / a      (d|z|/dz = sign(z); 0 at z = 0, as autograd)
         d out / d k_eff = sign(z) * e * p * ln(a)
         d k_eff / d k   = sign(k)
     """
+    dtype = _compute_dtype(z)
+    k_eff = torch.abs(k.to(dtype)) + 1e-6
+    a = torch.abs(z).to(dtype).add_(1e-8)                  # [*] a (a fresh buffer in every dtype)
+    p = torch.pow(a, k_eff)                                # [*] p
+    common = torch.neg(p).exp_().mul_(p).mul_(grad_out)    # [*] g * e * p
+    s = torch.sign(z)                                      # [*] sign(z), in z's dtype (exact)
+    common.mul_(s)                                         # g * d out/d k_eff / ln(a)
+    grad_z = grad_k = None
+    if needs[1]:
+        ln_a = torch.log(a, out=p)                         # p is no longer needed: reuse its buffer
+        # sum over every element of g * d out/d k_eff, then the chain through k_eff = |k| + 1e-6
+        grad_k = torch.dot(common.reshape(-1), ln_a.reshape(-1)) * torch.sign(k.to(dtype))
+        grad_k = grad_k.to(k.dtype).reshape(k.shape)
+    if needs[0]:
+        grad_z = common.mul_(s).mul_(k_eff).div_(a).to(z.dtype)
+    return grad_z, grad_k
+
+
+class _SweluFunction(torch.autograd.Function):
+    """SWELU without `lam`: saves z (its own dtype) and k; recomputes the chain in backward."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        dtype = _compute_dtype(z)
-        k_eff = torch.abs(k.to(dtype)) + 1e-6
-        # |z| is exact in any dtype, so abs-then-upcast equals upcast-then-abs and skips an fp32 copy
-        t = torch.abs(z).to(dtype)                         # the only full-size fp32 buffer
-        t.add_(1e-8).pow_(k_eff).neg_().exp_()            # e = exp(-(|z| + 1e-8) ** k_eff)
-        out = t.neg_().add_(1.0).mul_(torch.sign(z))       # (1 - e) * sign(z): same rounding as 1.0 - e
         ctx.save_for_backward(z, k)
-        return out
+        return _swelu_forward(z, k)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         z, k = ctx.saved_tensors
-        dtype = _compute_dtype(z)
-        k_eff = torch.abs(k.to(dtype)) + 1e-6
-        a = torch.abs(z).to(dtype).add_(1e-8)              # [*] a (a fresh buffer in every dtype)
-        p = torch.pow(a, k_eff)                            # [*] p
-        common = torch.neg(p).exp_().mul_(p).mul_(grad_out)  # [*] g * e * p
-        s = torch.sign(z)                                  # [*] sign(z), in z's dtype (exact)
-        common.mul_(s)                                     # g * d out/d k_eff / ln(a)
-        grad_k = grad_z = None
-        if ctx.needs_input_grad[1]:
-            ln_a = torch.log(a, out=p)                     # p is no longer needed: reuse its buffer
-            # sum over every element of g * d out/d k_eff, then the chain through k_eff = |k| + 1e-6
-            grad_k = torch.dot(common.reshape(-1), ln_a.reshape(-1)) * torch.sign(k.to(dtype))
-            grad_k = grad_k.to(k.dtype).reshape(k.shape)
-        if ctx.needs_input_grad[0]:
-            grad_z = common.mul_(s).mul_(k_eff).div_(a).to(z.dtype)
-        return grad_z, grad_k
+        return _swelu_backward(z, k, grad_out, ctx.needs_input_grad[:2])
+
+
+class _SweluGateFunction(torch.autograd.Function):
+    """out = SWELU(x; k) * sigmoid(z), the mixer's gate, saving only x, z and k.
+
+    Plain autograd would also keep SWELU(x) in fp32 and sigmoid(z) (12 bytes per channel and token
+    under bf16 autocast: 150 MB per 2048 tokens at the 124M size); both are recomputed in backward.
+    With a = SWELU(x), s = sigmoid(z):  d out/d x = g * s * a'(x),  d out/d z = g * a * s * (1 - s),
+    d out/d k = sum(g * s * d a/d k).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, k, z)
+        # sigmoid in z's own dtype, then the fp32 product: the same roundings as the plain ops
+        return _swelu_forward(x, k).mul_(torch.sigmoid(z))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, k, z = ctx.saved_tensors
+        s = torch.sigmoid(z).to(_compute_dtype(x))         # [*] s
+        grad_z = None
+        if ctx.needs_input_grad[2]:
+            a = _swelu_forward(x, k)                        # [*] SWELU(x), recomputed
+            grad_z = a.mul_(grad_out).mul_(s).mul_(1.0 - s).to(z.dtype)
+        grad_x, grad_k = _swelu_backward(x, k, s.mul_(grad_out), ctx.needs_input_grad[:2])
+        return grad_x, grad_k, grad_z
 
 
 def swelu_reference(z: torch.Tensor, k: torch.Tensor, lam: Optional[torch.Tensor] = None,
@@ -90,6 +127,11 @@ def swelu_reference(z: torch.Tensor, k: torch.Tensor, lam: Optional[torch.Tensor
         if lam is not None and lam_formula == "outer":
             out = lam.to(dtype) * out
         return out
+
+
+def swelu_gate(x: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SWELU(x; k) * sigmoid(z) (fp32 result), keeping only x, z, k for backward. x, z: same shape."""
+    return _SweluGateFunction.apply(x, k, z)
 
 
 def swelu(z: torch.Tensor, k: torch.Tensor, lam: Optional[torch.Tensor] = None,
@@ -117,6 +159,12 @@ class SWELU(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return swelu(z, self.k, self.lam, self.lam_formula)
+
+    def gate(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """self(x) * sigmoid(z), the mixer's gated branch, with the memory-saving fused Function."""
+        if self.lam is not None:
+            return self(x) * torch.sigmoid(z)
+        return swelu_gate(x, self.k, z)
 
     def extra_repr(self) -> str:
         extra = f", lam={self.lam.item():.4f} ({self.lam_formula})" if self.lam is not None else ""
