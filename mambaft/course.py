@@ -45,7 +45,7 @@ CPU_BUDGET: dict[str, dict[str, Any]] = {
     # phase 1 100 steps, then 60 steps on the domain
     "specialized": dict(max_steps=100, phase2_steps=60, max_examples_per_source=400),
     # the smoke preset is already CPU-sized; only the steps shrink for the notebook tests
-    "smoke": dict(max_steps=8, max_examples_per_source=120),
+    "smoke": dict(max_steps=6, max_examples_per_source=120),
 }
 CPU_COMMON: dict[str, Any] = dict(
     num_gpus=1,          # one CPU process (notebook 03's NUM_PROCESSES)
@@ -487,12 +487,12 @@ def failed_cell(executed: Path) -> tuple[Optional[int], str]:
     return None, ""
 
 
-def run_notebook(name: str, run_dir: PathLike, params: dict, *, source_dir: PathLike = NOTEBOOK_DIR,
+def run_notebook(name: str, run_dir: PathLike, params: dict, *, source_dir: Optional[PathLike] = None,
                  progress: bool = True, kernel: str = "python3") -> Path:
     """Execute one notebook with papermill into RUN_DIR/<name>.ipynb; raise CourseError on failure."""
     import papermill as pm
 
-    src = Path(source_dir) / f"{name}.ipynb"
+    src = Path(source_dir or NOTEBOOK_DIR) / f"{name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such notebook")
     run_dir = Path(run_dir)
@@ -519,7 +519,7 @@ def course_params(strategy: str, base: PathLike, run_dir: PathLike) -> dict:
 
 def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "outputs", *,
                run_name: Optional[str] = None, only: Sequence[str] = (), params: Optional[dict] = None,
-               source_dir: PathLike = NOTEBOOK_DIR, progress: bool = True) -> dict:
+               source_dir: Optional[PathLike] = None, progress: bool = True) -> dict:
     """Run the notebooks in order into OUT/<run_name or strategy>/. Returns {"run_dir", "notebooks",
     "seconds": {name: s}}; raises CourseError naming the notebook and cell that failed."""
     run_dir = Path(out) / (run_name or strategy)

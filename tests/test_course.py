@@ -1,0 +1,179 @@
+"""The course runner and the helpers its notebooks call (fast: no notebook runs a model here,
+except the failure-report test, which runs a two-cell notebook in a real kernel)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mambaft import course
+from mambaft.config import Config, make_config, parse_overrides
+
+
+@pytest.fixture()
+def cpu(monkeypatch):
+    monkeypatch.setattr(course, "has_gpu", lambda: False)
+
+
+def test_cpu_budget_replaces_gpu_numbers_and_names_origins(cpu, small_gpt2_folder):
+    values = course.course_overrides("quick", str(small_gpt2_folder))
+    cfg = make_config("quick", **values.overrides)
+    assert cfg.max_steps == course.CPU_BUDGET["quick"]["max_steps"] == 150
+    assert (cfg.num_gpus, cfg.batch_size, cfg.grad_accum) == (1, 8, 1)
+    assert cfg.save_every == cfg.eval_every == 50            # 3 checkpoints per run
+    assert cfg.lr == 1e-5                                     # a user's base keeps the plan's lr
+    assert "10000" in values.origins["max_steps"] and "CPU budget" in values.origins["max_steps"]
+    text = values.explain(cfg)
+    assert "max_steps = 150  (CPU budget; the plan's 10000 is sized for GPUs)" in text
+    assert "weight_decay = 0.01  (preset quick)" in text
+    assert "=> 8 rows/step x 150 steps = 1,200 rows" in text
+
+
+def test_demo_base_gets_demo_lr_and_max_steps_parameter_wins(cpu, monkeypatch, small_gpt2_folder):
+    monkeypatch.setattr(course, "DEMO_BASE", Path(small_gpt2_folder))
+    values = course.course_overrides("conversational", "", max_steps=30)
+    cfg = make_config("conversational", **values.overrides)
+    assert cfg.lr == course.DEMO_LR and "demo base" in values.origins["lr"]
+    assert cfg.max_steps == 30 and values.origins["max_steps"] == "notebook parameter MAX_STEPS"
+    assert cfg.save_every == 10
+    assert cfg.base == str(small_gpt2_folder)
+
+
+def test_gpu_keeps_the_plan(monkeypatch, small_gpt2_folder):
+    values = course.course_overrides("quick", str(small_gpt2_folder), device="cuda")
+    cfg = make_config("quick", **values.overrides)
+    assert (cfg.max_steps, cfg.num_gpus, cfg.batch_size, cfg.grad_accum) == (10_000, 6, 4, 8)
+
+
+def test_bad_strategy_and_missing_base_are_named(cpu, tmp_path):
+    with pytest.raises(ValueError, match="STRATEGY='fast'"):
+        course.course_overrides("fast", "")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        course.course_overrides("smoke", str(tmp_path / "nope.pt"))
+
+
+def test_finetune_command_round_trips_the_config(cpu, small_gpt2_folder):
+    values = course.course_overrides("specialized", str(small_gpt2_folder))
+    cfg = make_config("specialized", **values.overrides)
+    cmd = course.finetune_command(cfg, cfg.base, "D", "O", num_processes=1)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "1" and "--cpu" in cmd
+    i = cmd.index("mambaft.train.finetune")
+    assert cmd[i + 1:i + 9] == ["--strategy", "specialized", "--base", str(small_gpt2_folder),
+                                "--data", "D", "--out", "O"]
+    sets = [cmd[j + 1] for j, a in enumerate(cmd) if a == "--set"]
+    rebuilt = make_config("specialized", base=cfg.base, **parse_overrides(sets))
+    assert rebuilt.to_dict() == cfg.to_dict()
+    default = Config()
+    assert len(sets) == sum(1 for k, v in cfg.to_dict().items()
+                            if k not in ("strategy", "base") and v != getattr(default, k))
+    yaml = course.finetune_command(cfg, cfg.base, "D", "O", accelerate_config="six.yaml")
+    assert yaml[3:5] == ["--config_file", "six.yaml"] and "--num_processes" not in yaml
+
+
+def test_phase_folders_and_follow_plan(tmp_path):
+    spec, quick = make_config("specialized"), make_config("quick")
+    assert course.phase_dirs(spec, tmp_path) == [tmp_path / "phase1", tmp_path / "phase2"]
+    assert course.phase_dirs(quick, tmp_path) == [tmp_path]
+
+    class Proc:
+        code = None
+
+        def poll(self):
+            return self.code
+
+    proc = Proc()
+    plan = course.follow_plan(spec, tmp_path, proc)
+    assert [p for p, _ in plan] == [tmp_path / "phase1" / "metrics.jsonl", tmp_path / "phase2" / "metrics.jsonl"]
+    phase1_done = plan[0][1]
+    assert phase1_done() is False
+    (tmp_path / "phase1").mkdir()
+    (tmp_path / "phase1" / "result.json").write_text("{}")
+    assert phase1_done() is True and plan[1][1] is proc
+
+
+def test_summary_files_are_json_without_nan(tmp_path):
+    path = course.write_summary(tmp_path, "04_evaluation", {"a": float("nan"), "b": (1, 2), "p": tmp_path})
+    assert path == tmp_path / "04_evaluation" / "summary.json"
+    assert json.loads(path.read_text()) == {"a": None, "b": [1, 2], "p": str(tmp_path)}
+    assert course.read_summary(tmp_path, "04_evaluation")["b"] == [1, 2]
+    with pytest.raises(FileNotFoundError, match="run notebook 00_diagnosis first"):
+        course.read_summary(tmp_path, "00_diagnosis")
+    with pytest.raises(ValueError, match="notebook '05_x'"):
+        course.notebook_dir(tmp_path, "05_x")
+
+
+def test_has_gpu_respects_hidden_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert course.has_gpu() is False
+
+
+def test_child_env_sets_passive_threads_and_fast_malloc(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = course.child_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "mmap_max=0" in env["GLIBC_TUNABLES"]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert course.child_env()["OMP_WAIT_POLICY"] == "ACTIVE"   # a user's choice is kept
+
+
+def test_every_course_notebook_is_thin_and_has_one_literal_parameters_cell():
+    import ast
+    for name in course.NOTEBOOKS:
+        nb = nbformat.read(str(course.NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        tree = ast.parse(tagged[0].source)
+        names = []
+        for node in tree.body:  # literals only: papermill does not recompute derived values
+            assert isinstance(node, ast.Assign), (name, ast.dump(node))
+            ast.literal_eval(node.value)
+            names.append(node.targets[0].id)
+        assert names[:3] == ["STRATEGY", "BASE", "RUN_DIR"], name
+        assert all("#" in line for line in tagged[0].source.splitlines()), f"{name}: a value lacks its comment"
+        after = code[code.index(tagged[0]) + 1].source
+        assert "make_config(STRATEGY" in after, name
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+            f"{name} is committed with outputs"
+        longest = max(sum(1 for ln in c.source.splitlines() if ln.strip()) for c in code if c is not tagged[0])
+        assert longest <= 6, f"{name}: a code cell of {longest} lines (the library holds the logic)"
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[-1].cell_type == "markdown", name
+    nb03 = (course.NOTEBOOK_DIR / "03_finetune_multi_gpu.ipynb").read_text()
+    assert "import torch" not in nb03 and ".cuda" not in nb03
+
+
+def _failing_notebook(folder: Path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('STRATEGY = "smoke"  # any\nRUN_DIR = "x"  # any', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('the base has no end token: ' + STRATEGY)"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(folder / "00_diagnosis.ipynb"))
+
+
+def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "src"
+    _failing_notebook(src)
+    with pytest.raises(course.CourseError) as err:
+        course.run_course("smoke", "", tmp_path / "out", only=["00_diagnosis"], source_dir=src, progress=False)
+    e = err.value
+    assert (e.notebook, e.cell) == ("00_diagnosis", 4)   # papermill's injected-parameters cell is 2
+    msg = str(e)
+    assert "notebook 00_diagnosis failed in cell 4" in msg
+    assert "ValueError: the base has no end token: smoke" in msg
+    assert "raise ValueError" in msg and str(tmp_path / "out" / "smoke" / "00_diagnosis.ipynb") in msg
+    # the CLI prints the same message and exits 1
+    monkeypatch.setattr(course, "NOTEBOOK_DIR", src)
+    rc = course.main(["--strategy", "smoke", "--out", str(tmp_path / "cli"), "--only", "00_diagnosis",
+                      "--no-progress"])
+    assert rc == 1
+    assert "notebook 00_diagnosis failed in cell 4: ValueError" in capsys.readouterr().err
+
+
+def test_unknown_notebook_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--only 07_x"):
+        course.run_course("smoke", "", tmp_path, only=["07_x"])

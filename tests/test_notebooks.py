@@ -1,0 +1,98 @@
+"""Every course notebook, run headless by papermill with smoke parameters on a small model, and the
+summaries they record. One run of the whole course (~2-4 minutes on 2 cores); the assertions are
+split by notebook so a failure says which one."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from mambaft import course
+
+pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
+
+PARAMS = {"SMOKE_STEPS": 2, "SWEEP_STEPS": 2, "MAX_NEW_TOKENS": 12, "EVAL_LIMIT": 3, "BENCH_LIMIT": 0,
+          "CONTEXT_WINDOWS": 2, "CHAT": True, "PREVIEW_ROWS": 2}
+
+
+@pytest.fixture(scope="module")
+def run(small_gpt2_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("course")
+    res = course.run_course("smoke", str(small_gpt2_folder), out, params=PARAMS, progress=False)
+    return res["run_dir"], small_gpt2_folder
+
+
+def summary(run_dir, name):
+    return json.loads((run_dir / name / "summary.json").read_text())
+
+
+def test_every_notebook_ran_and_was_saved(run):
+    run_dir, _ = run
+    for name in course.NOTEBOOKS:
+        nb = nbformat.read(str(run_dir / f"{name}.ipynb"), as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not any(o.get("output_type") == "error" for o in outputs), name
+        assert (run_dir / name / "summary.json").is_file(), name
+    times = json.loads((run_dir / "course.json").read_text())
+    assert set(times["seconds"]) == set(course.NOTEBOOKS) and times["params"]["SMOKE_STEPS"] == 2
+
+
+def test_00_diagnosis_measures_the_reach_and_the_missing_end(run):
+    run_dir, base = run
+    s = summary(run_dir, "00_diagnosis")
+    assert s["receptive_field"] == 1 + 2 * 3          # the fixture model: 2 layers, d_conv 4
+    assert s["dead_parameters"] == 2 * (64 * 16 + 64 * 64 + 64)   # x_proj + dt_proj (+bias), d_inner 64
+    assert s["prompts"] == 8 and len(s["replies"]) == 8
+    assert s["no_stop_rate"] == 1.0 and s["end_token_rate"] == 0.0   # random weights never stop
+    assert s["p_end_mean"] < 1e-3
+    assert (run_dir / "00_diagnosis" / "diagnosis.md").is_file()
+
+
+def test_01_data_preparation_trains_only_answers(run):
+    run_dir, _ = run
+    s = summary(run_dir, "01_data_preparation")
+    p = s["phases"]["main"]
+    assert p["mode"] == "offline" and set(p["sources"]) == {"wiki_en", "chatterbot_en"}
+    assert 0 < p["train_rows"] <= 2 * 120 and p["val_rows"] > 0
+    assert 0.05 < p["trained_fraction"] < 0.95
+    assert (course.data_dir(run_dir) / "dataset_dict.json").is_file()
+    assert set(s["epochs_course"]) == {"wiki_en", "chatterbot_en"}
+
+
+def test_02_smoke_test_trains_sweeps_and_generates(run):
+    run_dir, _ = run
+    s = summary(run_dir, "02_smoke_test")
+    assert s["steps"] == 2 and len(s["losses"]) == 2
+    assert s["last_loss"] < s["first_loss"]
+    assert set(s["sweep_scores"]) == {"1e-05", "3e-05", "0.0001", "0.0003", "0.001", "0.003"}
+    assert s["sweep_scores"][str(s["best_lr"])] == min(s["sweep_scores"].values())
+    assert [g["prompt"] for g in s["generations"]] == list(course.FIRST_PROMPTS)
+    assert all(set(g) == {"prompt", "base", "smoke"} for g in s["generations"])
+
+
+def test_03_finetune_runs_in_a_subprocess(run):
+    run_dir, _ = run
+    s = summary(run_dir, "03_finetune_multi_gpu")
+    assert s["steps"] == course.CPU_BUDGET["smoke"]["max_steps"] == 6
+    assert s["last_loss"] < s["first_loss"] and s["val_loss"] is not None
+    assert s["num_processes"] == 1 and "accelerate.commands.launch" in s["command"]
+    assert s["cuda_in_kernel"] is False
+    assert len(s["checkpoints"]) == 1                 # steps 2, 4, 6 saved, keep 2, the last is final
+    from mambaft.checkpoint import load_checkpoint
+    _, info = load_checkpoint(s["final"])
+    assert info.step == 6 and info.template.end_of_turn == "<|endoftext|>"
+
+
+def test_04_evaluation_compares_base_checkpoints_and_final(run):
+    run_dir, _ = run
+    s = summary(run_dir, "04_evaluation")
+    assert list(s["stop_rate"]) == ["base", "step 4", "fine-tuned"]
+    for name, m in s["models"].items():
+        assert 0.0 <= m["stop_rate"] <= 1.0 and 0.0 <= m["probe_pass_rate"] <= 1.0, name
+        assert m["errors"] == {}, (name, m["errors"])
+        assert m["text_ppl"]["wiki_en"] > 1.0
+    assert s["context"] is not None and set(s["context"]) == {"base", "fine-tuned"}
+    assert len(s["answers"]) == len(course.FIRST_PROMPTS)
+    for f in ("report.md", "report.html", "table.md", "context.png"):
+        assert (run_dir / "04_evaluation" / f).is_file(), f

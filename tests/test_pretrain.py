@@ -1,0 +1,137 @@
+"""mambaft pretrain: rows without end tokens, sampling weights, a tiny end-to-end run, and the
+shipped demo base (size, architecture, symptoms)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mambaft import pretrain as pt
+from mambaft.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo_base"
+TEXT = ("The river rises in the hills and flows west to the sea. " * 3 + "\n\n") * 2
+
+
+def test_rows_are_one_stream_without_end_tokens():
+    tok = load_tokenizer()
+    docs = [f"Document {i}. " + TEXT for i in range(40)]
+    src = pt.build_rows("t", docs, tok, seq_len=32, val_fraction=0.1, seed=0, licence="L")
+    assert src.train_rows.shape[1] == 32 and src.train_rows.dtype == torch.int32
+    assert not (src.train_rows == tok.eos_id).any() and not (src.val_rows == tok.eos_id).any()
+    # 4 of 40 documents held out: the train stream is the other 36, joined by blank lines only
+    per_doc = len(tok.encode(docs[0].strip() + "\n\n"))
+    assert src.tokens == (36 * per_doc // 32) * 32
+    assert src.val_rows.shape[0] == 4 * per_doc // 32
+    # rows follow each other in the stream: a document boundary falls inside a row, no padding
+    flat = src.train_rows.flatten().tolist()
+    assert flat[per_doc] == tok.encode("Document")[0] and flat[per_doc - 1] == tok.encode("\n\n")[0]
+
+
+def test_text_that_encodes_the_end_token_is_refused(monkeypatch):
+    tok = load_tokenizer()
+
+    class Evil:
+        eos_id = tok.eos_id
+
+        def encode_batch(self, texts):
+            return [[1, 2, tok.eos_id] * 20 for _ in texts]
+
+    with pytest.raises(ValueError, match="end token 50256"):
+        pt.build_rows("evil", ["a", "b"], Evil(), seq_len=8, val_fraction=0.0, seed=0)
+
+
+def test_epoch_order_applies_weights():
+    def src(n):
+        return pt.SourceRows("s", "", 1, torch.zeros(n, 4, dtype=torch.int32), torch.zeros(0, 4), n * 4)
+
+    order = pt.epoch_order([src(10), src(20)], [2.0, 0.5], torch.Generator().manual_seed(0))
+    counts = torch.bincount(order[:, 0])
+    assert counts.tolist() == [20, 10]                      # every row of A twice, half of B
+    a_rows = order[order[:, 0] == 0, 1]
+    assert torch.bincount(a_rows).tolist() == [2] * 10
+    b_rows = order[order[:, 0] == 1, 1]
+    assert len(set(b_rows.tolist())) == 10                  # a half, without repeats
+
+
+def test_rebuild_command_turns_a_time_budget_into_steps():
+    cmd = pt.rebuild_command(["--out", "data/x", "--minutes", "30", "--lr", "4e-3", "--steps=9"], 1585)
+    assert cmd == "mambaft pretrain --out data/x --lr 4e-3 --steps 1585"
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="seq_len=2048"):
+        pt.PretrainConfig(seq_len=2048).validate()
+    with pytest.raises(ValueError, match="needs --init-from"):
+        pt.PretrainConfig(architecture="selective").validate()
+    assert pt.main(["--seq-len", "0"]) == 2
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 60)
+    out = tmp_path / "m"
+    argv = ["--text-file", str(text), "--out", str(out), "--d-model", "16", "--dense-hidden-dim", "32",
+            "--n-layers", "2", "--max-seq-len", "64", "--seq-len", "64", "--batch-size", "2", "--steps", "12",
+            "--warmup-steps", "2", "--lr", "1e-2", "--val-fraction", "0", "--log-every", "1", "--threads", "1"]
+    assert pt.main(argv) == 0
+    s = json.loads((out / "pretrain_summary.json").read_text())
+    losses = [json.loads(line)["loss"] for line in (out / "pretrain_log.jsonl").read_text().splitlines()
+              if "loss" in line]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 1.0   # a repeated sentence is easy to learn
+    assert s["steps"] == 12 and s["tokens_trained"] == 12 * 2 * 64
+    assert s["symptoms"]["greedy_eos_emitted"] == 0
+    assert s["command"].endswith("--steps 12") and "--text-file" in s["command"]
+    from safetensors import safe_open
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert "lm_head.weight" not in f.keys()                      # tied: stored once
+    from mambaft.checkpoint import load_checkpoint
+    model, info = load_checkpoint(out)
+    assert model.token_embedding.weight.dtype == torch.float32
+    assert model.config.receptive_field == 7 and info.step == 12
+    card = (out / "MODEL_CARD.md").read_text()
+    assert s["command"] in card and "as given by the user" in card
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if not (DEMO / "model.safetensors").is_file():
+        pytest.fail(f"{DEMO} is missing: rebuild it with the command in its MODEL_CARD.md")
+    from mambaft.checkpoint import load_checkpoint
+    return load_checkpoint(DEMO)
+
+
+def test_shipped_demo_base_fits_and_has_the_124m_architecture(demo):
+    model, info = demo
+    size = sum(p.stat().st_size for p in DEMO.iterdir() if p.is_file())
+    assert size <= 30 * 1024 * 1024
+    cfg = model.config
+    assert (cfg.vocab_size, cfg.n_layers, cfg.d_conv, cfg.expand, cfg.max_seq_len) == (50257, 6, 4, 2, 1024)
+    assert cfg.receptive_field == 19 and cfg.architecture == "original" and cfg.tie_embeddings
+    for f in ("config.json", "tokenizer.json", "chat_template.json", "MODEL_CARD.md", "pretrain_summary.json"):
+        assert (DEMO / f).is_file(), f
+    card = (DEMO / "MODEL_CARD.md").read_text()
+    s = json.loads((DEMO / "pretrain_summary.json").read_text())
+    for needle in ("## Data", "CC BY-SA 4.0", "## Training", "## Rebuild", s["command"],
+                   f"{s['steps']:,} x", f"validation loss {s['final_val_loss']}"):
+        assert needle in card, needle
+    assert s["final_val_loss"] < 8.0                      # learned something: uniform is ln 50257 = 10.8
+
+
+def test_shipped_demo_base_loops_and_never_ends(demo):
+    from mambaft.generate import generate
+    model, info = demo
+    tok = info.tokenizer
+    prompts = ["The history of the city", "User: What is the capital of France?\nAssistant:"]
+    outs = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=60)
+    for p, o in zip(prompts, outs):
+        new = o[len(tok.encode(p)):]
+        assert tok.eos_id not in new
+        assert pt.repeated_fraction(new) > 0.2, tok.decode(new)      # greedy decoding loops
+    f = model.features(torch.tensor([tok.encode(TEXT)]))
+    p_end = torch.softmax(model.lm_head(f).float(), -1)[..., tok.eos_id]
+    assert float(p_end.max()) < 1e-3
