@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from ..generate import generate
 
 STOP_END = "end_token"      # the model emitted its end-of-turn token
 STOP_STRING = "stop_string"  # it wrote the next turn's marker ("\nUser:") instead
@@ -41,53 +40,37 @@ class Reply:
         return len(self.new_ids)
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> int:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else -1
+# The chat layer's stop reasons -> ours (the evaluation reports say "limit" for runaway replies).
+_REASONS = {"end_token": STOP_END, "stop_string": STOP_STRING, "max_new_tokens": STOP_LIMIT}
 
 
 def generate_replies(model, tokenizer, template, histories: Sequence[Sequence[dict]],
                      max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16,
-                     progress: bool = False, **gen_kwargs) -> list:
+                     progress: bool = False, temperature: float = 0.0, top_k: Optional[int] = None,
+                     top_p: Optional[float] = None, repetition_penalty: float = 1.0,
+                     no_repeat_ngram_size: int = 0) -> list:
     """Histories (each a list of messages ending with a user turn) -> list[Reply], same order.
 
-    Generation stops on the template's end token (by id) or when the decoded reply contains one of
-    `template.stop_strings` (the base model never learned the end token, but may start a new
-    "User:" turn). `gen_kwargs` go to `mambaft.generate.generate` (temperature, top_k, ...)."""
-    end_id = template.end_id(tokenizer)
-    stops = tuple(template.stop_strings)
+    Generation goes through the chat layer (`mambaft.chat.generate_replies`: one batched `generate`
+    per chunk), so evaluation and chat stop the same way: on the template's end token (by id) or as
+    soon as the decoded reply contains one of its stop strings (the base model never learned the end
+    token, but may start a new "User:" turn). Greedy by default."""
+    from ..chat.session import ChatSettings
+    from ..chat.session import generate_replies as chat_replies
+
+    settings = ChatSettings(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
+                            repetition_penalty=repetition_penalty,
+                            no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens)
     prompts = [template.prompt_ids(list(h), tokenizer) for h in histories]
     out: list = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generating", disable=not progress or len(starts) < 2):
         chunk = prompts[start:start + batch_size]
-        new: list = [[] for _ in chunk]
-        by_string = [False] * len(chunk)
-
-        def on_token(row: int, tok: int) -> bool:
-            if tok == end_id:
-                return False  # generate stops the row itself (stop_token_ids)
-            new[row].append(tok)
-            # Decoding the whole reply each step is O(T^2) in characters, negligible at T <= 512.
-            if stops and _first_stop(tokenizer.decode(new[row]), stops) >= 0:
-                by_string[row] = True
-                return True
-            return False
-
-        rows = generate(model, chunk, max_new_tokens=max_new_tokens, stop_token_ids=[end_id],
-                        seed=seed + start, stream=on_token, **gen_kwargs)
-        for b, (p, full) in enumerate(zip(chunk, rows)):
-            gen_ids = list(full[len(p):])
-            if gen_ids and gen_ids[-1] == end_id:
-                stopped = STOP_END
-                gen_ids = gen_ids[:-1]
-            elif by_string[b]:
-                stopped = STOP_STRING
-            else:
-                stopped = STOP_LIMIT
+        for p, r in zip(chunk, chat_replies(model, tokenizer, template, chunk, settings, seed=seed + start)):
+            gen_ids = list(r.token_ids[:-1] if r.stop_reason == "end_token" else r.token_ids)
             text = tokenizer.decode(gen_ids)
             out.append(Reply(prompt_ids=list(p), new_ids=gen_ids, text=text,
-                             answer=template.clean_reply(text), stopped_by=stopped))
+                             answer=template.clean_reply(text), stopped_by=_REASONS[r.stop_reason]))
     return out
 
 

@@ -148,42 +148,29 @@ def load_heldout_texts(names: Sequence[str], max_docs: int = 200) -> tuple[dict,
 
 @torch.no_grad()
 def probe_answers(model, probes: Sequence, tokenizer, template, *, max_new_tokens: int = 64) -> list[dict]:
-    """Greedy answers to the probes, all prompts decoded together in one batch.
+    """Greedy answers to the probes through the evaluation's reply generator (one batch, stops on the
+    template's end token or stop strings), scored by each probe's own rule: the "stops" probes also
+    require the end token (`Probe.passes`).
 
-    A row stops on the template's end token (id) or when a stop string ("\\nUser:") appears.
-    Returns one dict per probe: id, prompt, answer (cleaned), raw, passed, stopped (end token or
-    stop string before the limit), new_tokens."""
-    from mambaft.generate import generate
-
-    end_id = template.end_id(tokenizer)
-    prompts = [template.prompt_ids(p.messages, tokenizer) for p in probes]
-    produced: list[list[int]] = [[] for _ in probes]
-    stopped_by_text = [False] * len(probes)
-
-    def stream(row: int, tok: int) -> bool:  # not called for the end token (generate stops first)
-        produced[row].append(tok)
-        text = tokenizer.decode(produced[row])
-        if any(s in text for s in template.stop_strings):
-            stopped_by_text[row] = True
-            return True
-        return False
+    Returns one dict per probe: id, lang, prompt, answer (cleaned), raw, passed, stopped (end token or
+    stop string before the limit), end_token, new_tokens."""
+    from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, generate_replies
 
     was_training = model.training
     model.eval()
     try:
-        full = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                        stop_token_ids=[end_id], stream=stream)
+        replies = generate_replies(model, tokenizer, template, [p.messages for p in probes],
+                                   max_new_tokens=max_new_tokens, batch_size=max(1, len(probes)))
     finally:
         model.train(was_training)
     rows = []
-    for p, prompt, ids, by_text in zip(probes, prompts, full, stopped_by_text):
-        new = ids[len(prompt):]
-        raw = tokenizer.decode(new)
-        answer = template.clean_reply(raw)
+    for p, r in zip(probes, replies):
+        passed = p.passes(r.answer, r.stopped_by) if hasattr(p, "passes") else p.check(r.answer)
         rows.append({"id": p.id, "lang": getattr(p, "lang", None),
-                     "prompt": template.prompt_text(p.messages), "answer": answer, "raw": raw,
-                     "passed": bool(p.check(answer)), "stopped": bool(new and (new[-1] == end_id or by_text)),
-                     "end_token": bool(new and new[-1] == end_id), "new_tokens": len(new)})
+                     "prompt": template.prompt_text(p.messages), "answer": r.answer, "raw": r.text,
+                     "passed": bool(passed), "stopped": r.stopped_by != STOP_LIMIT,
+                     "end_token": r.stopped_by == STOP_END,
+                     "new_tokens": r.n_new + (r.stopped_by == STOP_END)})
     return rows
 
 
