@@ -24,12 +24,13 @@ class _CausalDepthwiseConv(torch.autograd.Function):
         L, K = x.shape[1], weight.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         w = weight.to(acc)
+        xa = x.to(acc)  # one upcast (bf16 under autocast): mixed-dtype ops would copy per tap
         # Start from the bias and fuse-multiply-add the taps oldest first: oneDNN's order, so fp32
         # results are bit-identical to Conv1d (the fixture's logits sit at the fp32 noise floor).
         y = bias.to(acc).expand(x.shape).contiguous()       # [B, L, E]
         for s in range(K - 1, -1, -1):
             if s < L:
-                y[:, s:].addcmul_(x[:, :L - s], w[:, K - 1 - s])  # token t-s (rows t < s see zeros)
+                y[:, s:].addcmul_(xa[:, :L - s], w[:, K - 1 - s])  # token t-s (rows t < s see zeros)
         ctx.save_for_backward(x, weight)
         return y.to(x.dtype)
 
@@ -47,10 +48,11 @@ class _CausalDepthwiseConv(torch.autograd.Function):
                 gx[:, :L - s].addcmul_(g[:, s:], w[:, K - 1 - s])  # x[t] also feeds y[t+s]
             gx = gx.to(x.dtype)
         if ctx.needs_input_grad[1]:
+            xa = x.to(acc)
             gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
             for s in range(min(K, L)):
                 # sum over batch and time of g[t] * x[t-s], per channel: [E]
-                gw[:, K - 1 - s] = torch.mul(g[:, s:], x[:, :L - s]).sum(dim=(0, 1), dtype=acc)
+                gw[:, K - 1 - s] = torch.mul(g[:, s:], xa[:, :L - s]).sum(dim=(0, 1))
             gw = gw.to(weight.dtype)
         if ctx.needs_input_grad[2]:
             gb = g.sum(dim=(0, 1), dtype=acc).to(weight.dtype)
