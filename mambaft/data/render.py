@@ -58,10 +58,10 @@ def _plan_start(lengths: list[int], roles: list[str], max_len: int) -> tuple[int
 
 
 # Long conversations (ShareGPT: often 3-10x the window) are tokenized from the end, only as far
-# back as can matter: a suffix of 8 characters per token of the window (English averages ~4.2) is
+# back as can matter: a suffix of 6 characters per token of the window (English averages ~4.2) is
 # tokenized first, and a conversation whose tokenized suffix does not yet overflow the window gets
 # the rest in a second pass. The result is exactly the full rendering's (the tests compare them).
-CHARS_PER_TOKEN_BOUND = 8
+CHARS_PER_TOKEN_BOUND = 6
 
 
 def _suffix_start(msgs: Sequence[dict], first_body: int, max_seq_len: Optional[int]) -> int:

@@ -131,7 +131,12 @@ def _hub_rows(hub_id: str) -> Iterator[tuple[str, dict]]:
     from datasets import load_dataset
 
     ds_id, _, split = hub_id.partition(":")
-    ds = load_dataset(ds_id, split=split or "train")
+    try:
+        ds = load_dataset(ds_id, split=split or "train")
+    except Exception as e:  # offline, gated, renamed: say what to do instead
+        raise RuntimeError(f"hub dataset {ds_id!r} (split {split or 'train'}) could not be loaded "
+                           f"({type(e).__name__}: {str(e)[:200]}). Use data_mode=offline, or give a local "
+                           f"file in the same format with --source NAME=PATH.") from e
     for i, row in enumerate(ds):
         yield f"hub:{ds_id}[{i}]", row
 
