@@ -35,15 +35,17 @@ SUMMARY_FILE = "summary.json"
 PathLike = Union[str, Path]
 
 # --- the CPU budget ----------------------------------------------------------------------------------
-# What the course trains when no GPU is visible. Measured here (2 shared cores, bf16 autocast) the demo
-# base does a step of 8 rows x <=256 tokens in ~0.5-1.5 s, so 150 steps fit in ~2-4 minutes; the whole
-# course stays under 15 minutes. Each strategy keeps its data sources and chat template: only sizes move.
+# What the course trains when no GPU is visible. Measured here (2 shared cores, load ~10, bf16 autocast)
+# the demo base does a step of 8 rows x <=256 tokens in ~0.9 s: 150 steps took 2.2 min and the whole
+# quick course 6.2 min, so 300 steps keep it near 9 minutes, under the 15-minute target. Each strategy keeps its data sources and chat template: only sizes move.
 CPU_BUDGET: dict[str, dict[str, Any]] = {
-    # 8 rows x 1 accum x 1 process = 8 rows/step; x 150 steps = 1,200 rows (~1.5 epochs of 800/source)
-    "quick": dict(max_steps=150, max_examples_per_source=800),
-    "conversational": dict(max_steps=150, max_examples_per_source=500),
-    # phase 1 100 steps, then 60 steps on the domain
-    "specialized": dict(max_steps=100, phase2_steps=60, max_examples_per_source=400),
+    # 8 rows x 1 accum x 1 process = 8 rows/step; x 300 steps = 2,400 rows, ~1.4 epochs of the ~1,770
+    # rows that 800 examples per source leave after filtering (chatterbot keeps ~190 of its 800)
+    "quick": dict(max_steps=300, max_examples_per_source=800),
+    # 300 x 8 = 2,400 rows over 5 sources x <=500 examples: ~1 epoch
+    "conversational": dict(max_steps=300, max_examples_per_source=500),
+    # phase 1: 200 steps; phase 2: 100 steps on the domain (French offline: chatterbot_fr, wiki_fr)
+    "specialized": dict(max_steps=200, phase2_steps=100, max_examples_per_source=400),
     # the smoke preset is already CPU-sized; only the steps shrink for the notebook tests
     "smoke": dict(max_steps=6, max_examples_per_source=120),
 }

@@ -20,15 +20,15 @@ def cpu(monkeypatch):
 def test_cpu_budget_replaces_gpu_numbers_and_names_origins(cpu, small_gpt2_folder):
     values = course.course_overrides("quick", str(small_gpt2_folder))
     cfg = make_config("quick", **values.overrides)
-    assert cfg.max_steps == course.CPU_BUDGET["quick"]["max_steps"] == 150
+    assert cfg.max_steps == course.CPU_BUDGET["quick"]["max_steps"] == 300
     assert (cfg.num_gpus, cfg.batch_size, cfg.grad_accum) == (1, 8, 1)
-    assert cfg.save_every == cfg.eval_every == 50            # 3 checkpoints per run
+    assert cfg.save_every == cfg.eval_every == 100           # 3 checkpoints per run
     assert cfg.lr == 1e-5                                     # a user's base keeps the plan's lr
     assert "10000" in values.origins["max_steps"] and "CPU budget" in values.origins["max_steps"]
     text = values.explain(cfg)
-    assert "max_steps = 150  (CPU budget; the plan's 10000 is sized for GPUs)" in text
+    assert "max_steps = 300  (CPU budget; the plan's 10000 is sized for GPUs)" in text
     assert "weight_decay = 0.01  (preset quick)" in text
-    assert "=> 8 rows/step x 150 steps = 1,200 rows" in text
+    assert "=> 8 rows/step x 300 steps = 2,400 rows" in text
 
 
 def test_demo_base_gets_demo_lr_and_max_steps_parameter_wins(cpu, monkeypatch, small_gpt2_folder):

@@ -95,6 +95,18 @@ def test_tiny_run_end_to_end(tmp_path):
     assert model.config.receptive_field == 7 and info.step == 12
     card = (out / "MODEL_CARD.md").read_text()
     assert s["command"] in card and "as given by the user" in card
+    # continued pretraining of the selective upgrade (the context repair) starts where the base was
+    sel = tmp_path / "sel"
+    assert pt.main(["--text-file", str(text), "--out", str(sel), "--init-from", str(out), "--architecture",
+                    "selective", "--d-state", "4", "--seq-len", "64", "--batch-size", "2", "--steps", "3",
+                    "--warmup-steps", "1", "--val-fraction", "0", "--log-every", "1", "--threads", "1",
+                    "--no-card"]) == 0
+    s2 = json.loads((sel / "pretrain_summary.json").read_text())
+    assert s2["upgraded_to"] == "selective (d_state 4)" and s2["init_step"] == 12
+    first = json.loads((sel / "pretrain_log.jsonl").read_text().splitlines()[0])["loss"]
+    assert abs(first - losses[-1]) < 0.5          # function-preserving upgrade: no jump back to 10.8
+    m2, _ = load_checkpoint(sel)
+    assert m2.config.architecture == "selective" and not (sel / "MODEL_CARD.md").exists()
 
 
 @pytest.fixture(scope="module")
