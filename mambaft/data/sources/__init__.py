@@ -20,7 +20,6 @@ Offline stand-ins and why (the plan's data cannot be had from a registry, offlin
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -229,7 +228,7 @@ def load_source(name: str, override: Optional[str] = None, *, limit: Optional[in
     return LoadedSource(name, "chat", rows, origin, spec.license, spec.synthetic)
 
 
-if __name__ == "__main__":
-    for s in SOURCES.values():
-        print(f"{s.name:<17} {s.kind:<5} {s.format:<15} {s.origin:<45} {s.license}")
-    sys.exit(0)
+def describe() -> str:
+    """The table of sources (name, kind, format, origin, licence)."""
+    return "\n".join(f"{s.name:<17} {s.kind:<5} {s.format:<15} {s.origin:<45} {s.license}"
+                     for s in SOURCES.values())
