@@ -121,7 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # What phase 2 of "specialized" trains on, per domain (online hub sources / offline registry ones).
 DOMAIN_SOURCES: dict[str, dict[str, dict[str, float]]] = {
     "code": {"hub": {"codealpaca": 1.0, "stackoverflow": 0.5},
-             "offline": {"python_docs": 1.0, "sharegpt_code": 0.2}},   # ShareGPT turns with code blocks
+             "offline": {"python_docs": 1.0, "sharegpt_code": 1.0}},   # ShareGPT turns with code blocks
     "science": {"hub": {"arxiv": 1.0, "pubmed": 1.0},          # raw text: continued pretraining
                 "offline": {"olmo_qa": 1.0, "wiki_en_text": 0.5}},       # raw text stands in for papers
     "french": {"hub": {"oasst": 1.0},                          # oasst filtered to lang="fr"
