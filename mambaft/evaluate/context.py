@@ -295,24 +295,29 @@ def recall_batch(tok, stream: torch.Tensor, batch: int, gen: torch.Generator, na
 
 
 def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: int, precision: str = "auto",
-             desc: str = "train") -> list:
-    """AdamW + warmup/cosine on the batches `make_batches(generator)` returns (a list of (ids, labels));
-    the step's loss is the sum of each batch's mean loss. The same seed gives the same batches.
-    Returns the loss of every step."""
+             new_lr_mult: float = 1.0, desc: str = "train") -> list:
+    """AdamW (no weight decay) + warmup/cosine on the batches `make_batches(generator)` returns (a list of
+    (ids, labels)); the step's loss is the sum of each batch's mean loss. The same seed gives the same
+    batches. new_lr_mult: learning-rate factor for the `.selective.` parameters (Adam moves a closed
+    gate by about lr per step, so a larger factor opens the path sooner). Returns every step's loss."""
     from tqdm.auto import tqdm
 
     from mambaft.runtime import autocast, resolve_precision
-    from mambaft.train.optim import build_optimizer, lr_at
+    from mambaft.train.optim import lr_at
 
     dev = model.token_embedding.weight.device
     prec = resolve_precision(precision, dev)
     gen = torch.Generator().manual_seed(seed)
-    opt = build_optimizer(model, lr=lr, weight_decay=0.0)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if ".selective." not in n], "lr_mult": 1.0},
+              {"params": [p for n, p in params if ".selective." in n], "lr_mult": new_lr_mult}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95), weight_decay=0.0,
+                            fused=dev.type in ("cpu", "cuda"))
     model.train()
     losses = []
     for step in (bar := tqdm(range(steps), desc=desc)):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, lr=lr, warmup_steps=warmup, max_steps=steps)
+            g["lr"] = g["lr_mult"] * lr_at(step, lr=lr, warmup_steps=warmup, max_steps=steps)
         total = 0.0
         for ids, labels in make_batches(gen):
             with autocast(dev, prec):
@@ -331,10 +336,12 @@ def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: i
 
 def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, continue_steps: int = 300,
              d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
-             lr: float = 3e-3, continue_lr: float = 2e-3, seed: int = 0, windows: int = 64,
-             precision: str = "auto") -> ContextReport:
-    """Pretrain a small original model on plain text; continue two copies on the same batches (plain
-    text + synthetic recall rows with TRAIN_NAMES), one as it is and one upgraded; measure all three."""
+             lr: float = 3e-3, continue_lr: float = 2e-3, new_lr_mult: float = 1.0, seed: int = 0,
+             windows: int = 64, precision: str = "auto", base_from: Optional[Path] = None) -> ContextReport:
+    """Pretrain a small original model on plain text (or load it: `base_from`, a model folder this
+    demo saved); continue two copies on the same batches (plain text + synthetic recall rows with
+    TRAIN_NAMES), one as it is and one upgraded; measure all three. The three models are saved under
+    out/models/ (mambaft folders), so `measure` can be rerun on them."""
     from mambaft.model import MambaSWELU, MambaSWELUConfig, upgrade_to_selective
     from mambaft.runtime import seed_everything
     from mambaft.tokenizer import load_tokenizer
@@ -345,11 +352,19 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, cont
     seed_everything(seed)
     cfg = MambaSWELUConfig(vocab_size=50257, d_model=d_model, n_layers=n_layers, max_seq_len=length,
                            dense_hidden_dim=2 * d_model, dropout=0.0)
-    base = MambaSWELU(cfg)
-    base.freeze_dead()                                   # x_proj/dt_proj are dead in both models
     t0 = time.time()
-    log = {"base": train_lm(base, lambda g: [text_batch(train, batch, length, g)], steps, lr=lr,
-                            warmup=steps // 10, seed=seed, precision=precision, desc="pretrain (original)")}
+    if base_from is not None:
+        from mambaft.checkpoint import load_checkpoint
+        base = load_checkpoint(base_from)[0]
+        base.freeze_dead()
+        cfg, log, steps = base.config, {}, 0
+        if base.config.architecture != "original":
+            raise ValueError(f"{base_from}: the demo base must be an original-architecture model")
+    else:
+        base = MambaSWELU(cfg)
+        base.freeze_dead()                               # x_proj/dt_proj are dead in both models
+        log = {"base": train_lm(base, lambda g: [text_batch(train, batch, length, g)], steps, lr=lr,
+                                warmup=steps // 10, seed=seed, precision=precision, desc="pretrain (original)")}
     t_base = time.time() - t0
     original = MambaSWELU(cfg)
     original.load_state_dict(base.state_dict())
@@ -362,8 +377,13 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, cont
     for name, model in (("original", original), ("selective", selective)):
         t0 = time.time()                                 # same seed: the same batches for both
         log[name] = train_lm(model, mixture, continue_steps, lr=continue_lr, warmup=continue_steps // 10,
-                             seed=seed + 1, precision=precision, desc=f"continue ({name})")
+                             seed=seed + 1, precision=precision, new_lr_mult=new_lr_mult,
+                             desc=f"continue ({name})")
         times[name] = round(time.time() - t0, 1)
+    from mambaft.checkpoint import save_checkpoint
+    for name, model in (("base", base), ("original", original), ("selective", selective)):
+        save_checkpoint(model, Path(out) / "models" / name, tokenizer=tok,
+                        training={"demo": "mambaft.evaluate.context", "phase": name})
     rep = measure_context({"base": base, f"original+{continue_steps}": original,
                            f"selective+{continue_steps}": selective}, tok, heldout, length=length,
                           windows=windows)
@@ -374,9 +394,10 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, cont
         f"(all tokens trained) + {recall_rows} recall rows (answer trained), names {len(TRAIN_NAMES)} "
         f"training names, probe names {len(PROBE_NAMES)} never trained",
         "pretrain_seconds": round(t_base, 1), "continue_seconds": times, "lr": lr, "continue_lr": continue_lr,
+        "new_lr_mult": new_lr_mult,
         "final_train_loss": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in log.items()},
         "selective_gate_mean_abs": round(float(selective.gates().abs().mean()), 4),
-        "precision": precision, "seed": seed})
+        "precision": precision, "seed": seed, "base_from": str(base_from) if base_from else None})
     rep.save(out)
     return rep
 
@@ -401,6 +422,8 @@ def main(argv=None) -> None:
     d.add_argument("--recall-rows", type=int, default=16, help="synthetic recall rows per continued step")
     d.add_argument("--lr", type=float, default=3e-3)
     d.add_argument("--continue-lr", type=float, default=2e-3)
+    d.add_argument("--new-lr-mult", type=float, default=1.0, help="lr factor for the new selective parameters")
+    d.add_argument("--base", help="skip pretraining: continue from this saved original model folder")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     for q in (m, d):
@@ -415,8 +438,10 @@ def main(argv=None) -> None:
     set_threads(a.threads)
     texts = a.text or ["sotu"]
     if a.cmd == "demo":
-        rep = run_demo(Path(a.out), texts, a.steps, a.continue_steps, a.d_model, a.layers, a.length, a.batch,
-                       a.recall_rows, a.lr, a.continue_lr, a.seed, a.windows, a.precision)
+        rep = run_demo(Path(a.out), texts, steps=a.steps, continue_steps=a.continue_steps, d_model=a.d_model,
+                       n_layers=a.layers, length=a.length, batch=a.batch, recall_rows=a.recall_rows, lr=a.lr,
+                       continue_lr=a.continue_lr, new_lr_mult=a.new_lr_mult, seed=a.seed, windows=a.windows,
+                       precision=a.precision, base_from=Path(a.base) if a.base else None)
     else:
         loaded = [_load_model(path) for path in a.model]
         names = a.name or [Path(path).stem if Path(path).is_file() else Path(path).name for path in a.model]
