@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, loss_by_position,
-                                      main, make_recall_items, measure_context, recall_batch,
-                                      recall_probe, summarize_curve, text_windows, token_stream)
+from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, log_bins,
+                                      loss_by_position, main, make_recall_items, measure_context,
+                                      paired_advantage, recall_batch, recall_probe, summarize_curve,
+                                      text_windows, token_stream)
 from mambaft.model import upgrade_to_selective
 from mambaft.tokenizer import load_tokenizer
 from tests.conftest import make_small_gpt2_model
@@ -65,6 +66,20 @@ def test_summarize_curve_measures_the_gain_beyond_the_reach():
     assert s_flat["length"] == 256
 
 
+def test_paired_advantage_separates_context_use_from_a_uniform_gain():
+    g = torch.Generator().manual_seed(0)
+    ref = 5.0 + torch.randn(32, 127, generator=g)                 # noisy per-token losses
+    uniform = ref - 0.1                                            # better everywhere alike
+    context = ref - 0.2 * (torch.arange(1, 128) >= 64).float()    # better only with 64+ tokens
+    u, c = paired_advantage(ref, uniform), paired_advantage(ref, context)
+    assert list(u) == ["1-18", "19-63", "64-127"]
+    assert [m for m, _ in u.values()] == pytest.approx([0.1, 0.1, 0.1], abs=1e-5)
+    assert [m for m, _ in c.values()] == pytest.approx([0.0, 0.0, 0.2], abs=1e-5)
+    assert c["64-127"][1] < 1e-5                                   # paired: the token noise cancels
+    xs, ys = log_bins([float(v) for v in range(1, 101)])           # curve value = position
+    assert xs[0] == 1 and ys[0] == 1 and xs[-1] <= 100 and ys == pytest.approx(xs)
+
+
 def test_recall_items_are_balanced_and_far_enough(tok):
     filler = token_stream(tok, [TEXT] * 20)
     items = make_recall_items(tok, filler, n_fillers=4, min_gap=50, max_gap=90)
@@ -118,9 +133,11 @@ def test_report_saves_json_and_plot(tok, tmp_path):
     # closed gate: the upgraded model measures exactly like the original
     assert rep.curves["original"] == rep.curves["selective"] and len(rep.curves["original"]) == 63
     assert rep.recall["selective"]["accuracy"] == 0.1
+    assert rep.reference == "original" and rep.advantage["selective"]["1-18"] == [0.0, 0.0]
     path = rep.save(tmp_path)
     data = json.loads(path.read_text())
-    assert set(data) == {"curves", "summary", "recall", "notes"} and data["notes"]["length"] == 64
+    assert set(data) == {"curves", "summary", "recall", "advantage", "advantage_curves", "reference",
+                         "notes"} and data["notes"]["length"] == 64
     png = tmp_path / "context.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "selective" in rep.table() and "chance" in rep.table()

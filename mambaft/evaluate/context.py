@@ -116,6 +116,34 @@ def summarize_curve(per_window: torch.Tensor, rf: int = 19) -> dict:
             "gain_beyond_rf_se": round(float(gains.std() / math.sqrt(max(1, n))), 4)}
 
 
+def paired_advantage(ref: torch.Tensor, other: torch.Tensor, rf: int = 19) -> dict:
+    """How much lower `other`'s loss is than `ref`'s on the SAME tokens, by region of context length
+    (mean over windows +- standard error). [n, L-1] each. Better unigram statistics lower every region
+    alike; using context past the reach lowers the later regions more."""
+    d = ref - other                                                          # > 0: other is better
+    n, T = d.shape
+    regions = {f"1-{rf - 1}": (0, rf - 1), f"{rf}-63": (rf - 1, min(63, T)), f"64-{T}": (min(63, T), T)}
+    out = {}
+    for name, (a, b) in regions.items():
+        if b > a:
+            per = d[:, a:b].mean(1)
+            out[name] = [round(float(per.mean()), 4), round(float(per.std() / math.sqrt(max(1, n))), 4)]
+    return out
+
+
+def log_bins(curve: Sequence[float], ratio: float = 1.15) -> tuple[list, list]:
+    """Mean of a per-position curve over bins whose width grows with t (plots of noisy curves).
+    Returns (bin centres t, means)."""
+    xs, ys, a = [], [], 1
+    while a <= len(curve):
+        b = max(a + 1, int(a * ratio) + 1)                                    # positions [a, b)
+        seg = curve[a - 1:min(b, len(curve) + 1) - 1]
+        xs.append((a + min(b, len(curve) + 1) - 1) / 2)
+        ys.append(sum(seg) / len(seg))
+        a = b
+    return xs, ys
+
+
 # --- recall probe -----------------------------------------------------------------------------------
 @dataclass
 class RecallItem:
@@ -191,6 +219,9 @@ class ContextReport:
     curves: dict = field(default_factory=dict)      # name -> mean loss by position, list [L-1]
     summary: dict = field(default_factory=dict)     # name -> summarize_curve(...)
     recall: dict = field(default_factory=dict)      # name -> recall_probe(...)
+    advantage: dict = field(default_factory=dict)   # name -> paired_advantage(reference, name)
+    advantage_curves: dict = field(default_factory=dict)  # name -> reference - name loss, by position
+    reference: str = ""
     notes: dict = field(default_factory=dict)
 
     def table(self) -> str:
@@ -206,6 +237,11 @@ class ContextReport:
             r = next(iter(self.recall.values()))
             rows.append(f"(recall chance: accuracy {r['chance_accuracy']}, rank {r['chance_rank']}; "
                         f"name {r['mean_gap_tokens']} tokens back on average)")
+        if self.advantage:
+            rows.append(f"loss advantage over {self.reference} on the same tokens (nats, +- s.e.), "
+                        "by context length:")
+            for name, adv in self.advantage.items():
+                rows.append(f"  {name:<12} " + "  ".join(f"t {k}: {m:+.4f}+-{se:.4f}" for k, (m, se) in adv.items()))
         return "\n".join(rows)
 
     def save(self, out: Path) -> Path:
@@ -217,19 +253,28 @@ class ContextReport:
 
 
 def measure_context(models: dict, tok, heldout_texts: Sequence[str], length: int = 256, windows: int = 64,
-                    n_fillers: int = 10, rf: int = 19) -> ContextReport:
-    """Loss by position and recall probe for several models on the same held-out text."""
+                    n_fillers: int = 10, rf: int = 19, reference: Optional[str] = None) -> ContextReport:
+    """Loss by position and recall probe for several models on the same held-out text; every model's
+    loss is also compared token by token with `reference` (default: the first model)."""
     stream = token_stream(tok, heldout_texts)
     win = text_windows(stream, length, windows)
     # the probe prompt (5 + gap tokens) must fit the position table: gap <= length - 6
     items = make_recall_items(tok, stream, n_fillers=n_fillers, min_gap=min(50, length - 6),
                               max_gap=min(100, length - 6))
-    rep = ContextReport(notes={"length": length, "windows": int(win.shape[0]), "rf": rf})
+    reference = reference or next(iter(models))
+    if reference not in models:
+        raise ValueError(f"reference={reference!r}: not one of {list(models)}")
+    rep = ContextReport(reference=reference, notes={"length": length, "windows": int(win.shape[0]), "rf": rf})
+    per = {}
     for name, model in models.items():
-        per = loss_by_position(model, win)
-        rep.curves[name] = [round(float(v), 4) for v in per.mean(0)]
-        rep.summary[name] = summarize_curve(per, rf)
+        per[name] = loss_by_position(model, win)
+        rep.curves[name] = [round(float(v), 4) for v in per[name].mean(0)]
+        rep.summary[name] = summarize_curve(per[name], rf)
         rep.recall[name] = recall_probe(model, items)
+    for name in models:
+        if name != reference:
+            rep.advantage[name] = paired_advantage(per[reference], per[name], rf)
+            rep.advantage_curves[name] = [round(float(v), 4) for v in (per[reference] - per[name]).mean(0)]
     return rep
 
 
@@ -240,22 +285,30 @@ def plot_context(rep: ContextReport, path: Optional[Path] = None):
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
-    for name, curve in rep.curves.items():
-        ax.plot(range(1, len(curve) + 1), curve, label=name, lw=1.2)
+    fig, (ax, cx, bx) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [2, 2, 1]})
     rf = rep.notes.get("rf", 19)
-    ax.axvline(rf, color="grey", ls="--", lw=1)
-    ax.text(rf * 1.05, 0.97, f"{rf} tokens: the original's reach", va="top", fontsize=8,
-            transform=ax.get_xaxis_transform())                             # x in data, y in axes units
-    ax.set(xscale="log", xlabel="context length t (tokens before the predicted one)",
-           ylabel="mean next-token loss (nats)", title="Loss by token position (held-out text)")
+    for name, curve in rep.curves.items():
+        ax.plot(*log_bins(curve), label=name, lw=1.4)
+    for name, curve in rep.advantage_curves.items():
+        cx.plot(*log_bins(curve), label=f"{rep.reference} - {name}", lw=1.4)
+    cx.axhline(0, color="black", lw=0.6)
+    for axis in (ax, cx):
+        axis.axvline(rf, color="grey", ls="--", lw=1)
+        axis.text(rf * 1.05, 0.97, f"{rf} tokens: the original's reach", va="top", fontsize=8,
+                  transform=axis.get_xaxis_transform())                     # x in data, y in axes units
+        axis.set(xscale="log", xlabel="context length t (tokens before the predicted one)")
+    ax.set(ylabel="mean next-token loss (nats)", title="Loss by token position (held-out text, binned)")
+    cx.set(ylabel="loss advantage (nats, same tokens)", title=f"Lower loss than {rep.reference or '-'}")
     ax.legend()
+    if rep.advantage_curves:
+        cx.legend()
     names = list(rep.recall)
     bx.bar(names, [rep.recall[n]["accuracy"] for n in names], color="tab:blue")
     if names:
         bx.axhline(rep.recall[names[0]]["chance_accuracy"], color="grey", ls="--", lw=1, label="chance")
         bx.legend()
-    bx.set(ylim=(0, 1), ylabel="accuracy", title="Recall a name given 50+ tokens earlier")
+    bx.set(ylim=(0, 1), ylabel="accuracy", title="Recall: a name 50+ tokens back")
+    bx.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
@@ -386,7 +439,7 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, cont
                         training={"demo": "mambaft.evaluate.context", "phase": name})
     rep = measure_context({"base": base, f"original+{continue_steps}": original,
                            f"selective+{continue_steps}": selective}, tok, heldout, length=length,
-                          windows=windows)
+                          windows=windows, reference=f"original+{continue_steps}")
     rep.notes.update({
         "texts": list(texts), "train_tokens": int(train.numel()), "model": cfg.to_dict(),
         "pretrain_steps": steps, "continue_steps": continue_steps,
@@ -413,6 +466,7 @@ def main(argv=None) -> None:
     m = sub.add_parser("measure", help="loss by position + recall probe for saved models")
     m.add_argument("--model", action="append", required=True, help="checkpoint (.pt or folder); repeat")
     m.add_argument("--name", action="append", help="label per --model (default: folder name)")
+    m.add_argument("--reference", help="name of the model the others are compared with (default: the first)")
     d = sub.add_parser("demo", help="pretrain a small model, continue as original and as selective, measure")
     d.add_argument("--steps", type=int, default=400, help="pretraining steps of the small original model")
     d.add_argument("--continue-steps", type=int, default=300, help="continued-training steps of each copy")
@@ -450,7 +504,7 @@ def main(argv=None) -> None:
         tok = loaded[0][1].tokenizer
         length = min([a.length] + [mdl.config.max_seq_len for mdl, _ in loaded])
         rep = measure_context({n: mdl for n, (mdl, _) in zip(names, loaded)}, tok, load_texts(texts, "heldout"),
-                              length=length, windows=a.windows)
+                              length=length, windows=a.windows, reference=a.reference)
         rep.save(Path(a.out))
     print(rep.table())
     print(f"wrote {Path(a.out) / 'context.json'} and context.png")
