@@ -139,7 +139,7 @@ def test_causal_conv_equals_conv1d_in_values_and_gradients(L):
     torch.testing.assert_close(b2.grad, conv.bias.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_causal_conv_is_causal_and_keeps_bf16():
+def test_causal_conv_is_causal_and_accumulates_bf16_input_in_fp32():
     E = 8
     x = torch.randn(1, 10, E)
     w, b = torch.randn(E, 4), torch.randn(E)
@@ -147,10 +147,12 @@ def test_causal_conv_is_causal_and_keeps_bf16():
     x2 = x.clone()
     x2[:, 6:] += 5.0                          # change the future
     assert torch.equal(causal_depthwise_conv(x2, w, b)[:, :6], y[:, :6])
-    yb = causal_depthwise_conv(x.bfloat16(), w, b)
-    assert yb.dtype == torch.bfloat16
-    torch.testing.assert_close(yb.float(), causal_depthwise_conv(x.bfloat16().float(), w, b),
-                               rtol=1e-2, atol=1e-2)
+    xb = x.bfloat16().requires_grad_()
+    yb = causal_depthwise_conv(xb, w, b)
+    assert yb.dtype == torch.float32                         # no rounding before SWELU_s
+    assert torch.equal(yb, causal_depthwise_conv(xb.detach().float(), w, b))
+    yb.sum().backward()
+    assert xb.grad.dtype == torch.bfloat16                   # the gradient goes back in x's dtype
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -9,8 +9,11 @@ layer for 512 x 2048 channels (more than the in_proj matmul of the same layer); 
 needs 2K elementwise passes backward and runs 3-4x faster (measured in /tmp during issue 9, see
 benchmarks/README.md). It saves only x.
 
-Precision: products and sums in fp32, rounded once to x's dtype (under bf16 autocast the original's
-conv1d also ran in bf16 with fp32 accumulation). fp32 inputs agree with Conv1d to summation order.
+Precision: products and sums in fp32 (fp64 for fp64 input), and the result stays fp32 also for a bf16
+input under autocast. Its consumer is SWELU_s, which computes in fp32 anyway: a bf16 result would
+cost a rounding (the original's autocast conv1d rounded here) and four conversion passes per layer
+(down, up, and both again in backward), for 2 bytes per channel and token of saved activation.
+fp32 inputs give exactly Conv1d's numbers (same summation order).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch
 class _CausalDepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # x [B, L, E] (any strides), weight [E, K], bias [E] -> [B, L, E] in x's dtype
+        # x [B, L, E] (any strides, bf16/fp32/fp64), weight [E, K], bias [E] -> [B, L, E] fp32 (fp64)
         L, K = x.shape[1], weight.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         w = weight.to(acc)
@@ -32,7 +35,7 @@ class _CausalDepthwiseConv(torch.autograd.Function):
             if s < L:
                 y[:, s:].addcmul_(xa[:, :L - s], w[:, K - 1 - s])  # token t-s (rows t < s see zeros)
         ctx.save_for_backward(x, weight)
-        return y.to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -60,5 +63,6 @@ class _CausalDepthwiseConv(torch.autograd.Function):
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x [B, L, E], weight [E, K] (Conv1d's [E, 1, K] squeezed), bias [E] -> [B, L, E]."""
+    """x [B, L, E], weight [E, K] (Conv1d's [E, 1, K] squeezed), bias [E] -> [B, L, E] in fp32
+    (fp64 for fp64 x)."""
     return _CausalDepthwiseConv.apply(x, weight, bias)
