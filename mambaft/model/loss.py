@@ -51,6 +51,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs = e.div_(sumexp)                          # softmax, in place: [n, V]
                 probs[rows, tc] -= 1.0                          # d(sum CE)/d(logits)
                 g = probs.to(dtype)
+                del logits, e, probs                            # bf16: frees the fp32 [n, V] buffer
                 if want_h:
                     if dtype == h.dtype:                        # write straight into the rows
                         torch.mm(g, w, out=grad_h[s:s + chunk])  # [n, D]
