@@ -54,6 +54,7 @@ def test_train_bench_runs_both_sides_in_their_own_processes(capsys, tmp_path):
         assert o["peak_rss_mb"] > 50                       # a real process with torch loaded
     # each worker had its own allocator setting (mambaft's launchers set it, the original had none)
     assert (mf["malloc"], orig["malloc"]) == ("fast", "default")
+    assert (mf["omp_wait_policy"], orig["omp_wait_policy"]) == ("PASSIVE", "default")
     assert mf["speedup_vs_original"] == pytest.approx(mf["tokens_per_s"] / orig["tokens_per_s"])
     assert mf["peak_mem_vs_original"] == pytest.approx(mf["peak_mem_mb"] / orig["peak_mem_mb"])
     # memory covers at least the weights and both AdamW moments; the original also its fp32 logits

@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=int, default=2, help="intra-op threads per worker")
         s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... ('' = cuda if present)")
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--malloc", default="auto", choices=["auto", "default", "fast"],
-                       help="auto: mambaft's workers get runtime.FAST_MALLOC_ENV (as its launchers "
-                            "do), the original's glibc's defaults")
+        s.add_argument("--env", default="auto", choices=["auto", "default", "fast"],
+                       help="process environment of the workers. fast: LAUNCH_ENV (glibc malloc "
+                            "tunables + OMP_WAIT_POLICY=PASSIVE); auto: fast for mambaft (as its "
+                            "launchers start it), glibc/OpenMP defaults for the original (as it ran)")
         s.add_argument("--out", default=None, help="also append the JSON lines to this file")
         s.add_argument("--in-process", action="store_true",
                        help="no worker processes (debugging): peak_rss_mb is then null")
@@ -52,14 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _env_for(args):
+def launch_env() -> dict:
+    """What mambaft's launchers put in a CPU child's environment: runtime.FAST_MALLOC_ENV (glibc keeps
+    freed blocks instead of page-faulting them back every step) and OMP_WAIT_POLICY=PASSIVE (idle
+    OpenMP workers sleep instead of spinning). Both are read once at process start. Why PASSIVE: on
+    a shared, oversubscribed CPU a spinning worker steals the core from its own master thread; here
+    (load average 5-6 on 2 cores) a 124M decode step took 145-195 ms with libgomp's default policy
+    and 44-50 ms with PASSIVE, a 1 x 1024 training step 20-23 s (ACTIVE) against 5-7.5 s."""
     from mambaft.runtime import FAST_MALLOC_ENV
+    return {"OMP_WAIT_POLICY": "PASSIVE", **FAST_MALLOC_ENV}
 
+
+def _env_for(args):
     def env_for(variant) -> dict:
-        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        fast = args.malloc == "fast" or (args.malloc == "auto" and variant.impl == "mambaft")
+        env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "OMP_WAIT_POLICY")}
+        fast = args.env == "fast" or (args.env == "auto" and variant.impl == "mambaft")
         if fast and args.device in ("cpu", ""):
-            env.update(FAST_MALLOC_ENV)
+            env.update(launch_env())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
         return env
     return env_for
@@ -75,11 +85,10 @@ def _peaks(args) -> dict:
 
     from mambaft import runtime
 
-    from .flops import matmul_peak, nominal_bf16_peak
+    from .flops import gemm_shape, matmul_peak, nominal_bf16_peak
     runtime.set_threads(args.threads)
     dev = runtime.pick_device(args.device or None)
-    # the in_proj GEMM of this workload (up to 2048 tokens): [tokens, D] x [D, 4D]
-    shape = None if dev.type == "cuda" else (min(2048, args.batch * args.seq), args.d_model, 4 * args.d_model)
+    shape = gemm_shape(dev, args.batch * args.seq, args.d_model)
     out = {"fp32": matmul_peak(dev, torch.float32, shape), "bf16": matmul_peak(dev, torch.bfloat16, shape)}
     gpu, nominal = nominal_bf16_peak(dev)
     if gpu:
@@ -128,15 +137,21 @@ def main(argv=None) -> int:
     if args.bench == "train" and args.seq < 2:
         raise SystemExit("--seq must be >= 2 (the loss predicts token t from t-1)")
     variants, cases = mod.variants(args), mod.cases(args)
+    load_before = os.getloadavg()[0]  # the machines are shared: say how busy this one was
     peaks = _peaks(args) if args.bench == "train" else {}
     repeats = args.steps if args.bench == "train" else args.repeats
     results = run_side_by_side(args.bench, variants, cases, vars(args), warmup=args.warmup, repeats=repeats,
                                env_for=_env_for(args), make_runner=make_runner, in_process=args.in_process,
                                verbose=args.verbose, measure_memory=not args.no_memory)
-    if args.bench == "train":  # measured again after the runs; the best of both is the peak
+    if args.bench == "train":  # the best of: before, after, and the samples the workers took
         again = _peaks(args)
-        peaks.update({k: max(peaks[k], again[k]) for k in ("fp32", "bf16")})
+        samples = [r["gemm_peak"] for m in results for r in m.runs if "gemm_peak" in r]
+        for k in ("fp32", "bf16"):
+            peaks[k] = max([peaks[k], again[k]] + [s[k] for s in samples])
     objs = [mod.summarize(m, args, peaks) for m in results]
+    for o in objs:
+        o["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        o["env"] = args.env
     _add_ratios(objs, args.bench)
     for o in objs:
         emit(o, args.out)

@@ -49,12 +49,19 @@ def forward_flops(tokens: int, d_model: int, n_layers: int, vocab: int, dense: i
     return 2.0 * (tokens * per_token + lp * d_model * vocab)
 
 
+def gemm_shape(device: torch.device, tokens: int, d_model: int) -> tuple:
+    """The GEMM the peak is measured on: the in_proj of up to 2048 tokens ([tokens, D] x [D, 4D],
+    17 GFLOP at the 124M size) on CPU; 8192^3 on CUDA (big enough for a GPU's tensor cores)."""
+    if device.type == "cuda":
+        return (8192, 8192, 8192)
+    return (min(2048, tokens), d_model, 4 * d_model)
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, shape: Optional[tuple] = None,
                 repeats: int = 5) -> float:
-    """Best FLOP/s of one GEMM [m, k] x [k, n]. Default shape: the 124M in_proj over 2048 tokens
-    ([2048, 1024] x [1024, 4096], 17 GFLOP) on CPU, 8192^3 on CUDA. Best, not median: noise only
-    ever slows a GEMM down."""
-    m, k, n = shape or ((8192, 8192, 8192) if device.type == "cuda" else (2048, 1024, 4096))
+    """Best FLOP/s of one GEMM [m, k] x [k, n] (default: `gemm_shape` at the 124M size). Best, not
+    median: noise only ever slows a GEMM down."""
+    m, k, n = shape or gemm_shape(device, 2048, 1024)
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
     best = float("inf")

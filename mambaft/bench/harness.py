@@ -8,8 +8,8 @@
       {"cmd": "exit"}                ------->   reply {"peak_rss_mb": ru_maxrss of this process}
 
 Why processes: peak memory is only honest per process (a process's high-water mark would mix both
-implementations), and each implementation gets its own allocator environment (mambaft's launchers
-set GLIBC_TUNABLES for their children; the original code ran with glibc's defaults). Why
+implementations), and each implementation gets its own environment (mambaft's launchers set the
+glibc allocator and OpenMP wait policy for their children; the original ran with the defaults). Why
 alternation: the machines are shared and noisy, so both see the same background load, and the
 medians of several repeats after a warm-up are what we compare.
 
@@ -128,7 +128,8 @@ class Variant:
 
 def ready_info(runner) -> dict:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return {**getattr(runner, "info", {}), "malloc": "fast" if "mmap_max=0" in tunables else "default"}
+    return {**getattr(runner, "info", {}), "malloc": "fast" if "mmap_max=0" in tunables else "default",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
 
 
 class _InProcessWorker:
@@ -238,11 +239,12 @@ def run_side_by_side(bench: str, variants: list, cases: list, args_dict: dict, *
         for v in variants:
             spec = {"bench": bench, "impl": v.impl, "opts": v.opts, "args": args_dict, "label": v.label,
                     "cases": cases}
-            tunables = env_for(v).get("GLIBC_TUNABLES")
+            env = env_for(v)
             log(f"[bench] starting {v.label}" + ("" if in_process else
-                                                 f" (GLIBC_TUNABLES={tunables or 'unset: glibc defaults'})"))
+                f" (GLIBC_TUNABLES={env.get('GLIBC_TUNABLES', 'unset')}, "
+                f"OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')})"))
             w = (_InProcessWorker(spec, make_runner) if in_process
-                 else _ProcessWorker(spec, env_for(v), verbose))
+                 else _ProcessWorker(spec, env, verbose))
             workers.append((v, w, getattr(w, "ready", {"ready": True})))
         results = []
         for ci, case in enumerate(cases):

@@ -171,4 +171,5 @@ def summarize(m, args, peaks: dict) -> dict:
             "trained_tokens": last["trained"], "renderer": last["renderer"],
             "repeats": len(m.runs), "warmup": args.warmup, "median_s": m.median_s,
             "run_s": [round(s, 4) for s in m.seconds], "threads": m.info.get("threads"),
-            "malloc": m.info.get("malloc")}
+            "malloc": m.info.get("malloc"),
+            "omp_wait_policy": m.info.get("omp_wait_policy")}

@@ -82,6 +82,7 @@ class TrainRunner:
         self.batches = [torch.randint(0, d["vocab"], (case["batch"], case["seq"]), generator=g).to(dev)
                         for _ in range(case["accum"])]
         self.impl = impl
+        self.gemm_shape = flops.gemm_shape(dev, case["batch"] * case["seq"], d["d_model"])
         if impl == "mambaft":
             from mambaft.model import MambaSWELU, MambaSWELUConfig
             from mambaft.train.optim import build_optimizer
@@ -122,7 +123,11 @@ class TrainRunner:
 
     def run(self, case_index: int) -> dict:
         seconds, loss = timed(self.step, self.device)
-        return {"seconds": seconds, "loss": loss}
+        # GEMM peak samples right after the step, under the same background load (the parent keeps
+        # the best of all samples: a peak measured once, in a busy moment, would inflate the MFU)
+        peak = {"fp32": flops.matmul_peak(self.device, torch.float32, self.gemm_shape, repeats=2),
+                "bf16": flops.matmul_peak(self.device, torch.bfloat16, self.gemm_shape, repeats=2)}
+        return {"seconds": seconds, "loss": loss, "gemm_peak": peak}
 
     def mem(self, case_index: int) -> int:
         return peak_alloc_bytes(self.step, self.device, live_bytes(self.model, self.opt, self.batches))
@@ -147,6 +152,7 @@ def summarize(m, args, peaks: dict) -> dict:
         "steps": len(m.runs), "warmup": args.warmup, "median_step_s": m.median_s,
         "step_s": [round(s, 4) for s in m.seconds], "loss": m.runs[-1].get("loss"),
         "device": m.info.get("device"), "threads": m.info.get("threads"), "malloc": m.info.get("malloc"),
+        "omp_wait_policy": m.info.get("omp_wait_policy"),
         "trainable_params": m.info.get("trainable_params"),
         "model_gflop_per_step": model_flops / 1e9, "achieved_gflops": achieved / 1e9,
         "peak_gflops_fp32": peaks.get("fp32", 0) / 1e9, "peak_gflops_bf16": peaks.get("bf16", 0) / 1e9,
