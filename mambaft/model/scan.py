@@ -22,12 +22,14 @@ Paths:
 Why `_ChunkedScan` (cpu-performance.md, mamba-130m sizes, fp32, training tokens/s at 1 x 512): the
 autograd loop 53, a hand-written-backward loop 96; transformers' loop 1.5. It never holds the
 [B, L, E, N] tensor: the time axis is cut into chunks of T steps with T * B * E * N <= `budget`
-elements (2^21 = 8 MiB of fp32 per tensor; 5 such tensors live in backward = 40 MiB), e.g. B=4,
-E=2048, N=16 -> 131,072 per step -> T = 16. Inside a chunk the exp/products are vectorized and the
-loop does ONE in-place addcmul per step each way. Forward keeps only the state at each chunk start
-([L/T, B, E, N]); backward recomputes the chunk's states from it. We deliberately do not use the
-cumsum-of-log-decay (parallel) form: in fp32 exp(+cumsum) overflows unless each chunk is capped by
-its decay, and the loop is exact.
+elements (2^18 = 1 MiB of fp32 per tensor, so the ~5 chunk tensors of backward stay in L2 cache),
+e.g. B=4, E=2048, N=16 -> 131,072 per step -> T = 2; B=1, E=1536 -> T = 10. Inside a chunk the
+exp/products are vectorized and the loop does ONE in-place addcmul per step each way. Forward keeps
+only the state at each chunk start ([L/T, B, E, N]); backward recomputes the chunk's states from it.
+Measured here (scan alone, forward + backward, 1 x 512 x 1536 x 16, 2 shared cores): reference loop
+45 tok/s, this 2,900 tok/s at budget 2^18 (1,540 at 2^20, 610 at 2^21: bigger chunks fall out of
+cache). We deliberately do not use the cumsum-of-log-decay (parallel) form: in fp32 exp(+cumsum)
+overflows unless each chunk is capped by its decay, and the loop is exact.
 
     python -m mambaft.model.scan        # check against the reference loop and time both
 """
