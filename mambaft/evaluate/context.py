@@ -387,10 +387,10 @@ def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: i
     return losses
 
 
-def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 400, continue_steps: int = 300,
+def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, continue_steps: int = 500,
              d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
-             lr: float = 3e-3, continue_lr: float = 2e-3, new_lr_mult: float = 1.0, seed: int = 0,
-             windows: int = 64, precision: str = "auto", base_from: Optional[Path] = None) -> ContextReport:
+             lr: float = 3e-3, continue_lr: float = 1e-3, new_lr_mult: float = 10.0, seed: int = 0,
+             windows: int = 128, precision: str = "auto", base_from: Optional[Path] = None) -> ContextReport:
     """Pretrain a small original model on plain text (or load it: `base_from`, a model folder this
     demo saved); continue two copies on the same batches (plain text + synthetic recall rows with
     TRAIN_NAMES), one as it is and one upgraded; measure all three. The three models are saved under
@@ -468,15 +468,15 @@ def main(argv=None) -> None:
     m.add_argument("--name", action="append", help="label per --model (default: folder name)")
     m.add_argument("--reference", help="name of the model the others are compared with (default: the first)")
     d = sub.add_parser("demo", help="pretrain a small model, continue as original and as selective, measure")
-    d.add_argument("--steps", type=int, default=400, help="pretraining steps of the small original model")
-    d.add_argument("--continue-steps", type=int, default=300, help="continued-training steps of each copy")
+    d.add_argument("--steps", type=int, default=250, help="pretraining steps of the small original model")
+    d.add_argument("--continue-steps", type=int, default=500, help="continued-training steps of each copy")
     d.add_argument("--d-model", type=int, default=64)
     d.add_argument("--layers", type=int, default=6)
     d.add_argument("--batch", type=int, default=4, help="plain-text rows per step")
     d.add_argument("--recall-rows", type=int, default=16, help="synthetic recall rows per continued step")
     d.add_argument("--lr", type=float, default=3e-3)
-    d.add_argument("--continue-lr", type=float, default=2e-3)
-    d.add_argument("--new-lr-mult", type=float, default=1.0, help="lr factor for the new selective parameters")
+    d.add_argument("--continue-lr", type=float, default=1e-3)
+    d.add_argument("--new-lr-mult", type=float, default=10.0, help="lr factor for the new selective parameters")
     d.add_argument("--base", help="skip pretraining: continue from this saved original model folder")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -484,7 +484,7 @@ def main(argv=None) -> None:
         q.add_argument("--text", action="append", help="plain-text source name, file or folder "
                        "(mambaft.data.text; default sotu); the held-out split is measured")
         q.add_argument("--length", type=int, default=256, help="window length in tokens")
-        q.add_argument("--windows", type=int, default=64, help="held-out windows for loss by position")
+        q.add_argument("--windows", type=int, default=128, help="held-out windows for loss by position")
         q.add_argument("--out", default="outputs/context", help="folder for context.json and context.png")
         q.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
