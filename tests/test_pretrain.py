@@ -144,6 +144,7 @@ def test_shipped_demo_base_loops_and_never_ends(demo):
         new = o[len(tok.encode(p)):]
         assert tok.eos_id not in new
         assert pt.repeated_fraction(new) > 0.2, tok.decode(new)      # greedy decoding loops
-    f = model.features(torch.tensor([tok.encode(TEXT)]))
-    p_end = torch.softmax(model.lm_head(f).float(), -1)[..., tok.eos_id]
+    with torch.no_grad():
+        f = model.features(torch.tensor([tok.encode(TEXT)]))
+        p_end = torch.softmax(model.lm_head(f).float(), -1)[..., tok.eos_id]
     assert float(p_end.max()) < 1e-3
