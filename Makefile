@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Idle OpenMP threads sleep instead of spinning (mambaft.runtime.LAUNCH_ENV): on a busy 2-core box
+# spinning threads made training steps up to 5x slower.
+demo test: export OMP_WAIT_POLICY ?= PASSIVE
+
 demo: $(STAMP)
 	$(BIN)/mambaft course
 

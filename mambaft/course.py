@@ -429,9 +429,8 @@ def child_env() -> dict:
       * OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep instead of spinning at barriers. On a shared
         2-core box (load ~10) a demo-base training step took 11.5 s with spinning threads and 2.0 s
         with passive ones (measured side by side); with a free machine it costs nothing measurable."""
-    from mambaft.runtime import FAST_MALLOC_ENV
-    env = {**os.environ, **FAST_MALLOC_ENV, "PYTHONUNBUFFERED": "1"}
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from mambaft.runtime import LAUNCH_ENV
+    env = {**LAUNCH_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}  # the user's own settings win
     return env
 
 
