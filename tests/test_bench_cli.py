@@ -96,7 +96,9 @@ def test_prepare_original_trains_on_every_token(capsys):
     assert main(["prepare", "--conversations", "20", "--repeats", "1", "--warmup", "0",
                  "--in-process", "--max-seq-len", "256"]) == 0
     by = {o["impl"]: o for o in _objects(capsys)}
-    assert by["original"]["trained_tokens"] == by["original"]["tokens"] == 20 * 256  # padded, unmasked
+    orig = by["original"]
+    assert orig["trained_tokens"] == orig["row_tokens"] == 20 * 256   # padded, nothing masked
+    assert 0 < orig["tokens"] < orig["row_tokens"]                     # tokens_per_s excludes padding
     assert by["mambaft"]["trained_tokens"] < by["mambaft"]["tokens"]
 
 

@@ -97,14 +97,16 @@ def load_jsonl(path: str, n: int) -> list:
 
 
 def original_prepare(convs: list, tok, max_seq_len: int) -> list:
-    """The earlier attempt: plain text, one encode, labels = ids (no mask), pad with the end token."""
+    """The earlier attempt: plain text, one encode, labels = ids (no mask), pad with the end token.
+    Rows: (input_ids, labels, tokens before padding)."""
     rows = []
     for msgs in convs:
         text = "".join(("User: " if m["role"] == "user" else "Assistant: ") + m["content"] + "\n"
                        for m in msgs if m["role"] in ("user", "assistant"))
         ids = tok.encode(text)[:max_seq_len]
-        ids = ids + [tok.eos_id] * (max_seq_len - len(ids))
-        rows.append((ids, list(ids)))
+        n = len(ids)
+        ids = ids + [tok.eos_id] * (max_seq_len - n)
+        rows.append((ids, list(ids), n))
     return rows
 
 
@@ -117,10 +119,11 @@ def mambaft_prepare(convs: list, tok, max_seq_len: int):
         rows = []
         for msgs in convs:
             ids, labels = DEFAULT_TEMPLATE.render(msgs, tok)
-            rows.append((ids[:max_seq_len], labels[:max_seq_len]))
+            rows.append((ids[:max_seq_len], labels[:max_seq_len], min(len(ids), max_seq_len)))
         return rows, "mambaft.template.DEFAULT_TEMPLATE.render"
     out = render_conversations(convs, tok, "all_assistant", max_seq_len)
-    return [(r.input_ids, r.labels) for r in out if not r.too_long], "mambaft.data.render.render_conversations"
+    return ([(r.input_ids, r.labels, len(r.input_ids)) for r in out if not r.too_long],
+            "mambaft.data.render.render_conversations")
 
 
 class PrepareRunner:
@@ -148,7 +151,8 @@ class PrepareRunner:
         t0 = time.perf_counter()
         rows, renderer = self._do()
         seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "rows": len(rows), "tokens": sum(len(r[0]) for r in rows),
+        return {"seconds": seconds, "rows": len(rows), "tokens": sum(r[2] for r in rows),
+                "row_tokens": sum(len(r[0]) for r in rows),
                 "trained": sum(sum(1 for x in r[1] if x != -100) for r in rows), "renderer": renderer}
 
     def mem(self, case_index: int) -> int:
@@ -163,11 +167,13 @@ class PrepareRunner:
 def summarize(m, args, peaks: dict) -> dict:
     c, last = m.case, m.runs[-1]
     return {"bench": "prepare", "impl": m.variant.impl,
-            "conversations_per_s": c["conversations"] / m.median_s, "tokens_per_s": last["tokens"] / m.median_s,
+            "conversations_per_s": c["conversations"] / m.median_s,
+            "tokens_per_s": last["tokens"] / m.median_s,          # conversation tokens, no padding
             "peak_mem_mb": m.peak_mem_mb, "peak_rss_mb": m.peak_rss_mb,
             "peak_mem_method": "Python heap during one run (tracemalloc)",
             "conversations": c["conversations"], "turns": c["turns"], "max_seq_len": c["max_seq_len"],
             "source": args.jsonl or "synthetic", "rows": last["rows"], "tokens": last["tokens"],
+            "row_tokens": last["row_tokens"],                     # with the original's padding
             "trained_tokens": last["trained"], "renderer": last["renderer"],
             "repeats": len(m.runs), "warmup": args.warmup, "median_s": m.median_s,
             "run_s": [round(s, 4) for s in m.seconds], "threads": m.info.get("threads"),

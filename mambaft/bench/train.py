@@ -3,14 +3,17 @@
 mambaft side: exactly what the fine-tune loop runs (mambaft.train.loop): `freeze_dead()`,
 `build_optimizer` (fused AdamW, trainable parameters only), `micro_step` (bf16 autocast where the
 hardware runs it, chunked fused loss, no [B, L, V] logits) and `optimizer_step` (clip 1.0, step,
-zero_grad), in a process started with mambaft's allocator setting (runtime.FAST_MALLOC_ENV).
-Original side: bench/original.py (fp32, full logits + cross-entropy, default AdamW on every
-parameter, no clipping), in a process with glibc's default allocator.
+zero_grad), in a process started with mambaft's launcher environment (`launch_env`: glibc malloc
+tunables, OMP_WAIT_POLICY=PASSIVE). Original side: bench/original.py (fp32, full logits +
+cross-entropy, default AdamW on every parameter, no clipping), in a process with the defaults.
 
 Every position of a row is trained (labels = input_ids), so both compute the loss on the same tokens.
+A step = one micro-batch (--accum 1) + one optimizer step; tokens/s = batch x seq / median step time.
 
-    python -m mambaft.bench train                         # 124M, 2 x 1024, both precisions
+    python -m mambaft.bench train                         # 124M, 2 x 1024, mambaft bf16 + fp32
     python -m mambaft.bench train --impl mambaft --precision fp32 --batch 1 --seq 512
+    python -m mambaft.bench train --device cuda --batch 4 --seq 1024 --precision bf16 \
+        --compile off,on --steps 10 --warmup 3             # GPU: MFU with and without torch.compile
 """
 from __future__ import annotations
 
