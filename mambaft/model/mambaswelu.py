@@ -292,17 +292,23 @@ class MambaSWELU(nn.Module):
         state.tail = torch.cat([state.tail[:, 1:], tokens[:, None]], dim=1)
         pos = state.pos
         inside = pos < M
-        h = self.token_embedding(tokens) + self.position_embedding(pos.clamp(max=M - 1))  # [B, D]
-        for i, layer in enumerate(self.mamba_stack.layers):
-            out, state.conv[i], state.ssm[i] = layer.mamba.step(layer.norm(h), state.conv[i], state.ssm[i])
-            h = h + layer.activation(out).to(h.dtype)
-        logits = self._logits(self.head(h))                      # [B, V]
+        logits = None
+        if bool(inside.any()):  # rows past max_seq_len never use the conv state again: skip them all
+            h = self.token_embedding(tokens) + self.position_embedding(pos.clamp(max=M - 1))  # [B, D]
+            for i, layer in enumerate(self.mamba_stack.layers):
+                out, state.conv[i], state.ssm[i] = layer.mamba.step(layer.norm(h), state.conv[i], state.ssm[i])
+                h = h + layer.activation(out).to(h.dtype)
+            logits = self._logits(self.head(h))                  # [B, V]
         if not bool(inside.all()):
             W = state.tail.shape[1]
             over = (~inside).nonzero().squeeze(1)
             positions = torch.arange(M - W, M, device=tokens.device)
             f = self.features(state.tail[over], positions=positions)  # [n, W, D]
-            logits[over] = self._logits(f[:, -1])
+            window_logits = self._logits(f[:, -1])
+            if logits is None:                                   # every row is past: over = all rows
+                logits = window_logits
+            else:
+                logits[over] = window_logits
         state.pos = pos + 1
         return logits
 
