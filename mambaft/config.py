@@ -25,6 +25,7 @@ class Config:
     base: str = ""                 # original .pt or mambaft model folder; "" = the embedded demo base
     architecture: Literal["original", "selective"] = "original"  # "selective": the context repair
     d_state: int = 16              # SSM state size of the selective upgrade (ignored for "original")
+    selective_lr_mult: float = 10.0  # lr x this for the upgrade's new parameters (gates start at 0)
 
     # --- data ----------------------------------------------------------------------------------
     # Source name -> mixing weight. Names are registered in mambaft.data (hub loaders when online).
@@ -189,7 +190,8 @@ def _validate(cfg: Config) -> None:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
-    for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_batches", "phase2_steps"):
+    for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_batches", "phase2_steps",
+                 "selective_lr_mult"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 0")
     for name in ("min_lr_ratio", "val_fraction", "phase2_text_fraction", "beta1", "beta2"):

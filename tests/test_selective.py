@@ -266,3 +266,25 @@ def test_build_model_makes_a_fresh_selective_model_with_a_closed_gate():
     assert 1e-3 * 0.99 <= dt.min().item() and dt.max().item() <= 0.1 * 1.01     # Mamba's dt range
     with pytest.raises(ValueError, match="needs 'selective'"):
         SelectiveMambaSWELU(MambaSWELUConfig(vocab_size=64, d_model=32, n_layers=1, max_seq_len=16))
+
+
+def test_optimizer_groups_for_an_upgraded_model(tiny_model):
+    """The new parameters get lr x new_lr_mult; A_log/D/gate are never decayed; dead ones get no state."""
+    from mambaft.model import upgrade_to_selective
+    from mambaft.train.optim import build_optimizer
+    from mambaft.train.step import optimizer_step
+    sel = upgrade_to_selective(tiny_model)
+    sel.freeze_dead()
+    opt = build_optimizer(sel, lr=1e-3, weight_decay=0.1, new_lr_mult=10.0)
+    new = {id(p) for n, p in sel.named_parameters() if n in set(sel.new_parameter_names())}
+    for g in opt.param_groups:
+        assert g["lr_mult"] == (10.0 if id(g["params"][0]) in new else 1.0)
+        assert all((id(p) in new) == (g["lr_mult"] == 10.0) for p in g["params"])
+        if any(getattr(p, "_no_weight_decay", False) or p.dim() < 2 for p in g["params"]):
+            assert g["weight_decay"] == 0.0
+    counted = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert counted == sum(p.numel() for p in sel.parameters() if p.requires_grad)
+    ids = torch.randint(0, 512, (1, 12))
+    sel(ids, labels=ids)["loss"].backward()
+    optimizer_step(sel, opt, lr=2e-4, grad_clip=1.0)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [2e-4, 2e-3]

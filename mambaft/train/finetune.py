@@ -87,7 +87,7 @@ def load_base(base: Path, cfg: Config, say) -> tuple:
 
 
 def _freeze(model, say) -> None:
-    if getattr(model.config, "architecture", "original") == "original" and hasattr(model, "freeze_dead"):
+    if hasattr(model, "freeze_dead"):  # selective models keep the original's dead projections too
         n = model.freeze_dead()
         say(f"froze {n:,} dead x_proj/dt_proj parameters (kept in every checkpoint)")
 

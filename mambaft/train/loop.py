@@ -99,7 +99,8 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
     raw.train()
     model = acc.prepare(raw)                              # moves to the device; DDP when W > 1
     raw = acc.unwrap_model(model)
-    opt = build_optimizer(raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    opt = build_optimizer(raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
+                          new_lr_mult=cfg.selective_lr_mult)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
     guard = DivergenceGuard(max_bad=inp.max_bad_steps)
     step, rows_consumed, best = 0, 0, None

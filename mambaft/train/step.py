@@ -69,7 +69,7 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, lr: float,
                    grad_clip: float, scaler=None) -> float:
-    """Set lr on every param group, clip the global grad norm, step, zero_grad(set_to_none=True).
+    """Set lr (times each group's lr_mult) on every param group, clip the global grad norm, step, zero_grad(set_to_none=True).
 
     Args:
         grad_clip: max global L2 norm (plan: 1.0); 0 -> no clipping (the norm is still measured).
@@ -80,7 +80,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, 
         caller can log it and count consecutive failures.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)  # lr_mult: see optim.build_optimizer
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
