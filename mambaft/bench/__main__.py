@@ -5,7 +5,7 @@ object carries bench, impl ("mambaft" or "original"), tokens_per_s (prepare: als
 conversations_per_s), peak_mem_mb and the workload; mambaft's objects add speedup_vs_original and
 peak_mem_vs_original when the original ran in the same invocation (--impl both, the default).
 
-    python -m mambaft.bench train                 # ~4 min on 2 cores: 124M, 2 x 1024, bf16 + fp32
+    python -m mambaft.bench train                 # ~4 min on 2 cores: 124M, 4 x 1024, bf16 + fp32
     python -m mambaft.bench generate              # 512 + 128 tokens at batch 1 and 8, time per token
     python -m mambaft.bench prepare               # conversations/s
     python -m mambaft.bench train --impl original --out results.jsonl    # one side alone
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... ('' = cuda if present)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--env", default="auto", choices=["auto", "default", "fast"],
-                       help="process environment of the workers. fast: LAUNCH_ENV (glibc malloc "
+                       help="process environment of the workers. fast: launch_env() (glibc malloc "
                             "tunables + OMP_WAIT_POLICY=PASSIVE); auto: fast for mambaft (as its "
                             "launchers start it), glibc/OpenMP defaults for the original (as it ran)")
         s.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -59,7 +59,7 @@ def launch_env() -> dict:
     OpenMP workers sleep instead of spinning). Both are read once at process start. Why PASSIVE: on
     a shared, oversubscribed CPU a spinning worker steals the core from its own master thread; here
     (load average 5-6 on 2 cores) a 124M decode step took 145-195 ms with libgomp's default policy
-    and 44-50 ms with PASSIVE, a 1 x 1024 training step 20-23 s (ACTIVE) against 5-7.5 s."""
+    and 44-50 ms with PASSIVE, a 1 x 1024 bf16 training step 10.5-10.9 s against 8.3-8.6 s."""
     from mambaft.runtime import FAST_MALLOC_ENV
     return {"OMP_WAIT_POLICY": "PASSIVE", **FAST_MALLOC_ENV}
 
