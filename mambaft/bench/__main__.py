@@ -60,8 +60,8 @@ def launch_env() -> dict:
     a shared, oversubscribed CPU a spinning worker steals the core from its own master thread; here
     (load average 5-6 on 2 cores) a 124M decode step took 145-195 ms with libgomp's default policy
     and 44-50 ms with PASSIVE, a 1 x 1024 bf16 training step 10.5-10.9 s against 8.3-8.6 s."""
-    from mambaft.runtime import FAST_MALLOC_ENV
-    return {"OMP_WAIT_POLICY": "PASSIVE", **FAST_MALLOC_ENV}
+    from mambaft.runtime import LAUNCH_ENV
+    return dict(LAUNCH_ENV)
 
 
 def _env_for(args):
