@@ -29,6 +29,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt_path() -> Path:
     return shared_fixture("mambaswelu_tiny/checkpoint.pt")

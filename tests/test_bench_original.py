@@ -11,13 +11,7 @@ from tests.conftest import shared_fixture
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _original_from_fixture(tiny_ckpt_path):
     ckpt = torch.load(tiny_ckpt_path, weights_only=False)

@@ -10,13 +10,7 @@ from mambaft.model.swelu import SWELU, swelu, swelu_gate, swelu_reference
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _grads(fn, z, k, g):
     z = z.detach().clone().requires_grad_()
