@@ -136,8 +136,10 @@ def test_report_saves_json_and_plot(tok, tmp_path):
     assert rep.reference == "original" and rep.advantage["selective"]["1-18"] == [0.0, 0.0]
     path = rep.save(tmp_path)
     data = json.loads(path.read_text())
-    assert set(data) == {"curves", "summary", "recall", "advantage", "advantage_curves", "reference",
-                         "notes"} and data["notes"]["length"] == 64
+    assert set(data) == {"curves", "summary", "recall", "advantage", "advantage_curves", "reach",
+                         "reference", "notes"} and data["notes"]["length"] == 64
+    # measured reach: the closed gate leaves the upgraded model at the original's 1 + 2 layers x 3 = 7 tokens
+    assert data["reach"]["original"]["receptive_field"] == data["reach"]["selective"]["receptive_field"] == 7
     png = tmp_path / "context.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "selective" in rep.table() and "chance" in rep.table()
@@ -154,3 +156,16 @@ def test_windows_and_cli_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "demo" in out and "measure" in out
+
+
+def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
+    from mambaft.evaluate.context import reach
+    model = make_small_gpt2_model(max_seq_len=64)
+    up = upgrade_to_selective(model)
+    assert reach(model, 40)["receptive_field"] == reach(up, 40)["receptive_field"] == 1 + 2 * 3
+    with torch.no_grad():
+        for layer in up.mamba_stack.layers:
+            layer.mamba.selective.gate.fill_(0.5)
+    r = reach(up, 40)
+    # the selective state carries every earlier token: all 40 tested distances move the logits
+    assert r["saturated"] and r["receptive_field"] == 41 and r["rel_change_at"]["32"] > 1e-9

@@ -213,6 +213,17 @@ def recall_probe(model, items: Sequence[RecallItem], batch_size: int = 16) -> di
             "mean_gap_tokens": round(sum(it.gap for it in items) / len(items), 1)}
 
 
+def reach(model, max_k: int) -> dict:
+    """How far back a changed token still moves the last logits (mambaft.evaluate.diagnosis, float64):
+    19 for the original architecture, up to `max_k` for an upgraded model once its gates opened.
+    Influence is not use: the loss curve and the recall probe say whether the far tokens help."""
+    from mambaft.evaluate.diagnosis import measure_receptive_field
+    rf = measure_receptive_field(model, max_k=max_k, trials=1)
+    ks = [k for k in (18, 19, 32, 64, 128) if k <= rf["max_k"]]
+    return {"receptive_field": rf["receptive_field"], "saturated": rf["saturated"], "max_k": rf["max_k"],
+            "rel_change_at": {str(k): float(f"{rf['rel_change'][k - 1]:.3g}") for k in ks}}
+
+
 # --- comparing models ---------------------------------------------------------------------------------
 @dataclass
 class ContextReport:
@@ -221,18 +232,20 @@ class ContextReport:
     recall: dict = field(default_factory=dict)      # name -> recall_probe(...)
     advantage: dict = field(default_factory=dict)   # name -> paired_advantage(reference, name)
     advantage_curves: dict = field(default_factory=dict)  # name -> reference - name loss, by position
+    reach: dict = field(default_factory=dict)       # name -> measured receptive field (see `reach`)
     reference: str = ""
     notes: dict = field(default_factory=dict)
 
     def table(self) -> str:
         rows = [f"{'model':<12} {'loss':>7} {'t~19-37':>8} {'last 1/4':>8} {'gain>19':>14} "
-                f"{'recall acc':>10} {'rank':>5} {'margin':>7}"]
+                f"{'recall acc':>10} {'rank':>5} {'margin':>7} {'reach':>6}"]
         for name, s in self.summary.items():
-            r = self.recall.get(name, {})
+            r, rf = self.recall.get(name, {}), self.reach.get(name, {})
+            reach = f"{'>=' if rf.get('saturated') else ''}{rf.get('receptive_field', '?')}"
             rows.append(f"{name:<12} {s['loss_mean']:7.3f} {s['near_rf']:8.3f} {s['far']:8.3f} "
                         f"{s['gain_beyond_rf']:+8.3f}+-{s['gain_beyond_rf_se']:.3f} "
                         f"{r.get('accuracy', float('nan')):10.2f} {r.get('mean_rank', float('nan')):5.2f} "
-                        f"{r.get('mean_margin', float('nan')):+7.2f}")
+                        f"{r.get('mean_margin', float('nan')):+7.2f} {reach:>6}")
         if self.recall:
             r = next(iter(self.recall.values()))
             rows.append(f"(recall chance: accuracy {r['chance_accuracy']}, rank {r['chance_rank']}; "
@@ -271,6 +284,7 @@ def measure_context(models: dict, tok, heldout_texts: Sequence[str], length: int
         rep.curves[name] = [round(float(v), 4) for v in per[name].mean(0)]
         rep.summary[name] = summarize_curve(per[name], rf)
         rep.recall[name] = recall_probe(model, items)
+        rep.reach[name] = reach(model, max_k=min(128, length - 8))
     for name in models:
         if name != reference:
             rep.advantage[name] = paired_advantage(per[reference], per[name], rf)
