@@ -404,7 +404,8 @@ def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: i
 def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, continue_steps: int = 500,
              d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
              lr: float = 3e-3, continue_lr: float = 1e-3, new_lr_mult: float = 10.0, seed: int = 0,
-             windows: int = 128, precision: str = "auto", base_from: Optional[Path] = None) -> ContextReport:
+             windows: int = 128, precision: str = "auto", base_from: Optional[Path] = None,
+             n_fillers: int = 10) -> ContextReport:
     """Pretrain a small original model on plain text (or load it: `base_from`, a model folder this
     demo saved); continue two copies on the same batches (plain text + synthetic recall rows with
     TRAIN_NAMES), one as it is and one upgraded; measure all three. The three models are saved under
@@ -453,7 +454,7 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
                         training={"demo": "mambaft.evaluate.context", "phase": name})
     rep = measure_context({"base": base, f"original+{continue_steps}": original,
                            f"selective+{continue_steps}": selective}, tok, heldout, length=length,
-                          windows=windows, reference=f"original+{continue_steps}")
+                          windows=windows, reference=f"original+{continue_steps}", n_fillers=n_fillers)
     rep.notes.update({
         "texts": list(texts), "train_tokens": int(train.numel()), "model": cfg.to_dict(),
         "pretrain_steps": steps, "continue_steps": continue_steps,
@@ -499,6 +500,8 @@ def main(argv=None) -> None:
                        "(mambaft.data.text; default sotu); the held-out split is measured")
         q.add_argument("--length", type=int, default=256, help="window length in tokens")
         q.add_argument("--windows", type=int, default=128, help="held-out windows for loss by position")
+        q.add_argument("--fillers", type=int, default=10, help="recall probe: held-out fillers, each asked "
+                       "with all 10 names (items = 10 x fillers)")
         q.add_argument("--out", default="outputs/context", help="folder for context.json and context.png")
         q.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -509,7 +512,7 @@ def main(argv=None) -> None:
         rep = run_demo(Path(a.out), texts, steps=a.steps, continue_steps=a.continue_steps, d_model=a.d_model,
                        n_layers=a.layers, length=a.length, batch=a.batch, recall_rows=a.recall_rows, lr=a.lr,
                        continue_lr=a.continue_lr, new_lr_mult=a.new_lr_mult, seed=a.seed, windows=a.windows,
-                       precision=a.precision, base_from=Path(a.base) if a.base else None)
+                       precision=a.precision, base_from=Path(a.base) if a.base else None, n_fillers=a.fillers)
     else:
         loaded = [_load_model(path) for path in a.model]
         names = a.name or [Path(path).stem if Path(path).is_file() else Path(path).name for path in a.model]
@@ -518,7 +521,7 @@ def main(argv=None) -> None:
         tok = loaded[0][1].tokenizer
         length = min([a.length] + [mdl.config.max_seq_len for mdl, _ in loaded])
         rep = measure_context({n: mdl for n, (mdl, _) in zip(names, loaded)}, tok, load_texts(texts, "heldout"),
-                              length=length, windows=a.windows, reference=a.reference)
+                              length=length, windows=a.windows, reference=a.reference, n_fillers=a.fillers)
         rep.save(Path(a.out))
     print(rep.table())
     print(f"wrote {Path(a.out) / 'context.json'} and context.png")
