@@ -215,7 +215,8 @@ def recall_probe(model, items: Sequence[RecallItem], batch_size: int = 16) -> di
 
 def reach(model, max_k: int) -> dict:
     """How far back a changed token still moves the last logits (mambaft.evaluate.diagnosis, float64):
-    19 for the original architecture, up to `max_k` for an upgraded model once its gates opened.
+    1 + 3 per block for the original architecture (19 at 6 blocks), up to `max_k` for an upgraded
+    model once its gates opened.
     Influence is not use: the loss curve and the recall probe say whether the far tokens help."""
     from mambaft.evaluate.diagnosis import measure_receptive_field
     rf = measure_receptive_field(model, max_k=max_k, trials=1)
@@ -241,11 +242,11 @@ class ContextReport:
                 f"{'recall acc':>10} {'rank':>5} {'margin':>7} {'reach':>6}"]
         for name, s in self.summary.items():
             r, rf = self.recall.get(name, {}), self.reach.get(name, {})
-            reach = f"{'>=' if rf.get('saturated') else ''}{rf.get('receptive_field', '?')}"
+            span = f"{'>=' if rf.get('saturated') else ''}{rf.get('receptive_field', '?')}"
             rows.append(f"{name:<12} {s['loss_mean']:7.3f} {s['near_rf']:8.3f} {s['far']:8.3f} "
                         f"{s['gain_beyond_rf']:+8.3f}+-{s['gain_beyond_rf_se']:.3f} "
                         f"{r.get('accuracy', float('nan')):10.2f} {r.get('mean_rank', float('nan')):5.2f} "
-                        f"{r.get('mean_margin', float('nan')):+7.2f} {reach:>6}")
+                        f"{r.get('mean_margin', float('nan')):+7.2f} {span:>6}")
         if self.recall:
             r = next(iter(self.recall.values()))
             rows.append(f"(recall chance: accuracy {r['chance_accuracy']}, rank {r['chance_rank']}; "
