@@ -169,3 +169,21 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
     r = reach(up, 40)
     # the selective state carries every earlier token: all 40 tested distances move the logits
     assert r["saturated"] and r["receptive_field"] == 41 and r["rel_change_at"]["32"] > 1e-9
+
+
+def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
+    from mambaft.checkpoint import load_checkpoint
+    from mambaft.evaluate.context import run_demo
+    text = tmp_path / "texts"                    # a folder of documents: ~5 % of them are held out
+    text.mkdir()
+    for i in range(100):
+        (text / f"doc{i:03d}.txt").write_text(f"Document {i}. " + TEXT * 3, encoding="utf-8")
+    rep = run_demo(tmp_path / "out", texts=[str(text)], steps=2, continue_steps=2, d_model=16, n_layers=2,
+                   length=128, batch=2, recall_rows=2, windows=2, n_fillers=1, freeze_original=True)
+    assert list(rep.curves) == ["base", "selective+2"] and rep.reference == "base"
+    assert rep.notes["freeze_original"] and set(rep.notes["continue_seconds"]) == {"selective"}
+    base = load_checkpoint(tmp_path / "out" / "models" / "base")[0].state_dict()
+    sel = load_checkpoint(tmp_path / "out" / "models" / "selective")[0].state_dict()
+    # the original path is the base, bit for bit; only the new `.selective.` parameters moved
+    assert all(torch.equal(sel[k], v) for k, v in base.items())
+    assert any(not torch.equal(sel[k], torch.zeros_like(sel[k])) for k in sel if k.endswith("gate"))

@@ -406,12 +406,17 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
              d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
              lr: float = 3e-3, continue_lr: float = 1e-3, new_lr_mult: float = 10.0, seed: int = 0,
              windows: int = 128, precision: str = "auto", base_from: Optional[Path] = None,
-             n_fillers: int = 10) -> ContextReport:
+             n_fillers: int = 10, freeze_original: bool = False) -> ContextReport:
     """Pretrain a small original model on plain text (or load it: `base_from`, a model folder this
     demo saved); continue two copies on the same batches (plain text + synthetic recall rows with
-    TRAIN_NAMES), one as it is and one upgraded; measure all three. The three models are saved under
-    out/models/ (mambaft folders), so `measure` can be rerun on them."""
+    TRAIN_NAMES), one as it is and one upgraded; measure all three. The models are saved under
+    out/models/ (mambaft folders), so `measure` can be rerun on them.
+
+    freeze_original: train only the upgrade's new parameters. The original path then stays the base
+    exactly, so the base itself is the control (no second copy to train, half the time) and every
+    loss difference on the same tokens is what the selective path adds."""
     from mambaft.model import MambaSWELU, MambaSWELUConfig, upgrade_to_selective
+    from mambaft.model.selective import SELECTIVE_KEY
     from mambaft.runtime import seed_everything
     from mambaft.tokenizer import load_tokenizer
 
@@ -439,23 +444,28 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
     original.load_state_dict(base.state_dict())
     original.freeze_dead()
     selective = upgrade_to_selective(base, d_state=16)
+    if freeze_original:
+        for name, p in selective.named_parameters():
+            p.requires_grad_(SELECTIVE_KEY in name)
 
     def mixture(g):
         return [text_batch(train, batch, length, g), recall_batch(tok, train, recall_rows, g)]
     times = {}
-    for name, model in (("original", original), ("selective", selective)):
+    runs = (("selective", selective),) if freeze_original else (("original", original), ("selective", selective))
+    for name, model in runs:
         t0 = time.time()                                 # same seed: the same batches for both
         log[name] = train_lm(model, mixture, continue_steps, lr=continue_lr, warmup=continue_steps // 10,
                              seed=seed + 1, precision=precision, new_lr_mult=new_lr_mult,
                              desc=f"continue ({name})")
         times[name] = round(time.time() - t0, 1)
     from mambaft.checkpoint import save_checkpoint
-    for name, model in (("base", base), ("original", original), ("selective", selective)):
+    for name, model in (("base", base),) + runs:
         save_checkpoint(model, Path(out) / "models" / name, tokenizer=tok,
                         training={"demo": "mambaft.evaluate.context", "phase": name})
-    rep = measure_context({"base": base, f"original+{continue_steps}": original,
-                           f"selective+{continue_steps}": selective}, tok, heldout, length=length,
-                          windows=windows, reference=f"original+{continue_steps}", n_fillers=n_fillers)
+    measured = {"base": base} if freeze_original else {"base": base, f"original+{continue_steps}": original}
+    measured[f"selective+{continue_steps}"] = selective
+    rep = measure_context(measured, tok, heldout, length=length, windows=windows,
+                          reference="base" if freeze_original else f"original+{continue_steps}", n_fillers=n_fillers)
     rep.notes.update({
         "texts": list(texts), "train_tokens": int(train.numel()), "model": cfg.to_dict(),
         "pretrain_steps": steps, "continue_steps": continue_steps,
@@ -466,7 +476,8 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
         "new_lr_mult": new_lr_mult,
         "final_train_loss": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in log.items()},
         "selective_gate_mean_abs": round(float(selective.gates().abs().mean()), 4),
-        "precision": precision, "seed": seed, "base_from": str(base_from) if base_from else None})
+        "precision": precision, "seed": seed, "base_from": str(base_from) if base_from else None,
+        "freeze_original": freeze_original})
     rep.save(out)
     return rep
 
@@ -494,6 +505,8 @@ def main(argv=None) -> None:
     d.add_argument("--continue-lr", type=float, default=1e-3)
     d.add_argument("--new-lr-mult", type=float, default=10.0, help="lr factor for the new selective parameters")
     d.add_argument("--base", help="skip pretraining: continue from this saved original model folder")
+    d.add_argument("--freeze-original", action="store_true", help="train only the new selective parameters; "
+                   "the base is then the control")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     for q in (m, d):
@@ -513,7 +526,8 @@ def main(argv=None) -> None:
         rep = run_demo(Path(a.out), texts, steps=a.steps, continue_steps=a.continue_steps, d_model=a.d_model,
                        n_layers=a.layers, length=a.length, batch=a.batch, recall_rows=a.recall_rows, lr=a.lr,
                        continue_lr=a.continue_lr, new_lr_mult=a.new_lr_mult, seed=a.seed, windows=a.windows,
-                       precision=a.precision, base_from=Path(a.base) if a.base else None, n_fillers=a.fillers)
+                       precision=a.precision, base_from=Path(a.base) if a.base else None, n_fillers=a.fillers,
+                       freeze_original=a.freeze_original)
     else:
         loaded = [_load_model(path) for path in a.model]
         names = a.name or [Path(path).stem if Path(path).is_file() else Path(path).name for path in a.model]
