@@ -144,6 +144,9 @@ def test_report_saves_json_and_plot(tok, tmp_path):
     png = tmp_path / "context.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "selective" in rep.table() and "chance" in rep.table()
+    assert ContextReport.load(tmp_path).table() == rep.table()
+    with pytest.raises(FileNotFoundError, match="no context report"):
+        ContextReport.load(tmp_path / "missing")
 
 
 def test_windows_and_cli_help(capsys):

@@ -262,6 +262,15 @@ class ContextReport:
         plot_context(self, out / "context.png")
         return out / "context.json"
 
+    @classmethod
+    def load(cls, folder: Path) -> "ContextReport":
+        """The report a `save(folder)` wrote (folder/context.json)."""
+        path = Path(folder) / "context.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no context report here (python -m mambaft.evaluate.context "
+                                    "measure|demo --out FOLDER writes one)")
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
 
 def measure_context(models: dict, tok, heldout_texts: Sequence[str], length: int = 256, windows: int = 64,
                     n_fillers: int = 10, rf: int = 19, reference: Optional[str] = None) -> ContextReport:

@@ -1,0 +1,118 @@
+"""What a pretraining run reports: the base model's symptoms (loops, no end token) and its model card.
+
+`mambaft.pretrain` calls both at the end of a run; the card is written from the run's own numbers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+# --- symptom check: does it babble, loop, and never stop? -------------------------------------------
+PROBE_PROMPTS = ("The history of the city", "def main():", "KING HENRY.", "The President said that",
+                 "User: What is the capital of France?\nAssistant:")
+
+
+def repeated_fraction(ids: Sequence[int], n: int = 4) -> float:
+    """Share of n-grams that already occurred earlier in the sequence (0 = no loop, -> 1 = a loop)."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    if not grams:
+        return 0.0
+    seen, rep = set(), 0
+    for g in grams:
+        rep += g in seen
+        seen.add(g)
+    return rep / len(grams)
+
+
+@torch.no_grad()
+def symptom_check(model, tokenizer, val_rows: torch.Tensor, new_tokens: int = 80) -> dict:
+    """Greedy continuations of fixed prompts (loops? end token?) and the mean probability of the end
+    token over validation positions (the base never learned it: should be ~0)."""
+    from mambaft.generate import generate
+
+    model.eval()
+    rows = [tokenizer.encode(p) for p in PROBE_PROMPTS]
+    outs = generate(model, rows, max_new_tokens=new_tokens, temperature=0.0)
+    samples, eos_emitted, rep = [], 0, []
+    for p, r, o in zip(PROBE_PROMPTS, rows, outs):
+        new = o[len(r):]
+        eos_emitted += sum(t == tokenizer.eos_id for t in new)
+        rep.append(repeated_fraction(new))
+        samples.append({"prompt": p, "continuation": tokenizer.decode(new),
+                        "repeated_4gram_fraction": round(rep[-1], 3)})
+    sampled = generate(model, rows, max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    eos_sampled = sum(t == tokenizer.eos_id for r, o in zip(rows, sampled) for t in o[len(r):])
+    p_eos = float("nan")
+    if val_rows.shape[0]:
+        ids = val_rows[:2, :256].long()
+        f = model.features(ids)
+        probs = torch.softmax(model.lm_head(f).float(), dim=-1)[..., tokenizer.eos_id]
+        p_eos = float(probs.mean())
+    model.train()
+    return {"greedy_new_tokens": new_tokens, "greedy_eos_emitted": int(eos_emitted),
+            "sampled_eos_emitted": int(eos_sampled),
+            "mean_greedy_repeated_4gram_fraction": round(sum(rep) / len(rep), 3),
+            "mean_p_end_token": p_eos, "samples": samples}
+
+
+def model_card(s: dict) -> str:
+    """The MODEL_CARD.md text, written from the run's own numbers."""
+    c, m = s["config"], s["model_config"]
+    src_lines = "\n".join(f"| {x['name']} | {x['documents']:,} | {x['train_tokens']:,} | {x['weight']} | "
+                          f"{x['licence']} |" for x in s["sources"])
+    sym = s["symptoms"]
+    samples = "\n".join(f"- `{x['prompt']!r}` -> `{x['continuation'][:160]!r}` (repeated 4-grams "
+                        f"{x['repeated_4gram_fraction']})" for x in sym["samples"])
+    return f"""# mambaft demo base model
+
+A small MambaSWELU pretrained by `mambaft pretrain` so that the course runs on a 2-core CPU. It has the
+architecture of the user's MambaSWELU 124M (SimplifiedMamba blocks with no selective scan, SWELU,
+dense head, learned position embeddings, tied GPT-2 embedding) and was pretrained the same way
+(documents concatenated WITHOUT `<|endoftext|>`), so it has the same flaws: a {m['n_layers'] * (m['d_conv'] - 1) + 1}-token
+receptive field, loops, and no end token. It is a teaching stand-in, not a useful language model.
+
+## Architecture
+| | demo | 124M |
+|---|---|---|
+| d_model | {m['d_model']} | 1024 |
+| layers | {m['n_layers']} | 6 |
+| d_conv (reach {m['n_layers'] * (m['d_conv'] - 1) + 1} tokens) | {m['d_conv']} | 4 (19 tokens) |
+| expand | {m['expand']} | 2 |
+| dense head | {m['dense_hidden_dim']} | 2048 |
+| max_seq_len | {m['max_seq_len']} | 1024 |
+| dropout | {m['dropout']} | 0.1 |
+| parameters | {s['parameters']:,} | 124,104,719 |
+
+Weights are stored in bf16 (`model.safetensors`); the loader upcasts them to fp32.
+
+## Data (split "train" of `mambaft.data.text`; the "heldout" split was never seen)
+| source | documents | train tokens | weight (rows per epoch x) | licence |
+|---|---|---|---|---|
+{src_lines}
+
+{c['val_fraction']:.0%} of each source's training documents were held back for the validation loss.
+
+## Training
+- steps: {s['steps']:,} x {c['batch_size']} rows x {c['seq_len']} tokens = {s['tokens_trained']:,} tokens ({s['epochs']} epochs)
+- AdamW lr {c['lr']} (warmup {c['warmup_steps']}, cosine to {c['min_lr_ratio']} x lr), betas (0.9, 0.95), weight decay {c['weight_decay']}, clip {c['grad_clip']}
+- precision {s['precision']} on {s['device']} ({s['threads']} threads): {s['train_minutes']} min, {s['tokens_per_s']:,} tokens/s
+- final train loss {s['final_train_loss']}, validation loss {s['final_val_loss']}
+- seed {c['seed']}
+
+## Symptoms (measured at the end of the run)
+- end token 50256 emitted: {sym['greedy_eos_emitted']} times in {len(sym['samples'])} x {sym['greedy_new_tokens']} greedy tokens, {sym['sampled_eos_emitted']} times sampled (temperature 1)
+- mean probability of the end token over validation positions: {sym['mean_p_end_token']:.2e}
+- mean share of repeated 4-grams in greedy continuations: {sym['mean_greedy_repeated_4gram_fraction']}
+
+{samples}
+
+## Rebuild
+```
+{s['command']}
+```
+On a CPU, start it as `OMP_WAIT_POLICY=PASSIVE GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 mambaft pretrain ...`
+(passive OpenMP threads: 5x faster steps on a shared, loaded machine; the malloc setting: 1.3-2.7x).
+Another machine gives slightly different numbers: threads and bf16 kernels change the rounding.
+"""
