@@ -20,7 +20,7 @@ COMMANDS = {
     "chat": ("mambaft.chat.terminal", "chat with a model in the terminal"),
     "plot": ("mambaft.plots", "plot or follow a run's metrics.jsonl"),
     "pretrain": ("mambaft.pretrain", "pretrain the small demo base model on offline text"),
-    "course": ("mambaft.course", "run the five notebooks headless with papermill"),
+    "course": ("mambaft.course_runner", "run the five notebooks headless with papermill"),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mambaft import course
+from mambaft import course, course_runner
 from mambaft.config import Config, make_config, parse_overrides
 
 
@@ -158,8 +158,8 @@ def _failing_notebook(folder: Path) -> None:
 def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
     src = tmp_path / "src"
     _failing_notebook(src)
-    with pytest.raises(course.CourseError) as err:
-        course.run_course("smoke", "", tmp_path / "out", only=["00_diagnosis"], source_dir=src, progress=False)
+    with pytest.raises(course_runner.CourseError) as err:
+        course_runner.run_course("smoke", "", tmp_path / "out", only=["00_diagnosis"], source_dir=src, progress=False)
     e = err.value
     assert (e.notebook, e.cell) == ("00_diagnosis", 4)   # papermill's injected-parameters cell is 2
     msg = str(e)
@@ -167,13 +167,13 @@ def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
     assert "ValueError: the base has no end token: smoke" in msg
     assert "raise ValueError" in msg and str(tmp_path / "out" / "smoke" / "00_diagnosis.ipynb") in msg
     # the CLI prints the same message and exits 1
-    monkeypatch.setattr(course, "NOTEBOOK_DIR", src)
-    rc = course.main(["--strategy", "smoke", "--out", str(tmp_path / "cli"), "--only", "00_diagnosis",
-                      "--no-progress"])
+    monkeypatch.setattr(course_runner, "NOTEBOOK_DIR", src)
+    rc = course_runner.main(["--strategy", "smoke", "--out", str(tmp_path / "cli"), "--only", "00_diagnosis",
+                             "--no-progress"])
     assert rc == 1
     assert "notebook 00_diagnosis failed in cell 4: ValueError" in capsys.readouterr().err
 
 
 def test_unknown_notebook_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--only 07_x"):
-        course.run_course("smoke", "", tmp_path, only=["07_x"])
+        course_runner.run_course("smoke", "", tmp_path, only=["07_x"])

@@ -8,7 +8,7 @@ import json
 import nbformat
 import pytest
 
-from mambaft import course
+from mambaft import course, course_runner
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
@@ -19,7 +19,7 @@ PARAMS = {"SMOKE_STEPS": 2, "SWEEP_STEPS": 2, "MAX_NEW_TOKENS": 12, "EVAL_LIMIT"
 @pytest.fixture(scope="module")
 def run(small_gpt2_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("course")
-    res = course.run_course("smoke", str(small_gpt2_folder), out, params=PARAMS, progress=False)
+    res = course_runner.run_course("smoke", str(small_gpt2_folder), out, params=PARAMS, progress=False)
     return res["run_dir"], small_gpt2_folder
 
 

@@ -1,0 +1,156 @@
+"""`mambaft course`: run the five notebooks headless with papermill, one strategy, one run folder.
+
+    mambaft course                                   # the demo: strategy quick on the demo base (CPU)
+    mambaft course --strategy smoke --out /tmp/c     # tiny steps, for tests
+    mambaft course --only 04_evaluation              # re-run one notebook of outputs/quick
+
+The notebooks' helpers (the CPU budget, the run folder layout, what each notebook records) are in
+`mambaft.course`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from mambaft.course import DEMO_BASE, NOTEBOOK_DIR, NOTEBOOKS, ROOT, PathLike, child_env
+
+
+# --- running the notebooks ---------------------------------------------------------------------------
+# papermill parameters per strategy (the notebooks' defaults are the demo's). The strategy is the dial;
+# these only size what the notebooks do around the training (evaluation sizes, sweep length).
+STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "conversational": {},
+    "specialized": {},
+    "smoke": {"MAX_NEW_TOKENS": 24, "SWEEP_STEPS": 3, "SMOKE_STEPS": 3, "EVAL_LIMIT": 4,
+              "BENCH_LIMIT": 4, "CHAT": False, "CONTEXT_WINDOWS": 4},
+}
+class CourseError(RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the error."""
+
+    def __init__(self, notebook: str, cell: Optional[int], error: str, executed: Path):
+        where = f"cell {cell}" if cell is not None else "before any cell ran"
+        super().__init__(f"notebook {notebook} failed in {where}: {error}\n  executed notebook: {executed}")
+        self.notebook, self.cell, self.error, self.executed = notebook, cell, error, executed
+
+
+def failed_cell(executed: Path) -> tuple[Optional[int], str]:
+    """(1-based index among code cells, first line of the cell's source) of the cell with an error
+    output in an executed notebook, or (None, "")."""
+    import nbformat
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except Exception:
+        return None, ""
+    code_i = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        code_i += 1
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
+            return code_i, first
+    return None, ""
+
+
+def run_notebook(name: str, run_dir: PathLike, params: dict, *, source_dir: Optional[PathLike] = None,
+                 progress: bool = True, kernel: str = "python3") -> Path:
+    """Execute one notebook with papermill into RUN_DIR/<name>.ipynb; raise CourseError on failure."""
+    import papermill as pm
+
+    src = Path(source_dir or NOTEBOOK_DIR) / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such notebook")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed = run_dir / f"{name}.ipynb"
+    declared = pm.inspect_notebook(str(src))   # a notebook gets only the parameters it declares
+    wanted = {k: v for k, v in params.items() if k in declared}
+    try:
+        pm.execute_notebook(str(src), str(executed), parameters=wanted, kernel_name=kernel,
+                            progress_bar=progress, cwd=str(ROOT), log_output=False)
+    except Exception as e:  # PapermillExecutionError, or a kernel that died
+        cell, first = failed_cell(executed)
+        ename = getattr(e, "ename", type(e).__name__)
+        evalue = getattr(e, "evalue", str(e).strip().splitlines()[0] if str(e).strip() else "")
+        detail = f"{ename}: {evalue}" + (f"  [cell starts: {first!r}]" if first else "")
+        raise CourseError(name, cell, detail, executed) from e
+    return executed
+
+
+def course_params(strategy: str, base: PathLike, run_dir: PathLike) -> dict:
+    return {"STRATEGY": strategy, "BASE": str(base or ""), "RUN_DIR": str(run_dir),
+            **STRATEGY_PARAMS.get(strategy, {})}
+
+
+def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "outputs", *,
+               run_name: Optional[str] = None, only: Sequence[str] = (), params: Optional[dict] = None,
+               source_dir: Optional[PathLike] = None, progress: bool = True) -> dict:
+    """Run the notebooks in order into OUT/<run_name or strategy>/. Returns {"run_dir", "notebooks",
+    "seconds": {name: s}}; raises CourseError naming the notebook and cell that failed."""
+    run_dir = Path(out) / (run_name or strategy)
+    names = [n for n in NOTEBOOKS if not only or n in only]
+    unknown = sorted(set(only) - set(NOTEBOOKS))
+    if unknown:
+        raise ValueError(f"--only {', '.join(unknown)}: expected notebook names among {', '.join(NOTEBOOKS)}")
+    p = {**course_params(strategy, base, run_dir), **(params or {})}
+    os.environ.update({k: v for k, v in child_env().items() if k not in os.environ})  # kernels inherit it
+    seconds: dict[str, float] = {}
+    t0 = time.time()
+    for i, name in enumerate(names, 1):
+        print(f"[course] ({i}/{len(names)}) {name} ...", flush=True)
+        t = time.time()
+        run_notebook(name, run_dir, p, source_dir=source_dir, progress=progress)
+        seconds[name] = round(time.time() - t, 1)
+        print(f"[course] ({i}/{len(names)}) {name} done in {seconds[name]:.0f} s -> {run_dir / (name + '.ipynb')}",
+              flush=True)
+    total = round(time.time() - t0, 1)
+    (run_dir / "course.json").write_text(json.dumps({"strategy": strategy, "base": str(base or DEMO_BASE),
+                                                     "params": p, "seconds": seconds, "total_seconds": total},
+                                                    indent=2) + "\n", encoding="utf-8")
+    return {"run_dir": run_dir, "notebooks": names, "seconds": seconds, "total_seconds": total}
+
+
+def main(argv=None) -> int:
+    from mambaft.config import STRATEGIES
+
+    ap = argparse.ArgumentParser(prog="mambaft course", description=__doc__.splitlines()[0])
+    ap.add_argument("--strategy", choices=STRATEGIES, default="quick")
+    ap.add_argument("--base", default="", help="original .pt or model folder (default: the demo base)")
+    ap.add_argument("--out", default="outputs", help="parent folder of the run folder")
+    ap.add_argument("--run-name", help="run folder name (default: the strategy)")
+    ap.add_argument("--only", action="append", default=[], help="run only this notebook (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                    help="a notebook parameter, e.g. --set MAX_STEPS=300 (value read as JSON)")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    params = {}
+    for item in a.set:
+        k, sep, v = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected PARAM=VALUE")
+        try:
+            params[k] = json.loads(v)
+        except json.JSONDecodeError:
+            params[k] = v
+    try:
+        res = run_course(a.strategy, a.base, a.out, run_name=a.run_name, only=a.only, params=params,
+                         progress=not a.no_progress)
+    except CourseError as e:
+        print(f"mambaft course: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mambaft course: {e}", file=sys.stderr)
+        return 2
+    print(f"[course] all {len(res['notebooks'])} notebooks ran in {res['total_seconds'] / 60:.1f} min; "
+          f"results in {res['run_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
