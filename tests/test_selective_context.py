@@ -9,7 +9,7 @@ from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, l
                                       loss_by_position, main, make_recall_items, measure_context,
                                       paired_advantage, recall_probe, summarize_curve, text_windows,
                                       token_stream)
-from mambaft.evaluate.context_demo import recall_batch
+from mambaft.evaluate.context_demo import recall_batch, repeat_batch
 from mambaft.model import upgrade_to_selective
 from mambaft.tokenizer import load_tokenizer
 from tests.conftest import make_small_gpt2_model
@@ -191,3 +191,15 @@ def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
     # the original path is the base, bit for bit; only the new `.selective.` parameters moved
     assert all(torch.equal(sel[k], v) for k, v in base.items())
     assert any(not torch.equal(sel[k], torch.zeros_like(sel[k])) for k in sel if k.endswith("gate"))
+
+
+def test_copy_rows_train_only_the_second_copy():
+    stream = torch.arange(10_000)                       # distinct ids: every copy is identifiable
+    ids, labels = repeat_batch(stream, 5, torch.Generator().manual_seed(0), seg=8, min_gap=20, max_gap=30)
+    for b in range(5):
+        trained = (labels[b] != -100).nonzero().flatten()
+        n = int(trained[-1]) + 1                        # the row's real length (right padding after it)
+        assert trained.tolist() == list(range(n - 8, n))
+        assert torch.equal(ids[b, :8], ids[b, n - 8:n]) and torch.equal(labels[b, n - 8:n], ids[b, :8])
+        assert 20 <= n - 16 <= 30                       # the other text between the two copies
+        assert (ids[b, :8].diff() == 1).all()           # a contiguous piece of the stream

@@ -356,6 +356,8 @@ def main(argv=None) -> None:
     d.add_argument("--layers", type=int, default=6)
     d.add_argument("--batch", type=int, default=4, help="plain-text rows per step")
     d.add_argument("--recall-rows", type=int, default=16, help="synthetic recall rows per continued step")
+    d.add_argument("--copy-rows", type=int, default=0, help="copy rows (text segment, other text, the segment "
+                   "again) per continued step")
     d.add_argument("--lr", type=float, default=3e-3)
     d.add_argument("--continue-lr", type=float, default=1e-3)
     d.add_argument("--new-lr-mult", type=float, default=10.0, help="lr factor for the new selective parameters")
@@ -381,6 +383,7 @@ def main(argv=None) -> None:
         from mambaft.evaluate.context_demo import run_demo
         rep = run_demo(Path(a.out), texts, steps=a.steps, continue_steps=a.continue_steps, d_model=a.d_model,
                        n_layers=a.layers, length=a.length, batch=a.batch, recall_rows=a.recall_rows, lr=a.lr,
+                       copy_rows=a.copy_rows,
                        continue_lr=a.continue_lr, new_lr_mult=a.new_lr_mult, seed=a.seed, windows=a.windows,
                        precision=a.precision, base_from=Path(a.base) if a.base else None, n_fillers=a.fillers,
                        freeze_original=a.freeze_original)

@@ -51,6 +51,28 @@ def recall_batch(tok, stream: torch.Tensor, batch: int, gen: torch.Generator, na
     return ids, labels
 
 
+def repeat_batch(stream: torch.Tensor, batch: int, gen: torch.Generator, seg: int = 24, min_gap: int = 24,
+                 max_gap: int = 80):
+    """Copy rows: a text segment S (`seg` tokens), other text (`min_gap`..`max_gap` tokens), then S
+    again, the loss on the second S only. Every trained token repeats one `seg + gap` >= 48 tokens
+    back, out of the original's 19-token reach: dense practice at what natural text does with names
+    and terms (they come back), where the recall rows give one trained token per row.
+    (ids, labels) [batch, Lmax], right-padded."""
+    rows = []
+    for _ in range(batch):
+        gap = int(torch.randint(min_gap, max_gap + 1, (1,), generator=gen))
+        s, f = (int(torch.randint(0, stream.numel() - seg - max_gap, (1,), generator=gen)) for _ in range(2))
+        piece = stream[s:s + seg]
+        rows.append(torch.cat([piece, stream[f:f + gap], piece]))
+    L = max(len(r) for r in rows)
+    ids = torch.zeros(batch, L, dtype=torch.long)
+    labels = torch.full((batch, L), -100, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = r
+        labels[b, len(r) - seg:len(r)] = r[-seg:]      # the second copy (its first token too: 1 + gap back)
+    return ids, labels
+
+
 def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: int, precision: str = "auto",
              new_lr_mult: float = 1.0, desc: str = "train") -> list:
     """AdamW (no weight decay) + warmup/cosine on the batches `make_batches(generator)` returns (a list of
@@ -93,6 +115,7 @@ def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: i
 
 def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, continue_steps: int = 500,
              d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
+             copy_rows: int = 0,
              lr: float = 3e-3, continue_lr: float = 1e-3, new_lr_mult: float = 10.0, seed: int = 0,
              windows: int = 128, precision: str = "auto", base_from: Optional[Path] = None,
              n_fillers: int = 10, freeze_original: bool = False) -> ContextReport:
@@ -138,7 +161,8 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
             p.requires_grad_(SELECTIVE_KEY in name)
 
     def mixture(g):
-        return [text_batch(train, batch, length, g), recall_batch(tok, train, recall_rows, g)]
+        rows = [text_batch(train, batch, length, g), recall_batch(tok, train, recall_rows, g)]
+        return rows + [repeat_batch(train, copy_rows, g)] if copy_rows else rows
     times = {}
     runs = (("selective", selective),) if freeze_original else (("original", original), ("selective", selective))
     for name, model in runs:
@@ -159,7 +183,8 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
         "texts": list(texts), "train_tokens": int(train.numel()), "model": cfg.to_dict(),
         "pretrain_steps": steps, "continue_steps": continue_steps,
         "pretrain_tokens_per_step": batch * length, "continue_batches": f"{batch} x {length} text rows "
-        f"(all tokens trained) + {recall_rows} recall rows (answer trained), names {len(TRAIN_NAMES)} "
+        f"(all tokens trained) + {recall_rows} recall rows (answer trained) + {copy_rows} copy rows (second "
+        f"copy trained), names {len(TRAIN_NAMES)} "
         f"training names, probe names {len(PROBE_NAMES)} never trained",
         "pretrain_seconds": round(t_base, 1), "continue_seconds": times, "lr": lr, "continue_lr": continue_lr,
         "new_lr_mult": new_lr_mult,
