@@ -138,9 +138,13 @@ def test_report_saves_json_and_plot(tok, tmp_path):
     path = rep.save(tmp_path)
     data = json.loads(path.read_text())
     assert set(data) == {"curves", "summary", "recall", "advantage", "advantage_curves", "reach",
-                         "reference", "notes"} and data["notes"]["length"] == 64
+                         "ablation", "reference", "notes"} and data["notes"]["length"] == 64
     # measured reach: the closed gate leaves the upgraded model at the original's 1 + 2 layers x 3 = 7 tokens
     assert data["reach"]["original"]["receptive_field"] == data["reach"]["selective"]["receptive_field"] == 7
+    # cutting the context to the last 19 tokens (true positions kept) changes nothing for either
+    for name in ("original", "selective"):
+        mean, se = data["ablation"][name]["20-63"]
+        assert mean == 0.0 and set(data["ablation"][name]) == {"20-63"}       # 64-token windows
     png = tmp_path / "context.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "selective" in rep.table() and "chance" in rep.table()
@@ -173,6 +177,12 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
     r = reach(up, 40)
     # the selective state carries every earlier token: all 40 tested distances move the logits
     assert r["saturated"] and r["receptive_field"] == 41 and r["rel_change_at"]["32"] > 1e-9
+    # ... so cutting its context to 19 tokens changes its loss (the original's: not at all)
+    from mambaft.evaluate.context import context_ablation
+    win = torch.randint(0, 50257, (4, 64), generator=torch.Generator().manual_seed(0))
+    for m, moved in ((model, False), (up, True)):
+        ab = context_ablation(m, win, loss_by_position(m, win))["20-63"]
+        assert (ab[0] != 0.0) == moved, ab                   # the random model's logits are ~1e-3
 
 
 def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 # Single GPT-2 tokens with a leading space (checked when items are built). The probe asks the first
 # 10; the demo's recall training uses only the others, so the probe's names are never a trained answer.
@@ -69,9 +68,17 @@ def load_texts(sources: Sequence[str], split: str) -> list[str]:
 
 # --- loss by position ------------------------------------------------------------------------------
 @torch.no_grad()
-def loss_by_position(model, windows: torch.Tensor, batch_size: int = 8, chunk: int = 128) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target) [...] from logits [..., V], reduced in float64: with fp32 sums over 50,257 logits
+    the rounding depends on the tensor's layout (3e-5 relative, measured), which would show up as a
+    fake loss difference between a full window and the same position cut out of it."""
+    x = logits.double()
+    return torch.logsumexp(x, -1) - x.gather(-1, targets[..., None]).squeeze(-1)
+
+
+def loss_by_position(model, windows: torch.Tensor, batch_size: int = 8, chunk: int = 64) -> torch.Tensor:
     """Per-window, per-position next-token loss [n, L-1]; column t-1 = context length t.
-    The vocabulary projection runs `chunk` positions at a time (B x 128 x 50257 fp32 = 26 MB per row)."""
+    The vocabulary projection runs `chunk` positions at a time (8 x 64 x 50257 float64 = 206 MB)."""
     was = model.training
     model.eval()
     dev = model.token_embedding.weight.device
@@ -83,8 +90,7 @@ def loss_by_position(model, windows: torch.Tensor, batch_size: int = 8, chunk: i
             tgt = ids[:, 1:]                                                  # [b, L-1]
             parts = []
             for s in range(0, f.shape[1], chunk):
-                logits = model.lm_head(f[:, s:s + chunk]).float()             # [b, c, V]
-                parts.append(F.cross_entropy(logits.transpose(1, 2), tgt[:, s:s + chunk], reduction="none"))
+                parts.append(token_nll(model.lm_head(f[:, s:s + chunk]), tgt[:, s:s + chunk]).float())
             out.append(torch.cat(parts, dim=1).cpu())
     finally:
         model.train(was)
@@ -125,6 +131,45 @@ def paired_advantage(ref: torch.Tensor, other: torch.Tensor, rf: int = 19) -> di
         if b > a:
             per = d[:, a:b].mean(1)
             out[name] = [round(float(per.mean()), 4), round(float(per.std() / math.sqrt(max(1, n))), 4)]
+    return out
+
+
+@torch.no_grad()
+def context_ablation(model, windows: torch.Tensor, full: torch.Tensor, keep: int = 19, every: int = 8,
+                     batch_size: int = 64) -> dict:
+    """What the context beyond `keep` tokens is worth to `model`, on the same tokens: the loss when the
+    context is cut to the last `keep` tokens (their true positions kept) minus the full-window loss
+    (`full` [n, L-1] from `loss_by_position`), at context lengths t = keep+1, keep+1+every, ...
+
+    The original reaches exactly 19 tokens, so cutting to 19 changes nothing: 0 up to float rounding.
+    A model that uses what lies further back loses loss when it is cut: > 0. Unlike a comparison with
+    another model, nothing else differs (same weights, same tokens, same positions).
+    Returns {region: [mean, standard error over windows]} in nats, regions "keep+1-63" and "64-L"."""
+    was = model.training
+    model.eval()
+    dev = model.token_embedding.weight.device
+    n, L = windows.shape
+    ts = list(range(keep + 1, L, every))                                     # context lengths cut
+    rows = [(w, t) for w in range(n) for t in ts]
+    cut = torch.empty(len(rows))
+    try:
+        for i in range(0, len(rows), batch_size):
+            part = rows[i:i + batch_size]
+            ids = torch.stack([windows[w, t - keep:t] for w, t in part]).to(dev)           # [b, keep]
+            pos = torch.stack([torch.arange(t - keep, t) for _, t in part]).to(dev)        # true positions
+            tgt = torch.tensor([int(windows[w, t]) for w, t in part], device=dev)
+            logits = model.lm_head(model.features(ids, positions=pos)[:, -1])               # [b, V]
+            cut[i:i + len(part)] = token_nll(logits, tgt).float().cpu()
+    finally:
+        model.train(was)
+    gain = cut.view(n, len(ts)) - full[:, [t - 1 for t in ts]]               # [n, T]
+    out = {}
+    for name, (a, b) in {f"{keep + 1}-63": (keep + 1, 64), f"64-{L - 1}": (64, L)}.items():
+        cols = [j for j, t in enumerate(ts) if a <= t < b]
+        if cols:
+            per = gain[:, cols].mean(1)                                      # 3 significant digits:
+            out[name] = [float(f"{float(per.mean()):.3g}"),                  # an exact 0 stays 0
+                         float(f"{float(per.std() / math.sqrt(max(1, n))):.3g}")]
     return out
 
 
@@ -231,6 +276,7 @@ class ContextReport:
     advantage: dict = field(default_factory=dict)   # name -> paired_advantage(reference, name)
     advantage_curves: dict = field(default_factory=dict)  # name -> reference - name loss, by position
     reach: dict = field(default_factory=dict)       # name -> measured receptive field (see `reach`)
+    ablation: dict = field(default_factory=dict)    # name -> context_ablation(...): loss lost when cut to 19
     reference: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -248,6 +294,11 @@ class ContextReport:
             r = next(iter(self.recall.values()))
             rows.append(f"(recall chance: accuracy {r['chance_accuracy']}, rank {r['chance_rank']}; "
                         f"name {r['mean_gap_tokens']} tokens back on average)")
+        if self.ablation:
+            rows.append(f"loss lost when the context is cut to the last {self.notes.get('rf', 19)} tokens "
+                        "(same model, same tokens; nats +- s.e.), by context length:")
+            for name, ab in self.ablation.items():
+                rows.append(f"  {name:<12} " + "  ".join(f"t {k}: {m:+.4f}+-{se:.4f}" for k, (m, se) in ab.items()))
         if self.advantage:
             rows.append(f"loss advantage over {self.reference} on the same tokens (nats, +- s.e.), "
                         "by context length:")
@@ -292,6 +343,7 @@ def measure_context(models: dict, tok, heldout_texts: Sequence[str], length: int
         rep.summary[name] = summarize_curve(per[name], rf)
         rep.recall[name] = recall_probe(model, items)
         rep.reach[name] = reach(model, max_k=min(128, length - 8))
+        rep.ablation[name] = context_ablation(model, win, per[name], keep=rf)
     for name in models:
         if name != reference:
             rep.advantage[name] = paired_advantage(per[reference], per[name], rf)
