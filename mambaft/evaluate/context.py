@@ -16,6 +16,10 @@ accuracy 1/10, mean rank 5.5.
 
 Reach: how far back a changed token still moves the last logits (float64): 19 for the original.
 
+Ablation: the same model's loss on the same tokens with its context cut to the last 19 tokens (true
+positions kept), minus its full-context loss: exactly 0 for the original, > 0 for a model that uses
+what lies further back. It needs no second model to compare with.
+
 The demo experiment (train, upgrade, measure on CPU) lives in `mambaft.evaluate.context_demo`.
 """
 from __future__ import annotations
