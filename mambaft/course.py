@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence, Union
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 DEMO_BASE = ROOT / "data" / "demo_base"
+CONTEXT_REPAIR = DEMO_BASE / "context_repair"   # the context repair measured on the demo base (README)
 NOTEBOOKS = ("00_diagnosis", "01_data_preparation", "02_smoke_test", "03_finetune_multi_gpu", "04_evaluation")
 SUMMARY_FILE = "summary.json"
 PathLike = Union[str, Path]
@@ -379,6 +380,13 @@ def context_curves(base: PathLike, final: PathLike, windows: int, out: PathLike,
                           windows=windows, n_fillers=max(1, windows // 4))
     rep.save(Path(out))
     return rep
+
+
+def context_repair(folder: PathLike = CONTEXT_REPAIR):
+    """The shipped report of the context repair on the demo base (`python -m mambaft.evaluate.context
+    demo --base data/demo_base --freeze-original ...`, README "Repairing the context")."""
+    from mambaft.evaluate.context import ContextReport
+    return ContextReport.load(Path(folder))
 
 
 def final_summary(rows: dict, table, context, files: dict) -> dict:
