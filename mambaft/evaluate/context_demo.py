@@ -3,11 +3,12 @@
 Builds a small 6-layer MambaSWELU with the GPT-2 vocabulary and pretrains it on plain text (`--text`,
 default the State of the Union addresses), or starts from a saved original model (`--base`, e.g. the
 shipped demo base). Then continues training on the same batches (plain text + synthetic recall rows
-whose names are never the probe's) two copies: one as it is ("original") and one after
+whose names are never the probe's, + `--copy-rows` text segments that come back) two copies: one as it is ("original") and one after
 `upgrade_to_selective` ("selective"); or, with `--freeze-original`, only the upgraded copy's new
 parameters, so the base itself is the control. Measures every model with `mambaft.evaluate.context`.
 
-    python -m mambaft.evaluate.context demo --base data/demo_base --text wiki_en --continue-steps 300
+    python -m mambaft.evaluate.context demo --base data/demo_base --text wiki_en --freeze-original \
+        --continue-steps 1000        # the run shipped in data/demo_base/context_repair (30 min, 2 cores)
 """
 from __future__ import annotations
 
@@ -115,8 +116,7 @@ def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: i
 
 def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, continue_steps: int = 500,
              d_model: int = 64, n_layers: int = 6, length: int = 256, batch: int = 4, recall_rows: int = 16,
-             copy_rows: int = 0,
-             lr: float = 3e-3, continue_lr: float = 1e-3, new_lr_mult: float = 10.0, seed: int = 0,
+             copy_rows: int = 0, lr: float = 3e-3, continue_lr: float = 1e-3, new_lr_mult: float = 10.0, seed: int = 0,
              windows: int = 128, precision: str = "auto", base_from: Optional[Path] = None,
              n_fillers: int = 10, freeze_original: bool = False) -> ContextReport:
     """Pretrain a small original model on plain text (or load it: `base_from`, a model folder this
@@ -174,7 +174,7 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
     from mambaft.checkpoint import save_checkpoint
     for name, model in (("base", base),) + runs:
         save_checkpoint(model, Path(out) / "models" / name, tokenizer=tok,
-                        training={"demo": "mambaft.evaluate.context", "phase": name})
+                        training={"demo": "mambaft.evaluate.context_demo", "phase": name})
     measured = {"base": base} if freeze_original else {"base": base, f"original+{continue_steps}": original}
     measured[f"selective+{continue_steps}"] = selective
     rep = measure_context(measured, tok, heldout, length=length, windows=windows,
