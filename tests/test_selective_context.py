@@ -213,3 +213,9 @@ def test_copy_rows_train_only_the_second_copy():
         assert torch.equal(ids[b, :8], ids[b, n - 8:n]) and torch.equal(labels[b, n - 8:n], ids[b, :8])
         assert 20 <= n - 16 <= 30                       # the other text between the two copies
         assert (ids[b, :8].diff() == 1).all()           # a contiguous piece of the stream
+
+
+def test_loss_by_position_builds_no_autograd_graph():
+    model = make_small_gpt2_model(max_seq_len=64)
+    win = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
+    assert not loss_by_position(model, win).requires_grad

@@ -71,7 +71,6 @@ def load_texts(sources: Sequence[str], split: str) -> list[str]:
 
 
 # --- loss by position ------------------------------------------------------------------------------
-@torch.no_grad()
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-log p(target) [...] from logits [..., V], reduced in float64: with fp32 sums over 50,257 logits
     the rounding depends on the tensor's layout (3e-5 relative, measured), which would show up as a
@@ -80,6 +79,7 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(x, -1) - x.gather(-1, targets[..., None]).squeeze(-1)
 
 
+@torch.no_grad()
 def loss_by_position(model, windows: torch.Tensor, batch_size: int = 8, chunk: int = 64) -> torch.Tensor:
     """Per-window, per-position next-token loss [n, L-1]; column t-1 = context length t.
     The vocabulary projection runs `chunk` positions at a time (8 x 64 x 50257 float64 = 206 MB)."""
