@@ -218,4 +218,7 @@ def test_copy_rows_train_only_the_second_copy():
 def test_loss_by_position_builds_no_autograd_graph():
     model = make_small_gpt2_model(max_seq_len=64)
     win = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))
-    assert not loss_by_position(model, win).requires_grad
+    grad_on = []                                        # the forward itself must run without autograd
+    model.head.register_forward_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
+    loss_by_position(model, win)
+    assert grad_on == [False]
