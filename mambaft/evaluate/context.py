@@ -128,13 +128,22 @@ def paired_advantage(ref: torch.Tensor, other: torch.Tensor, rf: int = 19) -> di
     (mean over windows +- standard error). [n, L-1] each. Better unigram statistics lower every region
     alike; using context past the reach lowers the later regions more."""
     d = ref - other                                                          # > 0: other is better
-    n, T = d.shape
-    regions = {f"1-{rf - 1}": (0, rf - 1), f"{rf}-63": (rf - 1, min(63, T)), f"64-{T}": (min(63, T), T)}
+    T = d.shape[1]                                                           # column t-1 = context t
+    return region_mean_se(d, {f"1-{rf - 1}": range(0, rf - 1), f"{rf}-63": range(rf - 1, min(63, T)),
+                              f"64-{T}": range(min(63, T), T)})
+
+
+def region_mean_se(d: torch.Tensor, regions: dict) -> dict:
+    """d [n windows, T columns] -> {region: [mean, standard error over windows]} of each window's mean
+    over the region's columns (empty regions are left out). 3 significant digits: an exact 0 stays 0
+    and a small effect still shows."""
     out = {}
-    for name, (a, b) in regions.items():
-        if b > a:
-            per = d[:, a:b].mean(1)
-            out[name] = [round(float(per.mean()), 4), round(float(per.std() / math.sqrt(max(1, n))), 4)]
+    for name, cols in regions.items():
+        cols = list(cols)
+        if cols:
+            per = d[:, cols].mean(1)                                         # [n]
+            se = per.std() / math.sqrt(max(1, per.numel()))
+            out[name] = [float(f"{float(per.mean()):.3g}"), float(f"{float(se):.3g}")]
     return out
 
 
@@ -166,15 +175,9 @@ def context_ablation(model, windows: torch.Tensor, full: torch.Tensor, keep: int
             cut[i:i + len(part)] = token_nll(logits, tgt).float().cpu()
     finally:
         model.train(was)
-    gain = cut.view(n, len(ts)) - full[:, [t - 1 for t in ts]]               # [n, T]
-    out = {}
-    for name, (a, b) in {f"{keep + 1}-63": (keep + 1, 64), f"64-{L - 1}": (64, L)}.items():
-        cols = [j for j, t in enumerate(ts) if a <= t < b]
-        if cols:
-            per = gain[:, cols].mean(1)                                      # 3 significant digits:
-            out[name] = [float(f"{float(per.mean()):.3g}"),                  # an exact 0 stays 0
-                         float(f"{float(per.std() / math.sqrt(max(1, n))):.3g}")]
-    return out
+    gain = cut.view(n, len(ts)) - full[:, [t - 1 for t in ts]]               # [n, len(ts)]
+    return region_mean_se(gain, {f"{keep + 1}-63": [j for j, t in enumerate(ts) if t < 64],
+                                 f"64-{L - 1}": [j for j, t in enumerate(ts) if t >= 64]})
 
 
 def log_bins(curve: Sequence[float], ratio: float = 1.15) -> tuple[list, list]:
