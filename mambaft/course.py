@@ -1,9 +1,5 @@
-"""The course: the helpers the five notebooks call (`mambaft.course_runner` runs them headless).
-
-    mambaft course                                   # the demo: strategy quick on the demo base (CPU)
-    mambaft course --strategy smoke --out /tmp/c     # tiny steps, for tests
-    mambaft course --strategy conversational --base final_model.pt --out outputs
-    mambaft course --only 04_evaluation --run-dir outputs/quick   # re-run one notebook of a run
+"""The course: the helpers the five notebooks call (`mambaft course`, in `mambaft.course_runner`,
+runs them headless).
 
 Each notebook reads its inputs from and writes its results to RUN_DIR (a papermill parameter):
     RUN_DIR/<notebook>.ipynb            the executed notebook (written by `mambaft course`)
@@ -26,7 +22,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
 DEMO_BASE = ROOT / "data" / "demo_base"
 CONTEXT_REPAIR = DEMO_BASE / "context_repair"   # the context repair measured on the demo base (README)
 NOTEBOOKS = ("00_diagnosis", "01_data_preparation", "02_smoke_test", "03_finetune_multi_gpu", "04_evaluation")

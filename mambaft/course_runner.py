@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from mambaft.course import DEMO_BASE, NOTEBOOK_DIR, NOTEBOOKS, ROOT, PathLike, child_env
+from mambaft.course import DEMO_BASE, NOTEBOOKS, ROOT, PathLike, child_env
+
+NOTEBOOK_DIR = ROOT / "notebooks"
 
 
 # --- running the notebooks ---------------------------------------------------------------------------

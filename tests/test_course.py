@@ -121,7 +121,7 @@ def test_child_env_sets_passive_threads_and_fast_malloc(monkeypatch):
 def test_every_course_notebook_is_thin_and_has_one_literal_parameters_cell():
     import ast
     for name in course.NOTEBOOKS:
-        nb = nbformat.read(str(course.NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+        nb = nbformat.read(str(course_runner.NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
@@ -140,7 +140,7 @@ def test_every_course_notebook_is_thin_and_has_one_literal_parameters_cell():
         longest = max(sum(1 for ln in c.source.splitlines() if ln.strip()) for c in code if c is not tagged[0])
         assert longest <= 6, f"{name}: a code cell of {longest} lines (the library holds the logic)"
         assert nb.cells[0].cell_type == "markdown" and nb.cells[-1].cell_type == "markdown", name
-    nb03 = (course.NOTEBOOK_DIR / "03_finetune_multi_gpu.ipynb").read_text()
+    nb03 = (course_runner.NOTEBOOK_DIR / "03_finetune_multi_gpu.ipynb").read_text()
     assert "import torch" not in nb03 and ".cuda" not in nb03
 
 
