@@ -14,7 +14,8 @@ import torch
 FAST_MALLOC_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"}
 # What mambaft's launchers (course kernels, training subprocesses, benchmark workers) add to a CPU
 # child's environment. OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning at
-# barriers; on a shared 2-core box one demo training step took 11.5 s spinning vs 2.0 s passive.
+# barriers; on a shared 2-core box one demo training step took 11.5 s spinning vs 2.0 s passive, a
+# 124M decode step 145-195 ms vs 44-50 ms, a 124M 1 x 1024 bf16 training step 10.5-10.9 s vs 8.3-8.6 s.
 LAUNCH_ENV = {**FAST_MALLOC_ENV, "OMP_WAIT_POLICY": "PASSIVE"}
 
 

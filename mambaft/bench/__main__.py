@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... ('' = cuda if present)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--env", default="auto", choices=["auto", "default", "fast"],
-                       help="process environment of the workers. fast: launch_env() (glibc malloc "
+                       help="process environment of the workers. fast: runtime.LAUNCH_ENV (glibc malloc "
                             "tunables + OMP_WAIT_POLICY=PASSIVE); auto: fast for mambaft (as its "
                             "launchers start it), glibc/OpenMP defaults for the original (as it ran)")
         s.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -53,23 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def launch_env() -> dict:
-    """What mambaft's launchers put in a CPU child's environment: runtime.FAST_MALLOC_ENV (glibc keeps
-    freed blocks instead of page-faulting them back every step) and OMP_WAIT_POLICY=PASSIVE (idle
-    OpenMP workers sleep instead of spinning). Both are read once at process start. Why PASSIVE: on
-    a shared, oversubscribed CPU a spinning worker steals the core from its own master thread; here
-    (load average 5-6 on 2 cores) a 124M decode step took 145-195 ms with libgomp's default policy
-    and 44-50 ms with PASSIVE, a 1 x 1024 bf16 training step 10.5-10.9 s against 8.3-8.6 s."""
-    from mambaft.runtime import LAUNCH_ENV
-    return dict(LAUNCH_ENV)
-
-
 def _env_for(args):
+    from mambaft.runtime import LAUNCH_ENV
+
     def env_for(variant) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "OMP_WAIT_POLICY")}
         fast = args.env == "fast" or (args.env == "auto" and variant.impl == "mambaft")
         if fast and args.device in ("cpu", ""):
-            env.update(launch_env())
+            env.update(LAUNCH_ENV)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
         return env
     return env_for

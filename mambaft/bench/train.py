@@ -3,7 +3,7 @@
 mambaft side: exactly what the fine-tune loop runs (mambaft.train.loop): `freeze_dead()`,
 `build_optimizer` (fused AdamW, trainable parameters only), `micro_step` (bf16 autocast where the
 hardware runs it, chunked fused loss, no [B, L, V] logits) and `optimizer_step` (clip 1.0, step,
-zero_grad), in a process started with mambaft's launcher environment (`launch_env`: glibc malloc
+zero_grad), in a process started with mambaft's launcher environment (`runtime.LAUNCH_ENV`: glibc malloc
 tunables, OMP_WAIT_POLICY=PASSIVE). Original side: bench/original.py (fp32, full logits +
 cross-entropy, default AdamW on every parameter, no clipping), in a process with the defaults.
 
