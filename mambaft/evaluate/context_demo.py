@@ -43,13 +43,7 @@ def recall_batch(tok, stream: torch.Tensor, batch: int, gen: torch.Generator, na
         s = int(torch.randint(0, stream.numel() - n_fill, (1,), generator=gen))
         answer = tok.encode(" " + name)
         rows.append(tok.encode(INTRO.format(name=" " + name)) + stream[s:s + n_fill].tolist() + question + answer)
-    L = max(map(len, rows))
-    ids = torch.zeros(batch, L, dtype=torch.long)
-    labels = torch.full((batch, L), -100, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r)
-        labels[b, len(r) - 1] = r[-1]                  # predicted from the position before (shift inside)
-    return ids, labels
+    return right_pad(rows, trained=1)                  # the answer, predicted from the position before
 
 
 def repeat_batch(stream: torch.Tensor, batch: int, gen: torch.Generator, seg: int = 24, min_gap: int = 24,
@@ -64,13 +58,19 @@ def repeat_batch(stream: torch.Tensor, batch: int, gen: torch.Generator, seg: in
         gap = int(torch.randint(min_gap, max_gap + 1, (1,), generator=gen))
         s, f = (int(torch.randint(0, stream.numel() - seg - max_gap, (1,), generator=gen)) for _ in range(2))
         piece = stream[s:s + seg]
-        rows.append(torch.cat([piece, stream[f:f + gap], piece]))
-    L = max(len(r) for r in rows)
-    ids = torch.zeros(batch, L, dtype=torch.long)
-    labels = torch.full((batch, L), -100, dtype=torch.long)
+        rows.append(torch.cat([piece, stream[f:f + gap], piece]).tolist())
+    return right_pad(rows, trained=seg)                # the second copy (its first token too: 1 + gap back)
+
+
+def right_pad(rows: list, trained: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of different lengths -> (ids, labels) [len(rows), longest], right-padded, with only
+    each row's last `trained` tokens as labels (-100 elsewhere; the model shifts them inside)."""
+    L = max(map(len, rows))
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    labels = torch.full((len(rows), L), -100, dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = r
-        labels[b, len(r) - seg:len(r)] = r[-seg:]      # the second copy (its first token too: 1 + gap back)
+        ids[b, :len(r)] = torch.tensor(r)
+        labels[b, len(r) - trained:len(r)] = ids[b, len(r) - trained:len(r)]
     return ids, labels
 
 
