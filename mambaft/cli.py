@@ -1,7 +1,7 @@
 """The `mambaft` command (also `python -m mambaft`): one subcommand per stage of the course.
 
     mambaft --help
-    mambaft info ../shared/fixtures/mambaswelu_tiny/checkpoint.pt
+    mambaft info tests/fixtures/mambaswelu_tiny/checkpoint.pt
 """
 from __future__ import annotations
 

@@ -1,25 +1,21 @@
-"""Shared test fixtures. Data written by the original MambaSWELU code lives in ../shared/fixtures/;
-a test that needs it fails (never skips) when CI=true and it is missing."""
+"""Shared test fixtures. Everything the tests read lives in tests/fixtures/ (provenance in its
+README.md): a missing fixture is a broken checkout, so it fails the test, never skips it."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
-LOCAL_FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
-def shared_fixture(rel: str) -> Path:
-    path = SHARED_FIXTURES / rel
+def fixture_path(rel: str) -> Path:
+    """tests/fixtures/<rel>, or a test failure naming the missing file."""
+    path = FIXTURES / rel
     if not path.exists():
-        msg = f"missing shared fixture {path} (expected ../shared beside the checkout)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        pytest.fail(f"missing test fixture {path}: it is part of the repository (see tests/fixtures/README.md)")
     return path
 
 
@@ -40,12 +36,12 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_ckpt_path() -> Path:
-    return shared_fixture("mambaswelu_tiny/checkpoint.pt")
+    return fixture_path("mambaswelu_tiny/checkpoint.pt")
 
 
 @pytest.fixture(scope="session")
 def tiny_reference() -> dict:
-    return torch.load(shared_fixture("mambaswelu_tiny/reference.pt"), weights_only=True)
+    return torch.load(fixture_path("mambaswelu_tiny/reference.pt"), weights_only=True)
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mambaft.bench.original import OriginalMambaSWELU, original_optimizer, original_train_step
-from tests.conftest import shared_fixture
+from tests.conftest import fixture_path
 
 
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _original_from_fixture(tiny_ckpt_path):
     ckpt = torch.load(tiny_ckpt_path, weights_only=False)
-    kwargs = json.loads(shared_fixture("mambaswelu_tiny/manifest.json").read_text())["constructor_kwargs"]
+    kwargs = json.loads(fixture_path("mambaswelu_tiny/manifest.json").read_text())["constructor_kwargs"]
     kwargs.pop("tie_embeddings")
     model = OriginalMambaSWELU(**kwargs)
     model.load_state_dict(ckpt["model_state_dict"], strict=True)    # the exact original key set

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mambaft.model import MambaSWELU, MambaSWELUConfig, count_parameters, model_facts, swelu
-from tests.conftest import shared_fixture
+from tests.conftest import fixture_path
 
 
 def test_logits_and_loss_match_original(tiny_model, tiny_reference):
@@ -49,7 +49,7 @@ def test_sum_reduction_counts_trained_tokens(tiny_model, tiny_reference):
 
 
 def test_real_config_has_the_124m_keys_and_parameter_count():
-    keys = json.loads(shared_fixture("mambaswelu_124m_keys.json").read_text())
+    keys = json.loads(fixture_path("mambaswelu_124m_keys.json").read_text())
     model = MambaSWELU(MambaSWELUConfig(**keys["constructor_kwargs"]))
     sd = model.state_dict()
     assert {k: list(v.shape) for k, v in sd.items()} == keys["state_dict_keys"]
