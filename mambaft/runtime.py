@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 from typing import Optional
 
@@ -49,9 +50,20 @@ def pick_device(device: Optional[str] = None) -> torch.device:
     return torch.device("cpu")
 
 
+# ATen's vector kernels and oneDNN each pick an instruction set on their own, and each has its own cap
+# (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA). An AVX2-only x86 CPU (AMD EPYC before Zen 4) reports one of
+# these to ATen and has no bf16 matmul in oneDNN; bf16 there is emulated, slower than fp32.
+_X86_BELOW_AVX512 = {"DEFAULT", "NO AVX", "AVX2"}
+
+
 def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 / AMX make bf16 matmuls 5-6x faster than fp32 on this class of CPU."""
+    """AVX-512 BF16 / AMX make bf16 matmuls 5-6x faster than fp32 on this class of CPU. Either cap
+    (ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2) makes an AVX-512 machine answer as an
+    AVX2-only one does: False."""
     try:
+        if (platform.machine().lower() in ("x86_64", "amd64")
+                and torch.backends.cpu.get_cpu_capability() in _X86_BELOW_AVX512):
+            return False
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # pragma: no cover - older builds
         return False
