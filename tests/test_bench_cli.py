@@ -82,7 +82,10 @@ def test_generate_bench_in_process_reports_both_phases(capsys):
     assert all("speedup_vs_original" in o for o in objs if o["impl"] == "mambaft")
 
 
-def test_prepare_bench_one_side_alone_in_its_process(capsys):
+def test_prepare_bench_one_side_alone_in_its_process(capsys, monkeypatch):
+    # the worker inherits the parent's ISA caps, so `ATEN_CPU_CAPABILITY=avx2 python -m mambaft.bench`
+    # measures what an AVX2-only CPU runs (benchmarks/README.md's emulated rows)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
     assert main(["prepare", "--impl", "mambaft", "--conversations", "30", "--repeats", "2",
                  "--warmup", "0", "--threads", "1"]) == 0
     (o,) = _objects(capsys)
@@ -90,6 +93,7 @@ def test_prepare_bench_one_side_alone_in_its_process(capsys):
     assert o["conversations_per_s"] == pytest.approx(30 / o["median_s"])
     assert 0 < o["trained_tokens"] < o["tokens"]            # prompts masked, answers trained
     assert o["peak_rss_mb"] > 50 and "speedup_vs_original" not in o
+    assert o["cpu_capability"] == "DEFAULT" and o["bf16_native"] is False
 
 
 def test_prepare_original_trains_on_every_token(capsys):

@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         for k in ("fp32", "bf16"):
             peaks[k] = max([peaks[k], again[k]] + [s[k] for s in samples])
     objs = [mod.summarize(m, args, peaks) for m in results]
-    for o in objs:
+    for m, o in zip(results, objs):  # the CPU class each worker's kernels used (see harness.ready_info)
+        o.update({k: m.info.get(k) for k in ("cpu_capability", "bf16_native")})
         o["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         o["env"] = args.env
     _add_ratios(objs, args.bench)

@@ -127,9 +127,15 @@ class Variant:
 
 
 def ready_info(runner) -> dict:
+    """What the worker ran with. cpu_capability / bf16_native: the CPU class its kernels used, which
+    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA in the parent's environment lower (AVX2 emulation)."""
+    import torch
+
+    from mambaft.runtime import cpu_has_bf16
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     return {**getattr(runner, "info", {}), "malloc": "fast" if "mmap_max=0" in tunables else "default",
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": cpu_has_bf16()}
 
 
 class _InProcessWorker:
