@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from mambaft.evaluate import benchmarks as B
 from mambaft.evaluate.lm import MambaLM
@@ -18,6 +19,7 @@ from mambaft.evaluate.metrics import (COMPLETE_ANSWERS, degeneration, distinct_n
 from mambaft.evaluate.replies import Reply
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
+from tests.numerics import FP64_U, log_softmax_abs_error
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 _spec = importlib.util.spec_from_file_location("eval_scripted", FIX / "scripted.py")
@@ -36,29 +38,52 @@ class CharTokenizer:
         return bytes(ids).decode("latin-1")
 
 
-def char_lm(p=0.5):
-    return MambaLM(scripted.ScriptedModel(vocab_size=256, p_next=p), CharTokenizer(), DEFAULT_TEMPLATE,
-                   name="char-stub")
+# These tests are about arithmetic (masking, per-source means, windows, bytes, which tokens count), so
+# the stub scores in float64: a log-probability over V = 50,257 logits is then off by at most
+# (V + 2) u64 = 5.6e-12 nats on any CPU (tests/numerics.py), relative to the smallest per-token value
+# checked (ln 2 = 0.69 nats) 8.1e-12: EXACT, twice that, is the relative tolerance of every closed form.
+# (fp32 over 50,257 logits is only good to 3.0e-3 nats: kernels differ by 5e-5, which broke rel=1e-5
+# on AVX2 CPUs; test_masked_nll_in_fp32_within_its_rounding_bound covers the fp32 path.)
+EXACT = 2 * log_softmax_abs_error(50257, 12.0, FP64_U) / math.log(2)
 
 
-def gpt2_lm(p=0.5):
-    return MambaLM(scripted.ScriptedModel(p_next=p), load_tokenizer(), DEFAULT_TEMPLATE, name="gpt2-stub")
+def char_lm(p=0.5, dtype=torch.float64):
+    return MambaLM(scripted.ScriptedModel(vocab_size=256, p_next=p, dtype=dtype), CharTokenizer(),
+                   DEFAULT_TEMPLATE, name="char-stub")
+
+
+def gpt2_lm(p=0.5, dtype=torch.float64):
+    return MambaLM(scripted.ScriptedModel(p_next=p, dtype=dtype), load_tokenizer(), DEFAULT_TEMPLATE,
+                   name="gpt2-stub")
+
+
+MASKED_ROWS = [([5, 6, 7, 8, 100], [-100, -100, 7, 8, 100]),     # 7 after 6, 8 after 7: chain; 100: not
+               ([40, 41, 42], [-100, 41, -100])]                 # 41 after 40: chain
 
 
 # --- perplexity ------------------------------------------------------------------------------------
 def test_masked_nll_known_values_per_source():
     lm = gpt2_lm(p=0.5)
     ln_p, ln_r = math.log(0.5), math.log(0.5 / 50256)
-    rows = [([5, 6, 7, 8, 100], [-100, -100, 7, 8, 100]),     # 7 after 6, 8 after 7: chain; 100: not
-            ([40, 41, 42], [-100, 41, -100])]                 # 41 after 40: chain
-    res = masked_nll(lm, rows, ["a", "b"])
+    res = masked_nll(lm, MASKED_ROWS, ["a", "b"])
     assert res["by_source"]["a"]["tokens"] == 3
-    assert res["by_source"]["a"]["nll"] == pytest.approx(-(2 * ln_p + ln_r) / 3, rel=1e-5)
-    assert res["by_source"]["b"]["ppl"] == pytest.approx(2.0, rel=1e-5)
+    assert res["by_source"]["a"]["nll"] == pytest.approx(-(2 * ln_p + ln_r) / 3, rel=EXACT)
+    assert res["by_source"]["b"]["ppl"] == pytest.approx(2.0, rel=EXACT)
     assert res["all"]["tokens"] == 4
-    assert res["all"]["nll"] == pytest.approx(-(3 * ln_p + ln_r) / 4, rel=1e-5)
+    assert res["all"]["nll"] == pytest.approx(-(3 * ln_p + ln_r) / 4, rel=EXACT)
     with pytest.raises(ValueError, match="labels must be the ids"):
         masked_nll(lm, [([1, 2, 3], [-100, 9, 3])])
+
+
+@pytest.mark.numerics
+def test_masked_nll_in_fp32_within_its_rounding_bound():
+    """The production path (fp32 log-softmax over 50,257 logits), on whatever kernels this CPU runs:
+    each token's log-probability within log_softmax_abs_error (3.0e-3 nats, any summation order), so
+    their mean is too."""
+    ln_p, ln_r = math.log(0.5), math.log(0.5 / 50256)
+    res = masked_nll(gpt2_lm(p=0.5, dtype=torch.float32), MASKED_ROWS)
+    assert res["all"]["tokens"] == 4
+    assert res["all"]["nll"] == pytest.approx(-(3 * ln_p + ln_r) / 4, abs=log_softmax_abs_error(50257, ln_r))
 
 
 def test_instruction_perplexity_on_a_prepared_split_and_from_messages():
@@ -77,7 +102,7 @@ def test_instruction_perplexity_on_a_prepared_split_and_from_messages():
     # the same numbers from the messages (what a non-mambaft model does)
     lm.kind = "other"
     again = instruction_perplexity(lm, ds.remove_columns(["input_ids", "labels"]))
-    assert again["all"]["nll"] == pytest.approx(res["all"]["nll"], rel=1e-6)
+    assert again["all"]["nll"] == pytest.approx(res["all"]["nll"], rel=EXACT)
     assert again["scored_from"].startswith("messages")
 
 
@@ -86,11 +111,11 @@ def test_text_perplexity_closed_form():
     res = text_perplexity(lm, ["abcdefgh"], window=4)
     # windows abcd, efgh: 3 + 3 scored tokens, each the successor of the last -> p = 0.5 each
     assert res["windows"] == 2 and res["tokens"] == 6 and res["bytes"] == 6
-    assert res["ppl"] == pytest.approx(2.0, rel=1e-5)
-    assert res["bpb"] == pytest.approx(1.0, rel=1e-5)
+    assert res["ppl"] == pytest.approx(2.0, rel=EXACT)
+    assert res["bpb"] == pytest.approx(1.0, rel=EXACT)
     # "aXa": X after a is not a successor (p = 0.5/255), a after X neither
     res = text_perplexity(lm, ["aXa"], window=8)
-    assert res["ppl"] == pytest.approx(255 / 0.5, rel=1e-4)
+    assert res["ppl"] == pytest.approx(255 / 0.5, rel=EXACT)
     assert text_perplexity(lm, ["abcdefgh"], window=8, max_tokens=3)["tokens"] == 3
 
 
@@ -98,7 +123,7 @@ def test_end_token_probability_after_complete_answers():
     lm = gpt2_lm(p=0.5)
     res = end_token_probability(lm)
     # every answer ends with a token t != 50255, so p(50256 | ... t) = (1 - 0.5) / 50256
-    assert res["per_pair"] == pytest.approx([0.5 / 50256] * len(COMPLETE_ANSWERS), rel=1e-4)
+    assert res["per_pair"] == pytest.approx([0.5 / 50256] * len(COMPLETE_ANSWERS), rel=EXACT)
     assert res["above_half"] == 0.0
     # an answer whose last token is 50255 makes the end token the successor: p = p_next = 0.6
     lm = gpt2_lm(p=0.6)
@@ -106,10 +131,11 @@ def test_end_token_probability_after_complete_answers():
     ans = tok.decode([50255])
     assert tok.encode(" " + ans)[-1] == 50255
     res = end_token_probability(lm, [([{"role": "user", "content": "x"}], ans)])
-    assert res["mean"] == pytest.approx(0.6, rel=1e-4) and res["above_half"] == 1.0
+    assert res["mean"] == pytest.approx(0.6, rel=EXACT) and res["above_half"] == 1.0
 
 
 # --- degeneration ----------------------------------------------------------------------------------
+# Counts divided in float64: pytest.approx's default (rel 1e-6) only absorbs the division's last bit.
 def test_repetition_and_distinct_known_texts():
     assert repeated_ngram_rate("a b c a b c", 3) == pytest.approx(1 / 4)    # abc bca cab abc
     assert repeated_ngram_rate("a b c d", 2) == 0.0
@@ -135,6 +161,7 @@ def test_degeneration_over_replies():
 # --- BLEU / chrF -----------------------------------------------------------------------------------
 def test_reference_scores():
     same = reference_scores(["the cat sat on the mat"], ["the cat sat on the mat"])
+    # sacrebleu works in float64 (geometric means of exact precisions 1.0): default rel 1e-6 is ample
     assert same["bleu"] == pytest.approx(100.0) and same["chrf"] == pytest.approx(100.0)
     none = reference_scores(["qqqq"], ["the cat sat on the mat"])
     assert none["bleu"] == 0.0 and none["chrf"] < 5
@@ -163,7 +190,7 @@ def test_benchmark_item_scored_by_hand():
     ln_p, ln_r = math.log(0.5), math.log(0.5 / 255)
     item = B.MCItem("abc", ("dX", "Z[\\]^_`"), label=1)
     lps = B.choice_logprobs(lm, [item])[0]
-    assert lps == pytest.approx([ln_p + ln_r, ln_r + 6 * ln_p], rel=1e-5)
+    assert lps == pytest.approx([ln_p + ln_r, ln_r + 6 * ln_p], rel=EXACT)
     res = B.score_items(lm, [item])
     assert res["predictions"] == [(0, 1, 1)]
     assert res["acc"] == 0.0 and res["acc_norm"] == 1.0 and res["chance"] == 0.5
@@ -194,6 +221,7 @@ def test_run_benchmarks_matches_direct_scoring():
            "piqa": root / "piqa/plain_text/validation"}
     res = B.run_benchmarks(lm, limit=None, source=src)
     assert set(res) == {"hellaswag", "arc_easy", "piqa"}
+    # chance: a float64 mean of 1/n_choices; approx's default rel 1e-6 absorbs its last bit
     assert res["piqa"]["chance"] == 0.5 and res["arc_easy"]["chance"] == pytest.approx((1 / 4 + 1 / 3) / 2)
     direct = B.score_items(lm, B.load_benchmark("piqa", src["piqa"]))
     assert res["piqa"]["acc"] == direct["acc"]

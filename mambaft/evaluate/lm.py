@@ -28,6 +28,11 @@ from .replies import generate_replies
 LOGPROB_CHUNK = 256  # positions per lm_head chunk: B x 256 x 50257 fp32 = 51 MB per row
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits -> fp32 (a log-softmax over 50,257 of them needs it); fp64 stays fp64."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 class MambaLM:
     """A mambaft model (original or selective architecture) with its tokenizer and template."""
     kind = "mambaswelu"
@@ -64,18 +69,20 @@ class MambaLM:
 
     # --- scoring ---------------------------------------------------------------------------------
     def _logits_fn(self, ids: torch.Tensor):
-        """ids [B, L] -> a function (start, end) -> fp32 logits [B, end-start, V], without keeping
-        the full [B, L, V] tensor when the model exposes features + lm_head (MambaSWELU does)."""
+        """ids [B, L] -> a function (start, end) -> logits [B, end-start, V] in fp32 (fp64 for a float64
+        model), without keeping the full [B, L, V] tensor when the model exposes features + lm_head
+        (MambaSWELU does)."""
         m = self.model
         if hasattr(m, "features") and hasattr(m, "lm_head"):
             f = m.features(ids)                                   # [B, L, D]
-            return lambda s, e: m.lm_head(f[:, s:e]).float()
-        logits = m(ids)["logits"].float()                         # [B, L, V]
+            return lambda s, e: _at_least_fp32(m.lm_head(f[:, s:e]))
+        logits = _at_least_fp32(m(ids)["logits"])                 # [B, L, V]
         return lambda s, e: logits[:, s:e]
 
     @torch.no_grad()
     def token_logprobs(self, rows: Sequence[Sequence[int]]) -> list:
-        """log p(row[i+1] | row[:i+1]) for every row -> list of fp32 tensors [len(row)-1] (CPU).
+        """log p(row[i+1] | row[:i+1]) for every row -> list of fp32 tensors [len(row)-1] (CPU; fp64
+        for a float64 model, whose scores are then exact to ~1e-15 rather than fp32's ~1e-3 over 50,257 logits).
         Rows are batched by length (right padding is harmless: the model is causal)."""
         for i, r in enumerate(rows):
             if len(r) > self.max_len:
@@ -96,12 +103,14 @@ class MambaLM:
                 for b, i in enumerate(idx):
                     ids[b, :len(rows[i])] = torch.tensor(list(rows[i]), dtype=torch.long)
                 ids = ids.to(self.device)
-                lp = torch.empty(len(idx), L - 1)
+                lp = None
                 with autocast(self.device, self.precision):
                     logits_at = self._logits_fn(ids)
                     for s in range(0, L - 1, LOGPROB_CHUNK):
                         e = min(L - 1, s + LOGPROB_CHUNK)
-                        logp = torch.log_softmax(logits_at(s, e).float(), dim=-1)  # [B, e-s, V]
+                        logp = torch.log_softmax(logits_at(s, e), dim=-1)  # [B, e-s, V]
+                        if lp is None:
+                            lp = torch.empty(len(idx), L - 1, dtype=logp.dtype)
                         lp[:, s:e] = logp.gather(-1, ids[:, s + 1:e + 1, None]).squeeze(-1).cpu()
                 for b, i in enumerate(idx):
                     out[i] = lp[b, :len(rows[i]) - 1].clone()
