@@ -51,6 +51,13 @@ def tiny_model(tiny_ckpt_path):
     return model
 
 
+@pytest.fixture()
+def tiny_model64(tiny_model):
+    """The fixture model in float64: its logits are exact to ~1e-13 on any CPU (the lm_head output is
+    then rounded to fp32, 1.2e-6 at |x| = 20), so parity with the reference does not depend on kernels."""
+    return tiny_model.double()
+
+
 def make_small_gpt2_model(seed: int = 0, d_model: int = 32, n_layers: int = 2, max_seq_len: int = 256,
                           dense_hidden_dim: int = 64, dropout: float = 0.0):
     """A small random MambaSWELU with the GPT-2 vocabulary (so real tokenized text fits)."""

@@ -49,3 +49,30 @@ def assert_within_dot_bound(actual, expected, n: int, scale, u: float = FP32_U) 
     worst = int(torch.argmax(diff - bound))
     assert bool((diff <= bound).all()), (f"|diff| {diff.flatten()[worst]:.3e} > bound {bound.flatten()[worst]:.3e} "
                                          f"(2 gamma_{n} x scale) at flat index {worst}")
+
+
+# --- parity with tests/fixtures/mambaswelu_tiny/reference.pt ---------------------------------------
+# The reference holds fp32 logits (|x| up to 19.9) computed by the original code on its author's CPU.
+# A deep nonlinear forward pass has no useful a-priori bound (SWELU's slope is unbounded at 0 for
+# k < 1), so these two are measured, on the kernels that sum in the most different orders:
+# REFERENCE_TOL, the reference's own fp32 rounding: a float64 evaluation of the same weights (its error
+#   ~1e-13 on any CPU) is at most 0.89 of it away (max |diff| 1.19e-5).
+# FP32_FORWARD_TOL, our fp32 forward against the reference: 0 on AVX-512 and with ATEN_CPU_CAPABILITY=avx2
+#   or ONEDNN_MAX_CPU_ISA=AVX2 (the reference's kernels), 3.5e-5 = 0.35 of it with
+#   ATEN_CPU_CAPABILITY=default (scalar kernels, sequential sums: the longest rounding chains torch has).
+REFERENCE_TOL = dict(atol=1e-5, rtol=1e-5)
+FP32_FORWARD_TOL = dict(atol=1e-4, rtol=1e-5)
+
+# Two fp32 paths to the tiny model's mean cross-entropy (full logits + F.cross_entropy vs the chunked
+# linear_cross_entropy, or a "sum" reduction / n): the same features; logits from different matmul
+# kernels differ by <= 2 gamma_64 x 37.5 (max sum|h w| at its 64-wide lm_head) = 2.9e-4, a token's loss
+# by twice that; plus two fp32 log-softmaxes over 512 logits (2 x 3.1e-5) and a mean of <= 78 losses
+# (each < 20) summed in two orders (2 x 77 u x 20 = 1.8e-4): 8.1e-4. Measured: <= 2.0e-6 on every
+# kernel; a chunking bug (a token dropped or counted twice) moves the mean by ~14 / 60 = 0.2.
+TINY_LOSS_PATHS_TOL = (2 * 2 * dot_abs_error(64) * 37.5 + 2 * log_softmax_abs_error(512, 20)
+                       + 2 * sum_rel_error(78) * 20)
+
+# Decoding (prefill + one step at a time) against the full parallel forward, fp32: the same function
+# summed in different orders (conv window, recurrence vs scan). Measured max |diff| 5.5e-5 = 0.39 of
+# this (ATen DEFAULT kernels; 0.13-0.16 on AVX-512 / AVX2), logits up to |20|.
+STEP_TOL = dict(atol=1e-4, rtol=1e-5)

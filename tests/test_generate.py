@@ -1,9 +1,15 @@
 """Generation: O(1) decoding equals the original greedy generate, including past max_seq_len."""
+import pytest
 import torch
 
 from mambaft.generate import generate, sample_next
+from tests.numerics import STEP_TOL
+
+pytestmark = pytest.mark.numerics   # fp32 results on this CPU's kernels: `make test` reruns them on the lowest ISA
 
 
+# Greedy tokens are exact: along both reference paths the best logit leads the second by >= 0.0153
+# (measured on every kernel), 25x the 6e-4 that two fp32 evaluations within FP32_FORWARD_TOL can move it.
 def test_greedy_matches_original(tiny_model, tiny_reference):
     out = generate(tiny_model, tiny_reference["greedy_prompt"], max_new_tokens=24)
     assert torch.equal(out, tiny_reference["greedy_output"])
@@ -31,7 +37,7 @@ def test_step_logits_equal_full_forward_at_every_position(tiny_model, tiny_refer
     got = [logits]
     for t in range(1, ids.shape[1]):
         got.append(tiny_model.step(ids[:, t], state))
-    torch.testing.assert_close(torch.stack(got, dim=1), full, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got, dim=1), full, **STEP_TOL)
 
 
 def test_prefill_state_equals_stepping_from_scratch(tiny_model, tiny_reference):
@@ -41,7 +47,7 @@ def test_prefill_state_equals_stepping_from_scratch(tiny_model, tiny_reference):
         logits_a = tiny_model.step(ids[:, t], state_a)
     with torch.no_grad():
         full = tiny_model(ids)["logits"][:, -1]
-    torch.testing.assert_close(logits_a, full, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(logits_a, full, **STEP_TOL)
 
 
 def test_stop_tokens_and_padding(tiny_model, tiny_reference):
@@ -81,7 +87,8 @@ def test_repetition_controls_break_the_fixture_loop(tiny_model, tiny_reference):
 
 
 def test_sampling_follows_the_distribution():
-    # p = softmax([0, ln 3]) = [0.25, 0.75]: 4000 draws land within 4 sigma (sigma = 0.0068)
+    # p = softmax([0, ln 3]) = [0.25, 0.75]: 4000 draws land within 4 sigma (sigma = sqrt(0.75 x 0.25 /
+    # 4000) = 0.0068); the seeded generator makes the draw itself the same on every CPU
     logits = torch.tensor([[0.0, float(torch.log(torch.tensor(3.0)))]]).repeat(4000, 1)
     draws = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert abs(draws.float().mean().item() - 0.75) < 4 * 0.0068

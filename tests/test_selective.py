@@ -11,6 +11,9 @@ from mambaft.model import MambaSWELUConfig, build_model, upgrade_to_selective
 from mambaft.model.scan import (HAS_MAMBA_SSM, chunk_length, selective_scan, selective_scan_ref,
                                 selective_step)
 from mambaft.model.selective import SelectiveMambaSWELU
+from tests.numerics import FP32_FORWARD_TOL, STEP_TOL, TINY_LOSS_PATHS_TOL
+
+pytestmark = pytest.mark.numerics   # fp32 results on this CPU's kernels: `make test` reruns them on the lowest ISA
 
 
 def _open_gates(model, std=0.5, seed=1):
@@ -43,10 +46,9 @@ def test_upgrade_computes_exactly_the_original(tiny_model, tiny_reference):
         chunked = up(ids, labels=ids, return_logits=False)
     # a + 0 * y == a in fp32: bit-for-bit equal, so well within the 1e-5 the issue asks for.
     assert torch.equal(out["logits"], ref["logits"])
-    assert (out["logits"] - ref["logits"]).abs().max().item() <= 1e-5
     assert out["loss"].item() == ref["loss"].item()
-    torch.testing.assert_close(out["logits"], tiny_reference["logits"], atol=1e-5, rtol=1e-5)
-    assert abs(chunked["loss"].item() - ref["loss"].item()) < 1e-5
+    torch.testing.assert_close(out["logits"], tiny_reference["logits"], **FP32_FORWARD_TOL)  # fp32, any CPU
+    assert abs(chunked["loss"].item() - ref["loss"].item()) < TINY_LOSS_PATHS_TOL
     # greedy generation is the original's too (prefill + O(1) steps)
     assert torch.equal(generate(up, tiny_reference["greedy_prompt"], 24), tiny_reference["greedy_output"])
 
@@ -194,7 +196,8 @@ def test_step_logits_equal_full_forward_with_open_gates(tiny_model, tiny_referen
     got = [logits]
     for t in range(1, ids.shape[1]):
         got.append(up.step(ids[:, t], state))
-    torch.testing.assert_close(torch.stack(got, 1), full, atol=1e-4, rtol=1e-5)
+    # STEP_TOL: the recurrence and the parallel scan sum in different orders; measured max 0.16 of it
+    torch.testing.assert_close(torch.stack(got, 1), full, **STEP_TOL)
 
 
 def test_prefill_of_different_lengths_equals_stepping(tiny_model, tiny_reference):
@@ -204,9 +207,9 @@ def test_prefill_of_different_lengths_equals_stepping(tiny_model, tiny_reference
         full = up(ids)["logits"]
     # right padding of the short row must not leak into its SSM state (delta = 0 on padding)
     logits, state = up.prefill([ids[0, :7].tolist(), ids[1, :30].tolist()])
-    torch.testing.assert_close(logits, torch.stack([full[0, 6], full[1, 29]]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(logits, torch.stack([full[0, 6], full[1, 29]]), **STEP_TOL)
     nxt = up.step(torch.stack([ids[0, 7], ids[1, 30]]), state)
-    torch.testing.assert_close(nxt, torch.stack([full[0, 7], full[1, 30]]), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(nxt, torch.stack([full[0, 7], full[1, 30]]), **STEP_TOL)
 
 
 def test_decoding_past_max_seq_len_keeps_the_state_and_clamps_positions(tiny_model, tiny_reference):
@@ -220,11 +223,11 @@ def test_decoding_past_max_seq_len_keeps_the_state_and_clamps_positions(tiny_mod
     got = [logits[0]]
     for t in range(100, ids.shape[1]):
         got.append(up.step(ids[:, t], state)[0])
-    torch.testing.assert_close(torch.stack(got), want[99:], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got), want[99:], **STEP_TOL)
     assert int(state.pos[0]) == 140 > M
     # a prompt longer than max_seq_len is prefilled whole, not cropped
     logits_long, _ = up.prefill([ids[0].tolist()])
-    torch.testing.assert_close(logits_long[0], want[-1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(logits_long[0], want[-1], **STEP_TOL)
     with pytest.raises(ValueError, match="exceeds maximum 128"):     # training rows stay <= M
         up(ids)
 
