@@ -31,6 +31,9 @@ def test_swelu_function_equals_reference_fp32(k_value):
     out, gz, gk = _grads(swelu, z, k, g)
     ref, rz, rk = _grads(swelu_reference, z, k, g)
     assert torch.equal(out, ref)             # same ops in the same order: bit-identical forward
+    # Backward recomputes pow/exp in place and in another order than autograd's chain: elementwise, a few
+    # ulp (rtol 1e-5 = 170 u). dk sums 7,680 elementwise terms (|values| up to ~100) in two orders:
+    # 2 x 7,679 u x sum|terms| is ~1e-4 relative at worst, hence atol 1e-4 on a gk of ~10-100.
     torch.testing.assert_close(gz, rz, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-4)
     assert gk.shape == k.shape and gk.abs() > 1e-3    # k really receives a gradient
@@ -40,6 +43,8 @@ def test_swelu_function_equals_reference_fp32(k_value):
 def test_swelu_function_gradcheck_fp64():
     z = (torch.randn(5, 7, dtype=torch.float64) * 2).requires_grad_()
     k = torch.tensor(0.55, dtype=torch.float64, requires_grad=True)
+    # float64 finite differences with eps 1e-6: truncation error ~eps x |f''| (~1e-6 here), rounding
+    # ~u64 / eps = 1e-10; gradcheck's atol 1e-6 matches the truncation term
     assert torch.autograd.gradcheck(swelu, (z, k), eps=1e-6, atol=1e-6)
 
 
@@ -62,7 +67,9 @@ def test_swelu_function_under_bf16_autocast_matches_reference():
     zr, ref, rx, rk = run(swelu_reference)
     assert zd == torch.bfloat16 and out.dtype == torch.float32   # computed in fp32 from bf16 input
     assert torch.equal(out, ref)
-    torch.testing.assert_close(gx, rx, rtol=1e-2, atol=1e-2)     # bf16 gradient into the matmul
+    # bf16 gradient into the matmul: 8 significant bits, u = 2^-9 = 2e-3, over a 48-term sum: 1e-2.
+    # dk is fp32 on both sides (as above).
+    torch.testing.assert_close(gx, rx, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(gk, rk, rtol=1e-5, atol=1e-4)
 
 
@@ -85,6 +92,8 @@ def test_swelu_gate_equals_swelu_times_sigmoid(autocast):
     out, gu, gk = run(True)
     ref, ru, rk = run(False)
     assert out.dtype == torch.float32 and torch.equal(out, ref)
+    # autocast: the gradient into u goes back through a bf16 matmul (u = 2e-3 per operand, 64-term sums);
+    # fp32: elementwise recomputation only, a few ulp (as test_swelu_function_equals_reference_fp32)
     tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gu, ru, **tol)             # through both x and z
     torch.testing.assert_close(gk, rk, rtol=1e-4, atol=1e-4)
@@ -94,7 +103,7 @@ def test_swelu_gate_gradcheck_fp64():
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     k = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(swelu_gate, (x, k, z), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(swelu_gate, (x, k, z), eps=1e-6, atol=1e-6)   # as for swelu above
 
 
 def test_swelu_module_lam_variant_still_uses_the_reference_path():
@@ -102,6 +111,7 @@ def test_swelu_module_lam_variant_still_uses_the_reference_path():
     with torch.no_grad():
         m.lam.fill_(0.5)
     z = torch.randn(10)
+    # the same elementwise fp32 ops: assert_close's fp32 default (rel 1.3e-6 = 22 u, abs 1e-5) is ample
     torch.testing.assert_close(m(z), 0.5 * swelu_reference(z, m.k))
     gate_in = torch.randn(10)
     torch.testing.assert_close(m.gate(z, gate_in), 0.5 * swelu_reference(z, m.k) * torch.sigmoid(gate_in))
@@ -183,6 +193,10 @@ def test_linear_cross_entropy_equals_plain_cross_entropy(reduction):
                           reduction=reduction)
     ref.backward()
     assert n == int((labels[:, 1:] != -100).sum())
+    # Both sides: the same 16-term logits (any kernel: 2 gamma_16 = 1.9e-6 of sum|h w|, ~1), log-softmax
+    # over 97 (tests.numerics.log_softmax_abs_error: 5.8e-6 nats), then a sum over <= 36 tokens; the
+    # loss (mean ~5, sum ~170) agrees within atol 1e-5 + rtol 1e-6. Gradients are 16- or 36-term sums
+    # of softmax-weighted values (|.| < 1): 2 x 36 u = 4.3e-6 relative, inside rtol 1e-5 + atol 1e-6.
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
@@ -201,6 +215,7 @@ def test_linear_cross_entropy_under_bf16_autocast_is_close_to_fp32():
     ref = F.cross_entropy((h2 @ w2.t())[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
     ref.backward()
     assert loss.dtype == torch.float32 and w1.grad.dtype == torch.float32
+    # bf16 logits (u = 2e-3 relative per operand, 32-term dots of |.| ~ 1) move a loss of ~6 by ~1e-2
     assert abs(loss.item() - ref.item()) < 2e-2
     assert torch.nn.functional.cosine_similarity(w1.grad.flatten(), w2.grad.flatten(), dim=0) > 0.999
     assert torch.nn.functional.cosine_similarity(h1.grad.flatten(), h2.grad.flatten(), dim=0) > 0.999

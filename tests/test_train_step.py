@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mambaft.train.optim import build_optimizer
@@ -24,6 +25,7 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.numerics
 def test_gradient_is_the_same_however_the_global_batch_is_split():
     ids, labels = _batch()
     n_global = count_trained_tokens(labels)
@@ -41,6 +43,10 @@ def test_gradient_is_the_same_however_the_global_batch_is_split():
     g_split = _grads(split)
 
     assert n_whole == n_total == n_global
+    # Two fp32 orders of the same 75 token losses, through matmuls whose shape changes with the
+    # micro-batch. Measured: rel 2.8e-8 for the loss, at most 0.0013 of (1e-7 + 1e-4 |g|) for the
+    # gradients, on AVX-512 and ATen DEFAULT kernels alike; the naive mean below is off by more than
+    # 1e-2 relative, so these tolerances sit between the two by orders of magnitude.
     assert math.isclose(loss_whole, total, rel_tol=1e-5)
     assert g_whole.keys() == g_split.keys() and len(g_whole) > 5
     for name in g_whole:

@@ -181,7 +181,7 @@ def test_plan_arithmetic_provenance_and_the_plans_warnings():
         "override (--max-steps)"
     assert provenance(cfg, {"max_steps": "--set"})["max_steps"] == "preset quick"   # same value passed again
     epochs = epochs_per_source(["alpaca"] * 52_002, 192 * 10_000)
-    assert epochs["alpaca"] == pytest.approx(36.92, abs=0.01)          # the plan's "37 epochs"
+    assert epochs["alpaca"] == pytest.approx(36.92, abs=0.01)          # the plan's "37 epochs" (1,920,000 / 52,002 = 36.922)
     lines, warns = plan_lines(cfg, world_size=6, train_sources=["alpaca"] * 52_002, n_params=124_104_719)
     text = "\n".join(lines)
     assert "4 rows x 8 accumulation x 6 process(es) = 192 rows/step" in text
@@ -197,7 +197,7 @@ def test_plan_arithmetic_provenance_and_the_plans_warnings():
 
 # --- evaluation helpers --------------------------------------------------------------------------------------
 def test_val_summary_is_token_weighted():
-    row = summarize_val({"a": [10.0, 5], "b": [30.0, 10], "c": [0.0, 0]})
+    row = summarize_val({"a": [10.0, 5], "b": [30.0, 10], "c": [0.0, 0]})    # float64 arithmetic: approx's default
     assert row["val_loss"] == pytest.approx(40.0 / 15)
     assert row["val_loss/a"] == 2.0 and row["val_loss/b"] == 3.0 and "val_loss/c" not in row
     assert row["val_ppl"] == pytest.approx(math.exp(40.0 / 15))
@@ -216,6 +216,8 @@ def test_heldout_perplexity_equals_exp_of_the_mean_token_loss():
             out = model(w, labels=w, loss_reduction="sum")
         total, n = total + float(out["loss"]), n + out["n_tokens"]
     assert n == 15 + 15 + 7
+    # the same fp32 forwards summed in another order (37 token losses, each < 12): exp turns the mean's
+    # absolute error 2 x 36 u x 12 = 5.2e-5 / 37 per token into a relative 1.4e-6 of the ppl; 1e-5 is 7x that
     assert res["heldout_ppl/t"] == pytest.approx(math.exp(total / n), rel=1e-5)
     assert res["heldout_ppl"] == res["heldout_ppl/t"]
 
@@ -285,6 +287,9 @@ def test_bf16_autocast_run_tracks_the_fp32_run(tmp_path):
                           eval_every=4, lr=3e-3, warmup_steps=1)
         runs[precision] = finetune(cfg, base, data, tmp_path / precision, **quiet)
     assert runs["bf16"]["losses"] != runs["fp32"]["losses"]              # bf16 really ran
+    # bf16 keeps 8 significant bits (u = 2^-9 = 2e-3 per rounded operand); after 4 steps at lr 3e-3 the
+    # losses stay within a few u of fp32 whether the bf16 matmul is native (AMX / AVX-512 BF16) or
+    # emulated (AVX2): 3% is ~15 u
     for a, b in zip(runs["fp32"]["losses"], runs["bf16"]["losses"]):
         assert b == pytest.approx(a, rel=0.03)
     start = read_metrics(tmp_path / "bf16" / "metrics.jsonl")[0]
@@ -304,6 +309,7 @@ def test_selective_architecture_upgrades_the_base_first(tmp_path):
     sel = finetune(make_config("smoke", architecture="selective", d_state=4, export_original=True, **common),
                    base, data, tmp_path / "sel", **quiet)
     # the upgrade starts as the same function: the first step's loss is the original model's
+    # (a + 0 * y: the same fp32 function, so the same loss up to the loss kernels' summation order)
     assert sel["losses"][0] == pytest.approx(orig["losses"][0], rel=1e-5)
     model, _ = load_checkpoint(sel["final"])
     assert model.config.architecture == "selective" and model.config.ssm_state == 4
