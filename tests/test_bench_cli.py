@@ -68,7 +68,9 @@ def test_generate_bench_in_process_reports_both_phases(capsys):
                  "--original-new", "3", "--batches", "1,2", "--contexts", "5,60", "--probe", "3",
                  "--repeats", "1", "--warmup", "0", "--in-process"]) == 0
     objs = _objects(capsys)
-    assert len(objs) == 2 * (2 + 2)
+    assert len(objs) == 2 * (2 + 2 + 2)                  # generate, per_token, decode: 2 cases each
+    dec = {(o["impl"], o["batch"]) for o in objs if o["phase"] == "decode"}
+    assert dec == {("mambaft", 1), ("mambaft", 2), ("original", 1), ("original", 2)}
     gen = [o for o in objs if o["phase"] == "generate"]
     assert {(o["impl"], o["batch"], o["new"]) for o in gen} == \
         {("mambaft", 1, 6), ("mambaft", 2, 6), ("original", 1, 3), ("original", 2, 3)}
