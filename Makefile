@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-numerics install clean-outputs
+.PHONY: demo test test-numerics install clean-outputs gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,3 +44,8 @@ test-numerics: $(STAMP)
 
 clean-outputs:
 	rm -rf outputs/*/
+
+# Everything that needs CUDA in one run (< 8 min on one GPU): JSON in outputs/gpu_check.json.
+# benchmarks/gpu_check.py --dry-run runs the same sections on CPU at tiny sizes (tests/test_gpu_check.py).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out outputs/gpu_check.json

@@ -39,6 +39,9 @@ class Config:
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     val_fraction: float = 0.02
     max_seq_len: int = 1024        # the model's position table holds 1024 positions
+    # Several conversations per row (positions and the mixers restart at each one: exact, see
+    # mambaft.train.batches); off by default: the demo's runs were measured with sorted batches.
+    packing: bool = False
 
     # --- optimisation (AdamW, linear warmup then decay to min_lr_ratio * lr) ------------------
     lr: float = 5e-6

@@ -68,7 +68,9 @@ def test_generate_bench_in_process_reports_both_phases(capsys):
                  "--original-new", "3", "--batches", "1,2", "--contexts", "5,60", "--probe", "3",
                  "--repeats", "1", "--warmup", "0", "--in-process"]) == 0
     objs = _objects(capsys)
-    assert len(objs) == 2 * (2 + 2)
+    assert len(objs) == 2 * (2 + 2 + 2)                  # generate, per_token, decode: 2 cases each
+    dec = {(o["impl"], o["batch"]) for o in objs if o["phase"] == "decode"}
+    assert dec == {("mambaft", 1), ("mambaft", 2), ("original", 1), ("original", 2)}
     gen = [o for o in objs if o["phase"] == "generate"]
     assert {(o["impl"], o["batch"], o["new"]) for o in gen} == \
         {("mambaft", 1, 6), ("mambaft", 2, 6), ("original", 1, 3), ("original", 2, 3)}
@@ -153,3 +155,36 @@ def test_flop_count_matches_torch_flop_counter():
         3 * forward_flops(2 * 9, 16, 2, 97, 24, logits_positions=2 * 8) + conv
     # the 124M model: about 586 MFLOP per trained token
     assert train_flops(1, 1025, 1024, 6, 50257, 2048) / 1024 == pytest.approx(586e6, rel=0.01)
+
+
+def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
+    """`epoch` on a prepared folder: four sides, the same trained tokens, padding and trained fractions
+    that follow from the token counts, ratios from the recorded rates; clear errors for bad --data."""
+    from tests.test_train_loop import write_prepared
+    data = write_prepared(tmp_path / "data")
+    assert main(["epoch", "--data", str(data), "--d-model", "16", "--n-layers", "1", "--threads", "1",
+                 "--batch", "2", "--accum", "2", "--max-seq-len", "64", "--precision", "fp32",
+                 "--in-process"]) == 0
+    objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    side = {(o["impl"], o.get("padding", o.get("packing"))): o for o in objs}
+    assert set(side) == {("mambaft", False), ("mambaft", True), ("original", "batch"), ("original", "max")}
+    trained = {o["trained_tokens"] for o in objs}
+    assert len(trained) == 1 and trained.pop() > 0          # the same rows, the same labels
+    for o in objs:
+        assert o["bench"] == "epoch" and o["steps"] == o["steps_per_epoch"] == 2   # 8 rows / (2 x 2)
+        assert o["epoch_s_measured"] and o["epoch_s"] == pytest.approx(o["wall_s"])
+        assert o["trained_tokens_per_s"] == pytest.approx(o["trained_tokens"] / o["wall_s"])
+        assert o["padding_fraction"] == pytest.approx(1 - o["real_tokens"] / o["computed_tokens"])
+        assert o["trained_fraction"] == pytest.approx(o["trained_tokens"] / o["computed_tokens"])
+    assert side[("original", "max")]["computed_tokens"] == 4 * 2 * 64           # 4 micro-batches x 2 x 64
+    assert side[("original", "batch")]["computed_tokens"] == side[("mambaft", False)]["computed_tokens"]
+    packed = side[("mambaft", True)]
+    assert packed["micro_batches"] < side[("mambaft", False)]["micro_batches"]
+    assert packed["speedup_vs_sorted"] == pytest.approx(
+        packed["trained_tokens_per_s"] / side[("mambaft", False)]["trained_tokens_per_s"])
+    assert packed["speedup_vs_original_max"] == pytest.approx(
+        packed["trained_tokens_per_s"] / side[("original", "max")]["trained_tokens_per_s"])
+    with pytest.raises(SystemExit, match="not a prepared folder"):
+        main(["epoch", "--data", str(tmp_path), "--in-process"])
+    with pytest.raises(SystemExit, match="--data DIR is required"):
+        main(["epoch", "--in-process"])

@@ -219,3 +219,14 @@ def test_linear_cross_entropy_under_bf16_autocast_is_close_to_fp32():
     assert abs(loss.item() - ref.item()) < 2e-2
     assert torch.nn.functional.cosine_similarity(w1.grad.flatten(), w2.grad.flatten(), dim=0) > 0.999
     assert torch.nn.functional.cosine_similarity(h1.grad.flatten(), h2.grad.flatten(), dim=0) > 0.999
+
+
+def test_conv_of_one_token_leaves_its_bias_alone():
+    """[1, 1, E] input (a one-token prompt at batch 1): bias.expand(...).contiguous() is the bias
+    itself, and the taps used to be added into it in place (the weights changed under no_grad)."""
+    w, bias = torch.randn(3, 4), torch.randn(3)
+    before = bias.clone()
+    with torch.no_grad():
+        y = causal_depthwise_conv(torch.randn(1, 1, 3), w, bias)
+    assert torch.equal(bias, before)
+    assert not torch.equal(y[0, 0], bias)

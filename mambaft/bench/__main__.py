@@ -8,6 +8,7 @@ peak_mem_vs_original when the original ran in the same invocation (--impl both, 
     python -m mambaft.bench train                 # ~4 min on 2 cores: 124M, 4 x 1024, bf16 + fp32
     python -m mambaft.bench generate              # 512 + 128 tokens at batch 1 and 8, time per token
     python -m mambaft.bench prepare               # conversations/s
+    python -m mambaft.bench epoch --data DIR      # trained tokens/s over a real prepared set
     python -m mambaft.bench train --impl original --out results.jsonl    # one side alone
 
 See benchmarks/README.md for the numbers measured and how to read them.
@@ -18,12 +19,14 @@ import argparse
 import os
 import sys
 
+from . import epoch as epoch_bench
 from . import generate as generate_bench
 from . import prepare as prepare_bench
 from . import train as train_bench
 
-BENCHES = {"train": train_bench, "generate": generate_bench, "prepare": prepare_bench}
-RUNNERS = {"train": "TrainRunner", "generate": "GenerateRunner", "prepare": "PrepareRunner"}
+BENCHES = {"train": train_bench, "generate": generate_bench, "prepare": prepare_bench, "epoch": epoch_bench}
+RUNNERS = {"train": "TrainRunner", "generate": "GenerateRunner", "prepare": "PrepareRunner",
+           "epoch": "EpochRunner"}
 
 
 def make_runner(spec: dict):
@@ -130,10 +133,20 @@ def main(argv=None) -> int:
     variants, cases = mod.variants(args), mod.cases(args)
     load_before = os.getloadavg()[0]  # the machines are shared: say how busy this one was
     peaks = _peaks(args) if args.bench == "train" else {}
-    repeats = args.steps if args.bench == "train" else args.repeats
-    results = run_side_by_side(args.bench, variants, cases, vars(args), warmup=args.warmup, repeats=repeats,
-                               env_for=_env_for(args), make_runner=make_runner, in_process=args.in_process,
-                               verbose=args.verbose, measure_memory=not args.no_memory)
+    epoch = args.bench == "epoch"     # every case is one optimizer step of the epoch: run once each
+    repeats = args.steps if args.bench == "train" else 1 if epoch else args.repeats
+    results = run_side_by_side(args.bench, variants, cases, vars(args), warmup=0 if epoch else args.warmup,
+                               repeats=repeats, env_for=_env_for(args), make_runner=make_runner,
+                               in_process=args.in_process, verbose=args.verbose,
+                               measure_memory=not (args.no_memory or epoch))
+    if epoch:
+        objs = mod.summarize_all(results, args)
+        for o in objs:
+            o["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            o["env"] = args.env
+            emit(o, args.out)
+        print(mod.table(objs), file=sys.stderr)
+        return 0
     if args.bench == "train":  # the best of: before, after, and the samples the workers took
         again = _peaks(args)
         samples = [r["gemm_peak"] for m in results for r in m.runs if "gemm_peak" in r]

@@ -77,6 +77,25 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, shape: Optional[tuple]
     return 2.0 * m * k * n / best
 
 
+def copy_bandwidth(device: torch.device, mbytes: int = 256, repeats: int = 5) -> float:
+    """Best bytes/s of `dst.copy_(src)` over a buffer far bigger than the caches, counting bytes read
+    plus bytes written (STREAM's "Copy" convention): the memory bandwidth decoding is bound by."""
+    n = mbytes * 1024 * 1024 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 1:  # the first touches the pages
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * n * 4 / best
+
+
 def nominal_bf16_peak(device: torch.device) -> tuple[Optional[str], Optional[float]]:
     """(card name, spec-sheet dense bf16 FLOP/s) for a known CUDA card, else (name or None, None)."""
     if device.type != "cuda":

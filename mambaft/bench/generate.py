@@ -13,8 +13,19 @@ Two kinds of measurement (fp32, eval mode, random prompt ids):
                 prefill of that many tokens (--probe steps), the original as one forward of that
                 (cropped) context. Flat for mambaft, linear up to max_seq_len for the original.
 
+    decode      mambaft only: seconds per decode step after a --prompt prefill, at each of --batches,
+                against the memory-bandwidth limit measured in the same worker: copy bandwidth
+                (`flops.copy_bandwidth`, bytes read + written per second) and the bytes of weights
+                one step reads (`decode_weight_bytes`); bandwidth_fraction = limit / measured step.
+
+--weights fp32,bf16 adds a mambaft side with bf16 Linear/Embedding weights (mambaft.model.
+decode_weights); that side also reports the greedy difference against fp32 on the same model
+(`greedy_difference`: --agreement-prompts prompts x --agreement-new tokens). With --base PATH both
+sides load that checkpoint (e.g. data/demo_base), so the difference is that of real weights.
+
     python -m mambaft.bench generate
     python -m mambaft.bench generate --impl mambaft --batches 1 --contexts 16,512,1000,4000
+    python -m mambaft.bench generate --impl mambaft --weights fp32,bf16 --contexts '' --new 32
 """
 from __future__ import annotations
 
@@ -41,13 +52,19 @@ def add_args(p) -> None:
                    help="context lengths for the time per token (past max_seq_len: the crop)")
     p.add_argument("--probe", type=int, default=16, help="mambaft steps per per_token measurement")
     p.add_argument("--original-probe", type=int, default=1, help="original forwards per per_token")
+    p.add_argument("--weights", default="fp32", help="mambaft weight dtypes: fp32, bf16 or fp32,bf16")
+    p.add_argument("--base", default=None, help="load this checkpoint instead of random weights")
+    p.add_argument("--agreement-prompts", type=int, default=8, help="prompts for the greedy difference")
+    p.add_argument("--agreement-new", type=int, default=32, help="new tokens per prompt for it")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--warmup", type=int, default=1)
 
 
 def variants(args) -> list:
     from .harness import Variant
-    return ([Variant("mambaft")] if args.impl in ("mambaft", "both") else []) + \
+    mf = [Variant("mambaft") if w.strip() == "fp32" else Variant("mambaft", {"weights": w.strip()})
+          for w in args.weights.split(",") if w.strip()]
+    return (mf if args.impl in ("mambaft", "both") else []) + \
         ([Variant("original")] if args.impl in ("original", "both") else [])
 
 
@@ -56,6 +73,8 @@ def cases(args) -> list:
             "original_new": min(args.original_new, args.new)} for b in args.batches.split(",") if b]
     out += [{"phase": "per_token", "batch": 1, "context": int(c), "probe": args.probe,
              "original_probe": args.original_probe} for c in args.contexts.split(",") if c]
+    out += [{"phase": "decode", "batch": int(b), "context": args.prompt, "probe": args.probe,
+             "original_probe": args.original_probe} for b in args.batches.split(",") if b]
     return out
 
 
@@ -68,16 +87,44 @@ class GenerateRunner:
         self.impl, self.cases, self.seed = spec["impl"], spec["cases"], a["seed"]
         d = _dims(a)
         self.vocab, self.max_len = d["vocab"], a["max_seq_len"]
-        if self.impl == "mambaft":
+        self.weights = spec["opts"].get("weights", "fp32")
+        if self.impl == "mambaft" and a.get("base"):
+            from mambaft.checkpoint import load_checkpoint
+            self.model = load_checkpoint(a["base"])[0].float()
+            self.vocab, self.max_len = self.model.config.vocab_size, self.model.config.max_seq_len
+        elif self.impl == "mambaft":
             from mambaft.model import MambaSWELU, MambaSWELUConfig
             cfg = MambaSWELUConfig(vocab_size=d["vocab"], d_model=d["d_model"], n_layers=d["n_layers"],
                                    max_seq_len=self.max_len, dense_hidden_dim=d["dense"])
             self.model = MambaSWELU(cfg)
         else:
             from .original import OriginalMambaSWELU
-            self.model = OriginalMambaSWELU(d["vocab"], d["d_model"], d["n_layers"], self.max_len, d["dense"])
+            if a.get("base"):                  # the same checkpoint (its keys are the original's)
+                from mambaft.checkpoint import load_checkpoint
+                src = load_checkpoint(a["base"])[0].float()
+                c = src.config
+                self.vocab, self.max_len = c.vocab_size, c.max_seq_len
+                self.model = OriginalMambaSWELU(c.vocab_size, c.d_model, c.n_layers, c.max_seq_len,
+                                                c.dense_hidden_dim, 0.0)
+                self.model.load_state_dict(src.state_dict())
+            else:
+                self.model = OriginalMambaSWELU(d["vocab"], d["d_model"], d["n_layers"], self.max_len,
+                                                d["dense"])
         self.model.to(dev).eval()
         self.info = {"precision": "fp32", "device": str(dev), "threads": torch.get_num_threads()}
+        if self.impl == "mambaft":
+            from mambaft.model.decode_weights import (decode_weight_bytes, greedy_difference,
+                                                      with_bf16_weights)
+            from .flops import copy_bandwidth
+            if self.weights == "bf16":
+                fp32 = self.model
+                self.model = with_bf16_weights(fp32)
+                g = torch.Generator().manual_seed(self.seed)
+                prompts = torch.randint(0, self.vocab, (a["agreement_prompts"], 16), generator=g).tolist()
+                self.info["greedy_vs_fp32"] = greedy_difference(fp32, self.model, prompts, a["agreement_new"])
+                del fp32
+            self.info.update(precision=self.weights, weight_bytes_per_step=decode_weight_bytes(self.model),
+                             copy_bandwidth_gb_s=copy_bandwidth(dev) / 1e9)
 
     def _prompt(self, batch: int, length: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed + length)
@@ -85,6 +132,17 @@ class GenerateRunner:
 
     def _work(self, c: dict, mem_probe: bool = False):
         """The callable one timed run executes, and the new tokens it produces."""
+        fn, tokens = self._work_fp(c, mem_probe)
+        if self.weights == "fp32":
+            return fn, tokens
+        from mambaft.model.decode_weights import decode_autocast
+
+        def under_autocast():
+            with decode_autocast(self.model):
+                return fn()
+        return under_autocast, tokens
+
+    def _work_fp(self, c: dict, mem_probe: bool):
         m = self.model
         if c["phase"] == "generate":
             ids = self._prompt(c["batch"], c["prompt"])
@@ -97,9 +155,11 @@ class GenerateRunner:
                 last = ids.new_zeros(c["batch"], min(c["prompt"] + new - 1, self.max_len))
                 return (lambda: m.generate(last, 1)), c["batch"]
             return (lambda: m.generate(ids, new)), c["batch"] * new
-        ids = self._prompt(1, c["context"])
+        ids = self._prompt(c["batch"], c["context"])
         if self.impl == "mambaft":
-            logits, state = m.prefill(ids.tolist())            # untimed: only the steps are timed
+            from mambaft.model.decode_weights import decode_autocast
+            with decode_autocast(m):
+                logits, state = m.prefill(ids.tolist())        # untimed: only the steps are timed
             nxt = logits.argmax(-1)
 
             def steps():
@@ -107,13 +167,17 @@ class GenerateRunner:
                 with torch.no_grad():
                     for _ in range(c["probe"]):
                         nxt = m.step(nxt, state).argmax(-1)
-            return steps, c["probe"]
-        return (lambda: m.generate(ids, c["original_probe"])), c["original_probe"]
+            return steps, c["batch"] * c["probe"]
+        return (lambda: m.generate(ids, c["original_probe"])), c["batch"] * c["original_probe"]
 
     def run(self, case_index: int) -> dict:
         fn, tokens = self._work(self.cases[case_index])
         seconds, _ = timed(fn, self.device)
-        return {"seconds": seconds, "tokens": tokens}
+        out = {"seconds": seconds, "tokens": tokens}
+        if self.impl == "mambaft" and self.cases[case_index]["phase"] == "decode":
+            from .flops import copy_bandwidth   # again beside each timed run: the best is the limit
+            out["copy_bandwidth_gb_s"] = copy_bandwidth(self.device) / 1e9
+        return out
 
     def mem(self, case_index: int) -> int:
         fn, _ = self._work(self.cases[case_index], mem_probe=True)
@@ -131,9 +195,22 @@ def summarize(m, args, peaks: dict) -> dict:
     if c["phase"] == "generate":
         obj.update(prompt=c["prompt"], new=tokens // c["batch"], new_requested=c["new"])
     else:
-        obj.update(context=c["context"], new=tokens)
+        obj.update(context=c["context"], new=tokens // c["batch"])
+    if args.base:
+        obj["base"] = args.base            # dims above are the flags'; the weights are the checkpoint's
+    if c["phase"] == "decode" and "weight_bytes_per_step" in m.info:
+        # one step reads every live weight once, whatever the batch: limit = bytes / bandwidth
+        bw = max([m.info["copy_bandwidth_gb_s"]] + [r.get("copy_bandwidth_gb_s", 0) for r in m.runs]) * 1e9
+        step_s = m.median_s / c["probe"]
+        limit_s = m.info["weight_bytes_per_step"] / bw
+        obj.update(ms_per_step=1e3 * step_s, weight_mb_per_step=m.info["weight_bytes_per_step"] / 1e6,
+                   copy_bandwidth_gb_s=bw / 1e9, bandwidth_limit_ms_per_step=1e3 * limit_s,
+                   bandwidth_fraction=limit_s / step_s)
+    if "greedy_vs_fp32" in m.info:
+        obj["greedy_vs_fp32"] = m.info["greedy_vs_fp32"]
     obj.update(repeats=len(m.runs), warmup=args.warmup, median_s=m.median_s,
-               run_s=[round(s, 4) for s in m.seconds], precision="fp32", device=m.info.get("device"),
+               run_s=[round(s, 4) for s in m.seconds], precision=m.info.get("precision", "fp32"),
+               device=m.info.get("device"),
                threads=m.info.get("threads"), malloc=m.info.get("malloc"),
                omp_wait_policy=m.info.get("omp_wait_policy"))
     return obj

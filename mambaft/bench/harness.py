@@ -256,7 +256,9 @@ def run_side_by_side(bench: str, variants: list, cases: list, args_dict: dict, *
         for ci, case in enumerate(cases):
             runs: dict = {id(w): [] for _, w, _ in workers}
             for r in range(warmup + repeats):
-                order = workers if r % 2 == 0 else workers[::-1]
+                # reversed every other round, and from one case to the next (the epoch bench runs
+                # each case once: its steps alternate which side goes first)
+                order = workers if (r + ci) % 2 == 0 else workers[::-1]
                 for v, w, _ in order:
                     reply = w.call({"cmd": "run", "case": ci})
                     tag = "warm-up" if r < warmup else f"run {r - warmup + 1}/{repeats}"

@@ -14,6 +14,11 @@ input under autocast. Its consumer is SWELU_s, which computes in fp32 anyway: a 
 cost a rounding (the original's autocast conv1d rounded here) and four conversion passes per layer
 (down, up, and both again in backward), for 2 bytes per channel and token of saved activation.
 fp32 inputs give exactly Conv1d's numbers (same summation order).
+
+Packing (several conversations in one row, `positions` [B, L] restarting at 0 at each one): tap s
+reads token t-s only where positions[t] >= s, i.e. where t-s lies in the same conversation; the other
+products are multiplied by 0, so each conversation gets exactly the numbers it gets alone (x * 1 = x
+and y + 0 = y in floating point). positions=None is the unpacked path, unchanged.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import torch
 
 class _CausalDepthwiseConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                positions=None) -> torch.Tensor:
         # x [B, L, E] (any strides, bf16/fp32/fp64), weight [E, K], bias [E] -> [B, L, E] fp32 (fp64)
         L, K = x.shape[1], weight.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -30,39 +36,54 @@ class _CausalDepthwiseConv(torch.autograd.Function):
         xa = x.to(acc)  # one upcast (bf16 under autocast): mixed-dtype ops would copy per tap
         # Start from the bias and fuse-multiply-add the taps oldest first: oneDNN's order, so fp32
         # results are bit-identical to Conv1d (the fixture's logits sit at the fp32 noise floor).
-        y = bias.to(acc).expand(x.shape).contiguous()       # [B, L, E]
+        # A fresh buffer: for x of shape [1, 1, E] `bias.expand(x.shape).contiguous()` is bias itself
+        # (size-1 dims need no copy) and the in-place taps below would add into the conv's bias.
+        y = torch.empty(x.shape, dtype=acc, device=x.device).copy_(bias)   # [B, L, E]
         for s in range(K - 1, -1, -1):
             if s < L:
-                y[:, s:].addcmul_(xa[:, :L - s], w[:, K - 1 - s])  # token t-s (rows t < s see zeros)
-        ctx.save_for_backward(x, weight)
+                xs = xa[:, :L - s]
+                if positions is not None and s > 0:
+                    xs = xs * _tap_mask(positions, s, acc)
+                y[:, s:].addcmul_(xs, w[:, K - 1 - s])      # token t-s (rows t < s see zeros)
+        ctx.save_for_backward(x, weight, positions)
         return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        x, weight, positions = ctx.saved_tensors
         L, K = x.shape[1], weight.shape[1]
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         w = weight.to(acc)
         g = g.to(acc)  # one upcast; bf16 x bf16 products are then exact in fp32
         gx = gw = gb = None
+        # packed: g[t] * mask_s[t] (zero where token t-s belongs to another conversation)
+        gs = {s: g[:, s:] if positions is None or s == 0 else g[:, s:] * _tap_mask(positions, s, acc)
+              for s in range(min(K, L))}
         if ctx.needs_input_grad[0]:
             gx = torch.mul(g, w[:, K - 1])                  # dy[t]/dx[t]
             for s in range(1, min(K, L)):
-                gx[:, :L - s].addcmul_(g[:, s:], w[:, K - 1 - s])  # x[t] also feeds y[t+s]
+                gx[:, :L - s].addcmul_(gs[s], w[:, K - 1 - s])  # x[t] also feeds y[t+s]
             gx = gx.to(x.dtype)
         if ctx.needs_input_grad[1]:
             xa = x.to(acc)
             gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
             for s in range(min(K, L)):
                 # sum over batch and time of g[t] * x[t-s], per channel: [E]
-                gw[:, K - 1 - s] = torch.mul(g[:, s:], xa[:, :L - s]).sum(dim=(0, 1))
+                gw[:, K - 1 - s] = torch.mul(gs[s], xa[:, :L - s]).sum(dim=(0, 1))
             gw = gw.to(weight.dtype)
         if ctx.needs_input_grad[2]:
             gb = g.sum(dim=(0, 1), dtype=acc).to(weight.dtype)
-        return gx, gw, gb
+        return gx, gw, gb, None
 
 
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _tap_mask(positions: torch.Tensor, s: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, L-s, 1]: 1 where token t-s is in token t's conversation (positions[t] >= s), else 0."""
+    return (positions[:, s:] >= s).to(dtype)[..., None]
+
+
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          positions=None) -> torch.Tensor:
     """x [B, L, E], weight [E, K] (Conv1d's [E, 1, K] squeezed), bias [E] -> [B, L, E] in fp32
-    (fp64 for fp64 x)."""
-    return _CausalDepthwiseConv.apply(x, weight, bias)
+    (fp64 for fp64 x). positions [B, L] (packed rows, restarting at 0 per conversation): no tap
+    crosses a conversation boundary; None = one sequence per row."""
+    return _CausalDepthwiseConv.apply(x, weight, bias, positions)

@@ -23,6 +23,9 @@ Deliberate differences from the original code (none change a number in fp32):
     * `forward(..., return_logits=False)` computes the loss in chunks without the [B, L, V] logits.
     * `prefill`/`step` decode in O(1) per token (rolling conv state); the original re-ran the whole
       sequence for every new token. Past max_seq_len both give the same tokens (see `step`).
+    * Packed rows (`forward(ids, positions=[B, L])`, several conversations per row, positions
+      restarting at 0 at each): the conv (and the selective scan) never reach across a restart, so
+      each conversation gets the logits it gets alone (conv.py, scan.py; tests/test_packing.py).
 """
 from __future__ import annotations
 
@@ -98,23 +101,25 @@ class SimplifiedMamba(nn.Module):
         self.ssm_activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
 
-    def conv(self, x: torch.Tensor) -> torch.Tensor:
+    def conv(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs).
-        Same numbers as self.conv1d on the transposed input, 3-4x faster on CPU (see conv.py)."""
-        return causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        Same numbers as self.conv1d on the transposed input, 3-4x faster on CPU (see conv.py).
+        positions [B, L] (packed rows): no tap reaches into the previous conversation."""
+        return causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, positions)
 
     def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """SWELU(conv x) * sigmoid(z) -> out_proj. `u` (the mixer input) is unused here; the selective
         upgrade adds its scan output at this point."""
         return self.out_proj(self.ssm_activation.gate(x_conv, z))   # SWELU_s(x_conv) * sigmoid(z)
 
-    def forward(self, u: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, cache: Optional[list] = None,
+                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """u: [B, L, D] -> [B, L, D]. If `cache` is a list, the pre-conv x [B, L, E] is appended to it
-        (prefill needs its last K-1 columns)."""
+        (prefill needs its last K-1 columns). positions [B, L]: packed rows (see `conv`)."""
         x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, L, E] each
         if cache is not None:
             cache.append(x)
-        return self.gate_out(self.conv(x), z, u)
+        return self.gate_out(self.conv(x, positions), z, u)
 
     def step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state=None):
         """One token. u: [B, D]; conv_state: [B, E, K-1] (the last K-1 pre-conv columns, oldest first).
@@ -136,8 +141,9 @@ class MambaBlock(nn.Module):
         self.activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, h: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
-        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache)))
+    def forward(self, h: torch.Tensor, cache: Optional[list] = None,
+                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache, positions)))
 
 
 class MambaStack(nn.Module):
@@ -205,24 +211,32 @@ class MambaSWELU(nn.Module):
 
     def features(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
                  caches: Optional[list] = None) -> torch.Tensor:
-        """ids [B, L] -> head features [B, L, D] (what lm_head projects to the vocabulary)."""
+        """ids [B, L] -> head features [B, L, D] (what lm_head projects to the vocabulary).
+        positions: [L] (one sequence per row, e.g. clamped for decoding) or [B, L] per row: packed
+        rows, a conversation starting wherever the position is 0 (the mixers reset there)."""
         h = self.embed(input_ids, positions)
+        packed = positions if positions is not None and positions.dim() == 2 else None
         for i, layer in enumerate(self.mamba_stack.layers):
-            h = layer(h, caches[i] if caches is not None else None)
+            h = layer(h, caches[i] if caches is not None else None, packed)
         return self.head(h)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, return_logits: bool = True,
-                loss_reduction: str = "mean", loss_chunk: int = 512) -> dict:
+                loss_reduction: str = "mean", loss_chunk: int = 512,
+                positions: Optional[torch.Tensor] = None) -> dict:
         """Args:
             input_ids: [B, L] token ids, L <= max_seq_len.
             attention_mask: accepted and ignored, as in the original (padding is masked by labels).
             labels: [B, L] ids or -100; the shift happens inside (logits[:, :-1] vs labels[:, 1:]).
             return_logits: False -> no [B, L, V] logits; the loss is computed in chunks.
             loss_reduction: "mean" over trained tokens (original) or "sum".
+            positions: None (0..L-1 in every row) or [B, L] for packed rows (mambaft.train.batches.
+                pack): positions restart at 0 at each conversation, and so do the mixers' windows.
+                The first label of each conversation must be -100 (pack does it): it would be
+                predicted from the previous conversation.
         Returns: {"logits": [B, L, V] fp32 or None, "loss": scalar or None, "n_tokens": int}
         """
-        f = self.features(input_ids)
+        f = self.features(input_ids, positions)
         out = {"logits": None, "loss": None, "n_tokens": 0}
         if return_logits:
             logits = self.lm_head(f).float()                    # [B, L, V]

@@ -9,9 +9,14 @@ Glossary (code name -> Mamba paper symbol):
     D            [E]        the skip term
     h            [B, E, N]  the state
 
+    keep         [B, L]     packed rows only: 0 where a new conversation starts, else 1 (None: all 1)
+
 Recurrence (zero-order hold for A, Euler for B, as in Mamba):
-    h_t = exp(delta_t A) * h_{t-1} + (delta_t x_t) B_t        h_{-1} = 0
+    h_t = keep_t * exp(delta_t A) * h_{t-1} + (delta_t x_t) B_t        h_{-1} = 0
     y_t = h_t . C_t + D x_t
+keep_t = 0 resets the state at a conversation boundary: h_t is then (delta_t x_t) B_t, exactly what
+the conversation computes alone from h_{-1} = 0 (0 * h adds an exact 0), and no gradient flows back
+across it (the adjoint is multiplied by the same 0).
 
 Paths:
     selective_scan_ref   a plain loop under autograd: the definition the others are tested against.
@@ -49,14 +54,16 @@ DEFAULT_BUDGET = 1 << 18   # elements of one [T, B, E, N] chunk tensor (1 MiB in
 
 
 def selective_scan_ref(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
-                       Cm: torch.Tensor, D: torch.Tensor, h0: Optional[torch.Tensor] = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       Cm: torch.Tensor, D: torch.Tensor, h0: Optional[torch.Tensor] = None,
+                       keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The definition, one step at a time under autograd. Returns (y [B, L, E], h_last [B, E, N])."""
     Bsz, L, E = x.shape
     h = x.new_zeros(Bsz, E, A.shape[1]) if h0 is None else h0
     ys = []
     for t in range(L):
         dA = torch.exp(delta[:, t, :, None] * A)                              # [B, E, N]
+        if keep is not None:
+            dA = dA * keep[:, t, None, None]
         h = dA * h + (delta[:, t] * x[:, t])[..., None] * Bm[:, t, None, :]   # [B, E, N]
         ys.append((h * Cm[:, t, None, :]).sum(-1) + D * x[:, t])              # [B, E]
     return torch.stack(ys, dim=1), h
@@ -80,11 +87,13 @@ def chunk_length(Bsz: int, L: int, E: int, N: int, budget: int = DEFAULT_BUDGET)
 
 
 def _chunk_states(h0: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                  Bm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """States of one chunk. h0: [B, E, N] (state before it); x, delta: [B, T, E]; Bm: [B, T, N].
-    Returns (dA [T, B, E, N], H [T, B, E, N]) with H[t] = h at step t of the chunk."""
+                  Bm: torch.Tensor, keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """States of one chunk. h0: [B, E, N] (state before it); x, delta: [B, T, E]; Bm: [B, T, N];
+    keep: [B, T] or None. Returns (dA [T, B, E, N], H [T, B, E, N]) with H[t] = h at step t."""
     dt = delta.transpose(0, 1)                                                # [T, B, E]
     dA = torch.exp(dt[..., None] * A)                                         # [T, B, E, N]
+    if keep is not None:
+        dA.mul_(keep.transpose(0, 1)[:, :, None, None])                       # 0 at a boundary
     H = (dt * x.transpose(0, 1))[..., None] * Bm.transpose(0, 1)[:, :, None, :]  # dBx: [T, B, E, N]
     H[0].addcmul_(h0, dA[0])
     for t in range(1, H.shape[0]):                                            # the sequential part:
@@ -94,7 +103,7 @@ def _chunk_states(h0: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: tor
 
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, delta, A, Bm, Cm, D, budget: int):
+    def forward(ctx, x, delta, A, Bm, Cm, D, budget: int, keep=None):
         Bsz, L, E = x.shape
         N = A.shape[1]
         T = chunk_length(Bsz, L, E, N, budget)
@@ -104,12 +113,13 @@ class _ChunkedScan(torch.autograd.Function):
         for s in range(0, L, T):
             e = min(s + T, L)
             starts.append(h)
-            _, H = _chunk_states(h, x[:, s:e], delta[:, s:e], A, Bm[:, s:e])
+            _, H = _chunk_states(h, x[:, s:e], delta[:, s:e], A, Bm[:, s:e],
+                                 None if keep is None else keep[:, s:e])
             ct = Cm[:, s:e].transpose(0, 1)                                   # [T, B, N]
             yc = torch.einsum("tben,tbn->tbe", H, ct)                         # [T, B, E]
             y[:, s:e] = yc.transpose(0, 1) + D * x[:, s:e]
             h = H[-1].clone()                                                 # drop the chunk, keep h
-        ctx.save_for_backward(x, delta, A, Bm, Cm, D, torch.stack(starts))
+        ctx.save_for_backward(x, delta, A, Bm, Cm, D, torch.stack(starts), keep)
         ctx.T = T
         return y, h
 
@@ -118,7 +128,7 @@ class _ChunkedScan(torch.autograd.Function):
         # Adjoint of the state: G_t = gy_t (x) C_t + dA_{t+1} * G_{t+1}, walked backwards in time.
         # Then with a_t = exp(delta_t A) and b_t = delta_t x_t B_t:  dL/d(delta_t A) = G_t h_{t-1} a_t,
         # dL/db_t = G_t, dL/dC_t = sum_e gy_t h_t, dL/dx_t = D gy_t + delta_t (G_t . B_t).
-        x, delta, A, Bm, Cm, D, starts = ctx.saved_tensors
+        x, delta, A, Bm, Cm, D, starts, keep = ctx.saved_tensors
         T = ctx.T
         L = x.shape[1]
         gy = gy.contiguous()
@@ -132,7 +142,8 @@ class _ChunkedScan(torch.autograd.Function):
         for c in reversed(range(starts.shape[0])):
             s, e = c * T, min(c * T + T, L)
             xc, dc, bc = x[:, s:e], delta[:, s:e], Bm[:, s:e]
-            dA, H = _chunk_states(starts[c], xc, dc, A, bc)                   # recompute: [T, B, E, N]
+            dA, H = _chunk_states(starts[c], xc, dc, A, bc,                   # recompute: [T, B, E, N]
+                                  None if keep is None else keep[:, s:e])
             gyc = gy[:, s:e].transpose(0, 1)                                  # [T, B, E]
             bt, ct = bc.transpose(0, 1), Cm[:, s:e].transpose(0, 1)           # [T, B, N]
             gC[:, s:e] = torch.einsum("tbe,tben->tbn", gyc, H).transpose(0, 1)
@@ -152,18 +163,22 @@ class _ChunkedScan(torch.autograd.Function):
             gdelta[:, s:e] = (torch.einsum("tben,en->tbe", gdA, A) + xtc * GB).transpose(0, 1)
             gx[:, s:e] += (dtc * GB).transpose(0, 1)
             gB[:, s:e] = torch.einsum("tben,tbe->tbn", G, dtc * xtc).transpose(0, 1)
-        return gx, gdelta, gA, gB, gC, gD, None
+        return gx, gdelta, gA, gB, gC, gD, None, None
 
 
 def selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
                    Cm: torch.Tensor, D: torch.Tensor, *, use_kernel: Optional[bool] = None,
-                   budget: int = DEFAULT_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+                   budget: int = DEFAULT_BUDGET, keep: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact selective scan, fp32. Shapes in the module docstring. Returns (y [B, L, E], h_last
     [B, E, N]); h_last carries no gradient on the kernel path (only prefill uses it, under no_grad).
 
-    use_kernel: None = the mamba_ssm kernel when installed and the tensors are on CUDA."""
+    use_kernel: None = the mamba_ssm kernel when installed and the tensors are on CUDA (not for
+    packed rows: `selective_scan_fn` has no state reset, so `keep` takes the exact loop)."""
     if use_kernel is None:
-        use_kernel = HAS_MAMBA_SSM and x.is_cuda
+        use_kernel = HAS_MAMBA_SSM and x.is_cuda and keep is None
+    if use_kernel and keep is not None:
+        raise ValueError("the mamba_ssm kernel cannot reset the state inside a row (packed rows)")
     if use_kernel:
         if not HAS_MAMBA_SSM:
             raise RuntimeError("use_kernel=True but mamba_ssm is not installed (pip install mamba-ssm)")
@@ -174,7 +189,7 @@ def selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: to
                                   True)
         return y.transpose(1, 2), last
     return _ChunkedScan.apply(x.contiguous(), delta.contiguous(), A, Bm.contiguous(), Cm.contiguous(),
-                              D, budget)
+                              D, budget, None if keep is None else keep.to(x.dtype).contiguous())
 
 
 def _bench(Bsz: int = 1, L: int = 512, E: int = 1536, N: int = 16, repeats: int = 3) -> None:

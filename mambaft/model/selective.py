@@ -106,17 +106,19 @@ class SelectiveSSM(nn.Module):
         delta = F.softplus(self.delta_proj(d_r).float())
         return delta, Bm.float(), Cm.float()
 
-    def forward(self, a: torch.Tensor, mask: Optional[torch.Tensor] = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                positions: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """a: [B, L, E] -> (y [B, L, E] fp32, last state [B, E, N]).
         mask: [B, L] bool, False on right padding: delta = 0 there, so exp(0 * A) = 1 and the input
-        term is 0, and the last state equals the state after each row's last real token."""
+        term is 0, and the last state equals the state after each row's last real token.
+        positions: [B, L] for packed rows: the state restarts from 0 wherever the position is 0."""
         delta, Bm, Cm = self.project(a)
         if mask is not None:
             delta = delta * mask[..., None].to(delta.dtype)
         A = -torch.exp(self.A_log.float())                                    # [E, N] < 0
         with torch.autocast(device_type=a.device.type, enabled=False):
-            return selective_scan(a.float(), delta, A, Bm, Cm, self.D.float())
+            keep = None if positions is None else (positions != 0)
+            return selective_scan(a.float(), delta, A, Bm, Cm, self.D.float(), keep=keep)
 
     def step(self, a: torch.Tensor, h: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One token: a [B, E], h [B, E, N] or None -> (y [B, E], h)."""
@@ -136,12 +138,14 @@ class SelectiveMamba(SimplifiedMamba):
         super().__init__(cfg)
         self.selective = SelectiveSSM(cfg.d_inner, cfg.ssm_state, dt_rank(cfg.d_model))
 
-    def forward(self, u: torch.Tensor, cache: Optional[list] = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, cache: Optional[list] = None,
+                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """u: [B, L, D] -> [B, L, D]. A `_PrefillCache` gets the pre-conv x [B, L, E] and the last
-        SSM state [B, E, N] appended (and supplies the padding mask)."""
+        SSM state [B, E, N] appended (and supplies the padding mask). positions [B, L]: packed rows
+        (conv window and scan state restart at every position 0)."""
         x, z = self.in_proj(u).chunk(2, dim=-1)                               # [B, L, E] each
-        a = self.ssm_activation(self.conv(x))                                 # [B, L, E] fp32
-        y, last = self.selective(a, mask=getattr(cache, "mask", None))
+        a = self.ssm_activation(self.conv(x, positions))                      # [B, L, E] fp32
+        y, last = self.selective(a, mask=getattr(cache, "mask", None), positions=positions)
         if cache is not None:
             cache.extend([x, last])
         return self.out_proj(self.selective.mix(a, y) * torch.sigmoid(z))

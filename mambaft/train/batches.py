@@ -10,6 +10,15 @@ micro-batches: sorting cuts padding (a 40-token row no longer waits beside a 900
 not change the gradient, because every micro-batch is weighted by its trained tokens
 (see mambaft.train.step).
 
+Packing (`Config.packing`, off by default): instead of sorting, the share's rows are packed
+first-fit-decreasing into rows of at most `pack_to` tokens, B packed rows per micro-batch. Each packed
+row carries `positions` restarting at 0 at every conversation; the model resets its conv window and
+scan state there (mambaft.model: each conversation gets exactly its unpacked logits), and the first
+label of each conversation is -100 (its unpacked row never trains position 0 either), so the trained
+tokens, their losses and the token-weighted gradient are those of the unpacked step. Only the number
+of micro-batches (and the padding) shrinks; the data position (`rows_consumed`) is unchanged, so
+resume stays exact.
+
 Padding is masked by LENGTH, never by token id: GPT-2 has no pad token and padding with the end
 token (50256) must not mask the real end tokens that the model has to learn.
 
@@ -53,6 +62,59 @@ def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None) ->
     return {"input_ids": ids, "labels": labels, "lengths": torch.tensor(lengths, dtype=torch.long)}
 
 
+def pack(rows: Sequence[dict], capacity: int) -> list[list[dict]]:
+    """First-fit decreasing: rows -> bins of total length <= capacity (a longer row gets a bin alone).
+    Deterministic: ties in length keep the input order (Python's sort is stable)."""
+    bins: list[list[dict]] = []
+    room: list[int] = []
+    for r in sorted(rows, key=lambda r: -len(r["input_ids"])):
+        n = len(r["input_ids"])
+        for i, free in enumerate(room):
+            if n <= free:
+                bins[i].append(r)
+                room[i] -= n
+                break
+        else:
+            bins.append([r])
+            room.append(capacity - n)
+    return bins
+
+
+def collate_packed(bins: Sequence[Sequence[dict]], pad_id: int, max_len: Optional[int] = None) -> dict:
+    """Packed rows (one per bin, conversations back to back), right-padded to the longest.
+
+    Returns `collate`'s keys (lengths = tokens used in each packed row) plus
+        positions [B, L] long: 0, 1, .. restarting at each conversation (and at the padding)
+        n_rows: conversations in the micro-batch
+    """
+    joined = []
+    for b, rows in enumerate(bins):
+        ids: list = []
+        labels: list = []
+        pos: list = []
+        for r in rows:
+            n = len(r["input_ids"])
+            if len(r["labels"]) != n:
+                raise ValueError(f"row {r.get('id')!r}: {n} input_ids but {len(r['labels'])} labels")
+            if max_len is not None and n > max_len:
+                raise ValueError(f"row {r.get('id')!r}: {n} tokens, longer than max_seq_len {max_len} "
+                                 "(prepare the data with the same max_seq_len as the model)")
+            ids.extend(r["input_ids"])
+            labels.extend([IGNORE_INDEX] + list(r["labels"][1:]))  # never predicted across a boundary
+            pos.extend(range(n))
+        joined.append({"id": b, "input_ids": ids, "labels": labels, "positions": pos})
+    out = collate(joined, pad_id)
+    L = out["input_ids"].shape[1]
+    positions = torch.zeros(len(joined), L, dtype=torch.long)
+    for b, j in enumerate(joined):
+        n = len(j["positions"])
+        positions[b, :n] = torch.as_tensor(j["positions"], dtype=torch.long)
+        positions[b, n:] = torch.arange(L - n)   # padding: a segment of its own (labels -100)
+    out["positions"] = positions
+    out["n_rows"] = sum(len(rows) for rows in bins)
+    return out
+
+
 @dataclass
 class StepRows:
     """What one rank trains on in one optimizer step."""
@@ -71,7 +133,8 @@ class RowStream:
         seed: the run's seed; epoch e uses permutation seed + e.
     """
 
-    def __init__(self, dataset, seed: int, pad_id: int, max_len: Optional[int] = None):
+    def __init__(self, dataset, seed: int, pad_id: int, max_len: Optional[int] = None,
+                 pack_to: Optional[int] = None):
         if len(dataset) == 0:
             raise ValueError("the train split is empty: nothing to train on")
         self.dataset = dataset
@@ -79,6 +142,7 @@ class RowStream:
         self.seed = int(seed)
         self.pad_id = pad_id
         self.max_len = max_len
+        self.pack_to = pack_to            # None: sort by length; else pack into rows of this many tokens
         self._perm_epoch = -1
         self._perm: Optional[torch.Tensor] = None
 
@@ -112,6 +176,12 @@ class RowStream:
         share = batch_size * grad_accum
         idx = self.indices(step_first_row + rank * share, share)
         rows = self.fetch(idx)
+        if self.pack_to:
+            bins = pack(rows, self.pack_to)
+            micro = [collate_packed(bins[i:i + batch_size], self.pad_id, self.max_len)
+                     for i in range(0, len(bins), batch_size)]
+            return StepRows(micro_batches=micro, row_ids=[r["id"] for b in bins for r in b],
+                            first_row=step_first_row, epoch=step_first_row / self.n)
         rows.sort(key=lambda r: len(r["input_ids"]))   # less padding; same gradient (token-weighted)
         micro = [collate(rows[i:i + batch_size], self.pad_id, self.max_len)
                  for i in range(0, share, batch_size)]

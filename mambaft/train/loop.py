@@ -128,7 +128,8 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         metrics.write({"step": 0, "event": "start", "world_size": W, "precision": precision,
                        "global_batch": G})
     stream = RowStream(inp.train, seed=cfg.seed, pad_id=inp.tokenizer.eos_id,
-                       max_len=raw.config.max_seq_len)
+                       max_len=raw.config.max_seq_len,
+                       pack_to=min(cfg.max_seq_len, raw.config.max_seq_len) if cfg.packing else None)
     val_idx = val_rows(inp.val, cfg.eval_batches * cfg.batch_size, cfg.seed) if inp.val is not None else []
     val_sources = sorted(set(inp.val["source"])) if inp.val is not None and "source" in inp.val.column_names else []
     for line in inp.plan_text:
@@ -221,8 +222,10 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
             last = i == len(rows.micro_batches) - 1
             sync = contextlib.nullcontext() if (last or W == 1) else acc.no_sync(model)
             with sync:
+                pos = mb["positions"].to(device) if "positions" in mb else None   # packed rows
                 ls, _ = micro_step(model, mb["input_ids"].to(device), mb["labels"].to(device),
-                                   autocast_ctx=make_ctx(), loss_scale=scale, backward=backward)
+                                   autocast_ctx=make_ctx(), loss_scale=scale, backward=backward,
+                                   positions=pos)
             loss_local += ls
         loss = reduce_sum([loss_local])[0] / max(1, n_global)
         # 4. clip + AdamW step, unless the loss or the gradient is NaN/inf (then nothing is applied)

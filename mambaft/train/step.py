@@ -35,7 +35,8 @@ def count_trained_tokens(labels: torch.Tensor) -> int:
 
 def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *,
                autocast_ctx=None, loss_scale: float,
-               backward: Optional[Callable[[torch.Tensor], None]] = None) -> tuple[float, int]:
+               backward: Optional[Callable[[torch.Tensor], None]] = None,
+               positions: Optional[torch.Tensor] = None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; gradients ACCUMULATE into .grad.
 
     Args:
@@ -48,6 +49,7 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
             batch (W / that under DDP averaging, see the module docstring).
         backward: how to back-propagate a scalar (accelerator.backward, a GradScaler's
             `lambda l: scaler.scale(l).backward()`); default `loss.backward()`.
+        positions: [B, L] for packed micro-batches (mambaft.train.batches.collate_packed), else None.
     Returns:
         (summed token loss of this micro-batch as a float, its number of trained tokens).
         A micro-batch with no trained token returns (0.0, 0) and still runs backward on a zero that
@@ -55,7 +57,8 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
     """
     ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
     with ctx:
-        out = model(input_ids, labels=labels, return_logits=False, loss_reduction="sum")
+        extra = {} if positions is None else {"positions": positions}
+        out = model(input_ids, labels=labels, return_logits=False, loss_reduction="sum", **extra)
     loss_sum, n_tokens = out["loss"], int(out["n_tokens"])
     if loss_sum is None:  # pragma: no cover - the model always returns a loss when labels are given
         raise RuntimeError("the model returned no loss although labels were given")
