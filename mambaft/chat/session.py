@@ -36,7 +36,7 @@ class ChatSettings:
     temperature: float = 0.7          # 0 = greedy (argmax), reproducible without a seed
     top_k: int = 50                   # 0 = off
     top_p: float = 0.9                # 1.0 = off
-    repetition_penalty: float = 1.1   # 1.0 = off; CTRL-style, divides logits of seen tokens
+    repetition_penalty: float = 1.1   # 1.0 = off; CTRL-style, on the reply's own tokens (generate)
     no_repeat_ngram_size: int = 0     # 0 = off; 3 forbids repeating any 3-token sequence
     max_new_tokens: int = 128
     seed: Optional[int] = 0           # turn t of a session samples with seed + t; None = global RNG
@@ -157,7 +157,8 @@ def generate_replies(model, tokenizer, template: ChatTemplate, prompts: Sequence
 
     t0 = time.perf_counter()
     out = generate(model, [list(p) for p in prompts], stop_token_ids=(end_id,), seed=seed,
-                   stream=stream, **settings.generate_kwargs())
+                   exempt_token_ids=template.marker_ids(tokenizer), stream=stream,
+                   **settings.generate_kwargs())
     seconds = time.perf_counter() - t0
     replies = []
     for row, (prompt, full) in enumerate(zip(prompts, out)):
