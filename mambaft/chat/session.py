@@ -102,6 +102,13 @@ class ContextReport:
         return s
 
 
+EMPTY_NOTES = {   # stop reason -> how an empty (or whitespace-only) reply is shown
+    "end_token": "(empty reply: the model emitted the end token first)",
+    "stop_string": "(empty reply: the model began the next User: turn first)",
+    "max_new_tokens": "(empty reply: only whitespace up to max_new_tokens)",
+}
+
+
 @dataclass
 class Reply:
     """One generated reply."""
@@ -110,6 +117,14 @@ class Reply:
     stop_reason: str             # "end_token" | "stop_string" | "max_new_tokens" | "cancelled"
     seconds: float
     context: Optional[ContextReport] = None
+
+    @property
+    def note(self) -> str:
+        """What a reader must be told beside the text ("" for a normal reply): a reply the user
+        stopped, or an empty one, which would otherwise show as a bare "Assistant:"."""
+        if self.stop_reason == "cancelled":
+            return "[stopped]" if self.text.strip() else "[stopped before any text]"
+        return "" if self.text.strip() else EMPTY_NOTES[self.stop_reason]
 
     @property
     def tokens_per_s(self) -> float:
@@ -265,8 +280,10 @@ class ChatSession:
                                  seed=self._turn_seed(), on_delta=cb, cancel=cancel)[0]
         reply.context = report
         self.dropped_turns += report.dropped_turns
-        self.history = history + [{"role": "user", "content": text},
-                                  {"role": "assistant", "content": reply.text}]
+        answer = {"role": "assistant", "content": reply.text}
+        if reply.note:   # kept for display (the template reads role and content only)
+            answer["note"] = reply.note
+        self.history = history + [{"role": "user", "content": text}, answer]
         self.turns += 1
         self.last = reply
         return reply.text

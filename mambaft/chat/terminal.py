@@ -104,7 +104,8 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = 
             write(" [interrupted]\n")
             continue
         replies += 1
-        write("\n")
+        note = session.last.note             # an empty reply says so instead of a bare "Assistant:"
+        write((" " if note and session.last.text else "") + note + "\n")
         if stats:
             r = session.last
             write(f"  [{r.stats()}; {r.context.note()}]\n")
