@@ -117,7 +117,7 @@ def render_transcript(history: list, pending: Optional[str] = None, title: str =
         note = (" " if m["content"] else "") + f"<i style='color:#a15c00'>{html.escape(m['note'])}</i>" \
             if m.get("note") else ""
         parts.append(f"<div style='background:{bg};padding:4px 8px;margin:3px 0;border-radius:6px;"
-                     f"white-space:pre-wrap'><b>{who}:</b> {html.escape(m['content'])}{note}</div>")
+                     f"white-space:pre-wrap;line-height:1.4'><b>{who}:</b> {html.escape(m['content'])}{note}</div>")
     if not msgs:
         parts.append("<div style='color:#888'>(no messages yet)</div>")
     head = f"<div style='font-weight:bold;margin-bottom:4px'>{html.escape(title)}</div>" if title else ""
@@ -154,6 +154,9 @@ class ChatWidget:
                              layout=W.Layout(width="50%" if len(sessions) > 1 else "100%"))
                       for s in sessions]
         self.status = W.HTML("")
+        self.status.add_class("mambaft-chat-status")     # CSS hooks: the browser test finds them
+        for pane in self.panes:
+            pane.add_class("mambaft-chat-pane")
         self.sliders = {k: make(getattr(settings, k)) for k, make in _SLIDERS.items()}
         for slider in self.sliders.values():
             slider.observe(self.on_setting, names="value")
