@@ -69,7 +69,7 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
              temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
              repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              stop_token_ids: Sequence[int] = (), pad_token_id: Optional[int] = None,
-             exempt_token_ids: Sequence[int] = (),
+             exempt_token_ids: Sequence[int] = (), min_new_tokens: int = 0,
              seed: Optional[int] = None, stream: Optional[Callable[[int, int], Optional[bool]]] = None,
              ) -> Union[torch.Tensor, list]:
     """Generate up to `max_new_tokens` per prompt.
@@ -86,6 +86,8 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
             stop. Penalising the user's words is not wanted either: an answer should repeat the
             question's names ("the capital of France is Paris").
         stop_token_ids: a row stops after emitting one of these (the token is kept).
+        min_new_tokens: a row cannot emit a stop id before this many new tokens (HF's
+            `min_new_tokens`): the chat uses 1, so a reply is never empty by the end token alone.
         exempt_token_ids: more ids the anti-loop controls never touch (the chat passes the tokens of
             its turn marker "\nUser", so a base model can still open the next turn and stop).
         stream: called as stream(row, token) for every new token; returning True stops that row
@@ -112,6 +114,10 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
                 _apply_repetition_penalty(logits, new, repetition_penalty, exempt)
             if no_repeat_ngram_size > 0:
                 _ban_repeated_ngrams(logits, new, no_repeat_ngram_size, exempt)
+            if stops and min_new_tokens > 0:
+                early = [b for b in range(B) if len(new[b]) < min_new_tokens]
+                if early:
+                    logits[torch.tensor(early)[:, None], torch.tensor(sorted(stops))[None, :]] = float("-inf")
             nxt = sample_next(logits, temperature, top_k, top_p, gen)
             for b in range(B):
                 if done[b]:

@@ -160,6 +160,22 @@ def test_a_base_model_can_still_open_the_next_turn_with_controls_on(controls):
         assert s.last.stop_reason == "stop_string"
 
 
+def test_the_chat_defaults_never_give_an_empty_reply_by_the_end_token_alone():
+    # The demo fine-tune puts ~9% on the end token as the first reply token (16% after T=0.7, top-k,
+    # top-p): here it is the argmax, " Paris" a close second. The chat's min_new_tokens=1 skips it;
+    # evaluation (min_new_tokens=0) still sees the empty reply the model would give.
+    from mambaft.evaluate.replies import generate_replies as eval_replies
+    model = ScriptedModel([EOS, *TOK.encode("."), EOS], top=2.0, runner_up=(TOK.encode(" Paris")[0], 1.9),
+                          max_seq_len=256)
+    s = ChatSession(model, TOK, DEFAULT_TEMPLATE, ChatSettings(temperature=0.0))
+    assert ChatSettings().min_new_tokens == 1
+    assert s.send("What is the capital of France?") == "Paris."
+    assert s.last.stop_reason == "end_token" and s.last.note == ""
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    r = eval_replies(model, TOK, DEFAULT_TEMPLATE, [msgs])[0]
+    assert r.answer == "" and r.stopped_by == "end_token" and r.new_ids == []
+
+
 def test_max_new_tokens_bounds_the_reply():
     s = scripted_session(" one two three four five six seven", end=False,
                          settings=GREEDY.replace(max_new_tokens=4))

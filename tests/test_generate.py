@@ -109,3 +109,11 @@ def test_penalties_look_at_the_reply_only_so_an_end_token_in_the_prompt_still_en
     # the reply's own tokens are penalised: a scripted "9 9 9" loses its repeats to the runner-up
     model = ScriptedModel([9, 9, 9, EOS], top=2.0, runner_up=(7, 1.9))
     assert generate(model, [[9]], 8, stop_token_ids=(EOS,), repetition_penalty=1.1)[0][1:3] == [9, 7]
+
+
+def test_min_new_tokens_holds_back_stop_ids_per_row():
+    from test_chat import EOS, ScriptedModel
+    model = ScriptedModel([EOS, EOS, 5, EOS], top=2.0, runner_up=(7, 1.9))
+    out = generate(model, [[1], [1, 2]], 8, stop_token_ids=(EOS,), min_new_tokens=2)
+    assert out == [[1, 7, 7, 5, EOS], [1, 2, 7, 7, 5, EOS]]      # the end token comes at the 4th token
+    assert generate(model, [[1]], 8, stop_token_ids=(EOS,))[0] == [1, EOS]   # 0: as before

@@ -48,42 +48,62 @@ _SLIDERS = {
                                                   description="no-repeat n-gram (0 off)", **_LABEL),
     "max_new_tokens": lambda v: W.IntSlider(value=v, min=1, max=512, step=1, description="max new tokens",
                                             **_LABEL),
+    "min_new_tokens": lambda v: W.IntSlider(value=v, min=0, max=32, step=1,
+                                            description="min new tokens (end token not before)", **_LABEL),
     "seed": lambda v: W.IntText(value=0 if v is None else v, description="seed", **_LABEL),
 }
 
 _INPUT_ESM = """
 function render({ model, el }) {
+  const row = document.createElement("div");
+  row.style.cssText = "display:flex;gap:6px;align-items:flex-start;width:100%";
   const box = document.createElement("textarea");
   box.className = "mambaft-chat-input";
   box.rows = 2;
   box.placeholder = model.get("placeholder");
   box.value = model.get("value");
-  box.style.cssText = "width:100%;box-sizing:border-box;resize:vertical;font:inherit;padding:4px";
+  box.style.cssText = "flex:1;box-sizing:border-box;resize:vertical;font:inherit;padding:4px";
   // JupyterLab's notebook shortcuts (Shift+Enter runs the cell) must not see keys typed here.
   box.setAttribute("data-lm-suppress-shortcuts", "true");
-  const push = () => { model.set("value", box.value); model.save_changes(); };
-  box.addEventListener("input", push);
+  const send = document.createElement("button");
+  send.textContent = "Send";
+  send.className = "jupyter-widgets jupyter-button widget-button mod-primary mambaft-chat-send";
+  send.disabled = model.get("disabled");
+  // The text travels inside the submit message: widget state updates are throttled and may reach
+  // the kernel after a custom message, so the kernel's copy of "value" can lag behind the box.
+  const submit = () => {
+    const text = box.value;
+    if (model.get("disabled") || !text.trim()) return;
+    box.value = "";
+    model.set("value", "");
+    model.save_changes();
+    model.send({ event: "submit", value: text });
+  };
+  box.addEventListener("input", () => { model.set("value", box.value); model.save_changes(); });
   box.addEventListener("keydown", (e) => {
     e.stopPropagation();
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {   // Shift+Enter: the textarea's newline
       e.preventDefault();
-      push();
-      model.send({ event: "submit", value: box.value });
+      submit();
     }
   });
+  send.addEventListener("click", submit);
   model.on("change:value", () => { if (box.value !== model.get("value")) box.value = model.get("value"); });
-  model.on("change:placeholder", () => { box.placeholder = model.get("placeholder"); });
-  el.appendChild(box);
+  model.on("change:disabled", () => { send.disabled = model.get("disabled"); });
+  row.append(box, send);
+  el.appendChild(row);
 }
 export default { render };
 """
 
 
 class MessageBox(anywidget.AnyWidget):
-    """A multi-line text box where Enter submits and Shift+Enter adds a newline."""
+    """A multi-line text box with its Send button: Enter or the button submits the text, Shift+Enter
+    adds a newline. `disabled` disables submitting (the box stays editable for the next message)."""
     _esm = traitlets.Unicode(_INPUT_ESM).tag(sync=True)
     value = traitlets.Unicode("").tag(sync=True)
     placeholder = traitlets.Unicode("").tag(sync=True)
+    disabled = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -91,17 +111,21 @@ class MessageBox(anywidget.AnyWidget):
         self.on_msg(self._on_custom_msg)
 
     def on_submit(self, callback) -> None:
-        """callback(box) when the user presses Enter (what a test calls `submit()` for)."""
+        """callback(text) when the user presses Enter or Send."""
         self._submit_handlers.append(callback)
 
-    def submit(self) -> None:
+    def click(self) -> None:
+        """Submit the current text, as the Send button does (tests)."""
+        if not self.disabled:
+            self._submit(self.value)
+
+    def _submit(self, text: str) -> None:
         for cb in self._submit_handlers:
-            cb(self)
+            cb(text)
 
     def _on_custom_msg(self, _widget, content, _buffers) -> None:
-        if isinstance(content, dict) and content.get("event") == "submit":
-            self.value = str(content.get("value", self.value))
-            self.submit()
+        if isinstance(content, dict) and content.get("event") == "submit" and not self.disabled:
+            self._submit(str(content.get("value", "")))
 
 
 def render_transcript(history: list, pending: Optional[str] = None, title: str = "") -> str:
@@ -142,8 +166,8 @@ class ChatWidget:
         for s in sessions:
             s.settings = settings
         self.input = MessageBox(placeholder="Type a message: Enter sends, Shift+Enter adds a line",
-                                layout=W.Layout(width="60%"))
-        self.send_button = W.Button(description="Send", button_style="primary")
+                                layout=W.Layout(width="70%"))
+        self.send_button = self.input          # the box's own Send button (see MessageBox)
         self.stop_button = W.Button(description="Stop", button_style="warning", disabled=True,
                                     tooltip="end the reply being written (keeps what it wrote)")
         self.clear_button = W.Button(description="Clear", tooltip="forget both conversations")
@@ -160,15 +184,14 @@ class ChatWidget:
         self.sliders = {k: make(getattr(settings, k)) for k, make in _SLIDERS.items()}
         for slider in self.sliders.values():
             slider.observe(self.on_setting, names="value")
-        self.input.on_submit(self.on_send)
-        self.send_button.on_click(self.on_send)
+        self.input.on_submit(self.send)
         self.stop_button.on_click(self.on_stop)
         self.clear_button.on_click(self.on_clear)
         self.side_by_side.observe(self._on_layout, names="value")
         self.row = W.HBox(self._visible_panes())
         controls = W.Accordion(children=[W.VBox(list(self.sliders.values()))], titles=("Sampling",))
         self.box = W.VBox([self.row, self.status,
-                           W.HBox([self.input, self.send_button, self.stop_button, self.clear_button]),
+                           W.HBox([self.input, self.stop_button, self.clear_button]),
                            self.side_by_side, controls])
         self.busy = False
         self._cancel = threading.Event()
@@ -213,14 +236,19 @@ class ChatWidget:
             s.settings = self.settings
 
     def on_send(self, _source=None) -> None:
-        """Send the message box's text to the active models (returns at once when `background`)."""
-        text = self.input.value.strip()
+        """Send the message box's text (what its Send button does)."""
+        self.send(self.input.value)
+
+    def send(self, text: str) -> None:
+        """Send `text` to the active models; returns at once when `background`."""
+        text = text.strip()
         with self._lock:
             if not text or self.busy:
                 return
             self._set_busy(True)
             self._cancel = threading.Event()
-        self.input.value = ""
+        if self.input.value.strip() == text:   # (the browser clears its box itself on Enter / Send)
+            self.input.value = ""
         self.status.value = "writing\u2026"
         if self.background:
             self._worker = threading.Thread(target=self._answer, args=(text, self._cancel),
