@@ -158,7 +158,8 @@ def probe_figure(results: Sequence[dict], kinds: Sequence[str]):
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("pass rate", fontsize=10)
     ax.set_title("Probe pass rate by kind", fontsize=11)
-    ax.legend(fontsize=9, loc="lower right")
+    # below the axes: inside, it covered the value of the longest bar
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(4, len(names)))
     fig.tight_layout()
     return fig
 
