@@ -74,8 +74,11 @@ def run_notebook(name: str, run_dir: PathLike, params: dict, *, source_dir: Opti
     declared = pm.inspect_notebook(str(src))   # a notebook gets only the parameters it declares
     wanted = {k: v for k, v in params.items() if k in declared}
     try:
+        # store_widget_state=False: a widget saved without its kernel renders as a dead copy (notebook
+        # 04's chat drew an empty chat whose Send did nothing); the chat cell keeps a static transcript.
         pm.execute_notebook(str(src), str(executed), parameters=wanted, kernel_name=kernel,
-                            progress_bar=progress, cwd=str(ROOT), log_output=False)
+                            progress_bar=progress, cwd=str(ROOT), log_output=False,
+                            store_widget_state=False)
     except Exception as e:  # PapermillExecutionError, or a kernel that died
         cell, first = failed_cell(executed)
         ename = getattr(e, "ename", type(e).__name__)

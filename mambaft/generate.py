@@ -14,25 +14,29 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 
-def _apply_repetition_penalty(logits: torch.Tensor, seen: list, penalty: float) -> None:
-    """CTRL-style: divide positive logits (multiply negative ones) of tokens already in the row."""
+def _apply_repetition_penalty(logits: torch.Tensor, seen: list, penalty: float, exempt: frozenset) -> None:
+    """CTRL-style: divide positive logits (multiply negative ones) of tokens already in the row,
+    except `exempt` ids (stop ids and turn markers), which keep their logits."""
     for b, toks in enumerate(seen):
-        if not toks:
+        ids = sorted(set(toks) - exempt)
+        if not ids:
             continue
-        idx = torch.tensor(sorted(set(toks)), device=logits.device)
+        idx = torch.tensor(ids, device=logits.device)
         vals = logits[b, idx]
         logits[b, idx] = torch.where(vals > 0, vals / penalty, vals * penalty)
 
 
-def _ban_repeated_ngrams(logits: torch.Tensor, seen: list, n: int) -> None:
-    """Forbid any token that would complete an n-gram already present in the row."""
+def _ban_repeated_ngrams(logits: torch.Tensor, seen: list, n: int, exempt: frozenset) -> None:
+    """Forbid any token that would complete an n-gram already present in the row; `exempt` ids are
+    never banned (a reply must always be able to end)."""
     for b, toks in enumerate(seen):
         if len(toks) < n:
             continue
         prefix = tuple(toks[-(n - 1):]) if n > 1 else ()
         banned = {toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i:i + n - 1]) == prefix}
+        banned -= exempt
         if banned:
-            logits[b, list(banned)] = float("-inf")
+            logits[b, sorted(banned)] = float("-inf")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -65,6 +69,7 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
              temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
              repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              stop_token_ids: Sequence[int] = (), pad_token_id: Optional[int] = None,
+             exempt_token_ids: Sequence[int] = (), min_new_tokens: int = 0,
              seed: Optional[int] = None, stream: Optional[Callable[[int, int], Optional[bool]]] = None,
              ) -> Union[torch.Tensor, list]:
     """Generate up to `max_new_tokens` per prompt.
@@ -72,8 +77,19 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
     Args:
         input_ids: [B, L] tensor (like the original) or a list of id lists of any lengths.
         temperature: 0 = greedy; > 0 samples (with optional top_k / top_p).
-        repetition_penalty, no_repeat_ngram_size: anti-loop controls (1.0 / 0 = off).
+        repetition_penalty, no_repeat_ngram_size: anti-loop controls (1.0 / 0 = off). They look at
+            the tokens of the reply being written only, never at the prompt, and never touch
+            `stop_token_ids` or `exempt_token_ids`. Hugging Face's `generate` penalises the whole
+            input instead; in a chat that input holds the end token after every earlier answer and
+            the "\nUser" marker before every turn, so from turn 2 on its penalty pushes the end token
+            down and its n-gram ban forbids (".", end) and ("\n", "User"): replies could no longer
+            stop. Penalising the user's words is not wanted either: an answer should repeat the
+            question's names ("the capital of France is Paris").
         stop_token_ids: a row stops after emitting one of these (the token is kept).
+        min_new_tokens: a row cannot emit a stop id before this many new tokens (HF's
+            `min_new_tokens`): the chat uses 1, so a reply is never empty by the end token alone.
+        exempt_token_ids: more ids the anti-loop controls never touch (the chat passes the tokens of
+            its turn marker "\nUser", so a base model can still open the next turn and stop).
         stream: called as stream(row, token) for every new token; returning True stops that row
             (the text layer uses this for stop strings).
     Returns: a [B, L + T] tensor for tensor input (rows that stopped early are padded with
@@ -92,11 +108,16 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
         new: list = [[] for _ in range(B)]
         done = [False] * B
         stops = set(int(s) for s in stop_token_ids)
+        exempt = frozenset(stops | {int(t) for t in exempt_token_ids})
         for _ in range(max_new_tokens):
             if repetition_penalty != 1.0:
-                _apply_repetition_penalty(logits, [r + n for r, n in zip(rows, new)], repetition_penalty)
+                _apply_repetition_penalty(logits, new, repetition_penalty, exempt)
             if no_repeat_ngram_size > 0:
-                _ban_repeated_ngrams(logits, [r + n for r, n in zip(rows, new)], no_repeat_ngram_size)
+                _ban_repeated_ngrams(logits, new, no_repeat_ngram_size, exempt)
+            if stops and min_new_tokens > 0:
+                early = [b for b in range(B) if len(new[b]) < min_new_tokens]
+                if early:
+                    logits[torch.tensor(early)[:, None], torch.tensor(sorted(stops))[None, :]] = float("-inf")
             nxt = sample_next(logits, temperature, top_k, top_p, gen)
             for b in range(B):
                 if done[b]:

@@ -45,6 +45,11 @@ class ChatTemplate:
         """Text that ends an answer even when the end token is missed (the base model never learned it)."""
         return (self.turn_separator + self.user_prefix.rstrip(),)
 
+    def marker_ids(self, tokenizer) -> tuple[int, ...]:
+        """Ids of the text that opens the next turn ("\nUser" -> 198, 12982 with GPT-2): generation's
+        anti-loop controls leave them alone so a reply can always end (mambaft.generate)."""
+        return tuple(dict.fromkeys(t for stop in self.stop_strings for t in tokenizer.encode(stop)))
+
     def end_id(self, tokenizer) -> int:
         eid = tokenizer.tok.token_to_id(self.end_of_turn) if hasattr(tokenizer, "tok") else None
         return tokenizer.eos_id if eid is None else eid

@@ -22,23 +22,27 @@ GREEDY = ChatSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=32
 
 
 class ScriptedModel(torch.nn.Module):
-    """Ignores its input and emits `script` (then `fill` forever): logit 20 on the scripted id, 0
-    elsewhere. Records every batch of prompts it is given and how many decode steps it ran."""
+    """Ignores its input and emits `script` (then `fill` forever): logit `top` (20) on the scripted
+    id, 0 elsewhere, and `runner_up=(id, logit)` when given: a close second that any penalty on the
+    scripted id makes win. Records every batch of prompts it is given and how many decode steps it ran."""
 
     def __init__(self, script, max_seq_len: int = 64, architecture: str = "original",
-                 fill: int = 13, step_delay: float = 0.0):
+                 fill: int = 13, step_delay: float = 0.0, top: float = 20.0, runner_up=None):
         super().__init__()
         self.config = MambaSWELUConfig(vocab_size=50257, d_model=4, n_layers=6, max_seq_len=max_seq_len,
                                        architecture=architecture)   # receptive field 1 + 6 x 3 = 19
         self.token_embedding = torch.nn.Embedding(1, 1)          # generate reads its device
         self.script, self.fill, self.step_delay = list(script), fill, step_delay
+        self.top, self.runner_up = top, runner_up
         self.prompts: list = []
         self.steps = 0
 
     def _logits(self, ks):
         out = torch.zeros(len(ks), self.config.vocab_size)
+        if self.runner_up is not None:
+            out[:, self.runner_up[0]] = self.runner_up[1]
         for b, k in enumerate(ks):
-            out[b, self.script[k] if k < len(self.script) else self.fill] = 20.0
+            out[b, self.script[k] if k < len(self.script) else self.fill] = self.top
         return out
 
     def prefill(self, rows):
@@ -126,6 +130,50 @@ def test_stops_on_next_user_turn_and_trims_it():
     assert s.last.stop_reason == "stop_string"
     n = len(TOK.encode(" Paris.\nUser:"))
     assert len(s.last.token_ids) == n and s.model.steps == n - 1   # generation stopped right there
+
+
+# The end token and the turn marker win by a small margin: 2.0 against a runner-up at 1.9, so a
+# penalty of 1.1 on them (2.0 / 1.1 = 1.82) or a ban would hand the argmax to the runner-up.
+CLOSE = dict(top=2.0, runner_up=(TOK.encode(" banana")[0], 1.9))
+CONTROLS = [dict(repetition_penalty=1.1), dict(repetition_penalty=2.0), dict(no_repeat_ngram_size=2),
+            dict(no_repeat_ngram_size=3), dict(repetition_penalty=1.3, no_repeat_ngram_size=2)]
+
+
+@pytest.mark.parametrize("controls", CONTROLS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_anti_repetition_controls_never_stop_a_later_turn_from_ending(controls):
+    # Turn 2's prompt holds turn 1's " Paris." + end token + "\nUser:": penalising or banning what
+    # the prompt holds would forbid ("." end) and push the end token below the runner-up.
+    s = scripted_session(" Paris.", settings=GREEDY.replace(max_new_tokens=12, **controls), **CLOSE)
+    for turn in range(3):   # the scripted model starts its script again at every prefill
+        assert s.send(f"Capital of France? ({turn})") == "Paris."
+        assert s.last.stop_reason == "end_token" and s.last.token_ids == TOK.encode(" Paris.") + [EOS]
+
+
+@pytest.mark.parametrize("controls", CONTROLS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_a_base_model_can_still_open_the_next_turn_with_controls_on(controls):
+    # A base model stops by writing "\nUser:". This reply already used "\n" once, and earlier turns
+    # hold "\nUser:" in the prompt: the marker's tokens are exempt, so it still ends there.
+    s = scripted_session(" Hi\nthere\nUser: more", end=False,
+                         settings=GREEDY.replace(max_new_tokens=16, **controls), **CLOSE)
+    for turn in range(2):
+        assert s.send(f"hello {turn}") == "Hi\nthere"
+        assert s.last.stop_reason == "stop_string"
+
+
+def test_the_chat_defaults_never_give_an_empty_reply_by_the_end_token_alone():
+    # The demo fine-tune puts ~9% on the end token as the first reply token (16% after T=0.7, top-k,
+    # top-p): here it is the argmax, " Paris" a close second. The chat's min_new_tokens=1 skips it;
+    # evaluation (min_new_tokens=0) still sees the empty reply the model would give.
+    from mambaft.evaluate.replies import generate_replies as eval_replies
+    model = ScriptedModel([EOS, *TOK.encode("."), EOS], top=2.0, runner_up=(TOK.encode(" Paris")[0], 1.9),
+                          max_seq_len=256)
+    s = ChatSession(model, TOK, DEFAULT_TEMPLATE, ChatSettings(temperature=0.0))
+    assert ChatSettings().min_new_tokens == 1
+    assert s.send("What is the capital of France?") == "Paris."
+    assert s.last.stop_reason == "end_token" and s.last.note == ""
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    r = eval_replies(model, TOK, DEFAULT_TEMPLATE, [msgs])[0]
+    assert r.answer == "" and r.stopped_by == "end_token" and r.new_ids == []
 
 
 def test_max_new_tokens_bounds_the_reply():

@@ -206,3 +206,34 @@ def test_cli_commands(small_gpt2_folder, prepared_data, tmp_path, capsys):
     rc = main(["diagnose", "--model", str(small_gpt2_folder), "--out", str(tmp_path / "d"), "--max-new", "4",
                "--trials", "1"])
     assert rc == 0 and json.loads((tmp_path / "d" / "diagnosis.json").read_text())["receptive_field"]["receptive_field"] == 7
+
+
+def test_across_checkpoints_puts_the_base_at_fine_tune_step_0():
+    from mambaft.evaluate.compare import progress_points
+
+    def r(name, step, trained, kind="mambaswelu"):
+        return {"name": name, "model": {"step": step, "trained": trained, "kind": kind}}
+
+    # the demo base's own step (1558) counts pretraining: at x=1558 it sat right of fine-tune step 300
+    res = [r("base", 1558, "pretrain"), r("step 200", 200, "finetune"), r("step 300", 300, "finetune"),
+           r("fine-tuned", 300, "finetune"), r("SmolLM2", None, None, "hf-chat")]
+    pts = progress_points(res)
+    assert [(x, label, p["name"]) for x, label, p in pts] == [
+        (0, "0: base\n(pretrain step 1558)", "base"), (200, "200", "step 200"), (300, "300", "step 300")]
+    old = [{"name": "a", "model": {"step": 0}}, {"name": "b", "model": {"step": 5000}}]   # no "trained"
+    assert [x for x, _, _ in progress_points(old)] == [0, 5000]
+
+
+def test_probe_plot_fits_a_notebook_and_labels_every_bar():
+    from mambaft.evaluate.compare import probe_figure
+    kinds = ["fact", "arithmetic", "context", "no invention", "instruction", "stops"]
+    names = ["base", "step 200", "step 300", "fine-tuned"]
+    res = [{"name": n, "probes": {"summary": {"by_kind": {k: 0.5 * (i == 3) for k in kinds}}}}
+           for i, n in enumerate(names)]
+    fig = probe_figure(res, kinds)
+    width_px = fig.get_size_inches()[0] * 110          # saved at 110 dpi
+    assert width_px <= 800                              # a notebook column shows it unshrunk
+    ax = fig.axes[0]
+    assert len(ax.texts) == len(kinds) * len(names)     # every rate written, the zeros too
+    assert all(t.get_fontsize() >= 8 for t in ax.texts)
+    assert all(t.get_fontsize() >= 10 for t in ax.get_yticklabels())

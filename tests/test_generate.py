@@ -92,3 +92,35 @@ def test_sampling_follows_the_distribution():
     logits = torch.tensor([[0.0, float(torch.log(torch.tensor(3.0)))]]).repeat(4000, 1)
     draws = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert abs(draws.float().mean().item() - 0.75) < 4 * 0.0068
+
+
+def test_anti_repetition_controls_never_touch_stop_or_exempt_ids():
+    from mambaft.generate import _apply_repetition_penalty, _ban_repeated_ngrams
+    logits = torch.tensor([[3.0, 2.0, -1.0, 4.0, 1.0]])
+    seen = [[0, 1, 2, 3, 0, 1]]               # every id but 4 seen; (0, 1) repeated
+    _apply_repetition_penalty(logits, seen, 2.0, exempt=frozenset({3, 1}))
+    assert logits.tolist() == [[1.5, 2.0, -2.0, 4.0, 1.0]]     # 0 and 2 penalised, 1 and 3 untouched
+    _ban_repeated_ngrams(logits, [[0, 1, 3, 0, 1, 2, 0, 1]], 3, exempt=frozenset({3}))
+    assert logits[0, 3] == 4.0 and logits[0, 2] == float("-inf")   # (0 1) -> 3 exempt, (0 1) -> 2 banned
+
+
+def test_penalties_look_at_the_reply_only_so_an_end_token_in_the_prompt_still_ends():
+    # The prompt holds the end token (an earlier turn); the end token leads the runner-up by 2.0 vs
+    # 1.9, so dividing it by 1.1 (HF's whole-input penalty) would hand the argmax to the runner-up.
+    from test_chat import EOS, ScriptedModel
+    model = ScriptedModel([EOS], top=2.0, runner_up=(7, 1.9))
+    prompt = [5, 6, EOS, 198, 7, 8]
+    for kw in (dict(repetition_penalty=1.1), dict(no_repeat_ngram_size=1)):
+        out = generate(model, [prompt], 8, stop_token_ids=(EOS,), **kw)[0]
+        assert out == prompt + [EOS], kw
+    # the reply's own tokens are penalised: a scripted "9 9 9" loses its repeats to the runner-up
+    model = ScriptedModel([9, 9, 9, EOS], top=2.0, runner_up=(7, 1.9))
+    assert generate(model, [[9]], 8, stop_token_ids=(EOS,), repetition_penalty=1.1)[0][1:3] == [9, 7]
+
+
+def test_min_new_tokens_holds_back_stop_ids_per_row():
+    from test_chat import EOS, ScriptedModel
+    model = ScriptedModel([EOS, EOS, 5, EOS], top=2.0, runner_up=(7, 1.9))
+    out = generate(model, [[1], [1, 2]], 8, stop_token_ids=(EOS,), min_new_tokens=2)
+    assert out == [[1, 7, 7, 5, EOS], [1, 2, 7, 7, 5, EOS]]      # the end token comes at the 4th token
+    assert generate(model, [[1]], 8, stop_token_ids=(EOS,))[0] == [1, EOS]   # 0: as before

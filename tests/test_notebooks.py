@@ -96,3 +96,9 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
     assert len(s["answers"]) == len(course.FIRST_PROMPTS)
     for f in ("report.md", "report.html", "table.md", "context.png"):
         assert (run_dir / "04_evaluation" / f).is_file(), f
+    # the chat cell of the saved notebook: the answer table and one line, and no dead widget state
+    nb = nbformat.read(str(run_dir / "04_evaluation.ipynb"), as_version=4)
+    chat = next(c for c in nb.cells if "chat_widget(" in c.source)
+    static = chat.outputs[0]["data"]
+    assert "Run the notebook to chat" in static["text/plain"] and "<table" in static["text/html"]
+    assert "widgets" not in nb.metadata

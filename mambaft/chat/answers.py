@@ -1,7 +1,7 @@
 """Answers of several models to fixed prompts, as text and HTML: what a headless notebook shows.
 
-Widget state is not saved when papermill executes a notebook, so the chat widget shows nothing
-there; this table is the static record (text/plain and text/html outputs both survive).
+A saved notebook opened without a kernel cannot run the chat widget; this table is the static record
+(text/plain and text/html outputs both survive), and `chat_widget(..., transcript=table)` shows it.
 
     table = answer_table({"base": "base.pt", "fine-tuned": "outputs/run/final"},
                          ["What is the capital of France?", "Write a haiku about rain."])
@@ -61,7 +61,7 @@ class AnswerTable:
         for i, (p, row) in enumerate(zip(self.prompts, self.replies), 1):
             lines.append(f"[{i}] User: {p}")
             for n, r in zip(self.names, row):
-                body = textwrap.wrap(r.text or "(empty answer)", 96 - width) or [""]
+                body = textwrap.wrap(" ".join(filter(None, (r.text, r.note))), 96 - width) or [""]
                 lines.append(f"    {n:<{width}} | {body[0]}")
                 lines += [f"    {'':<{width}} | {b}" for b in body[1:]]
                 lines.append(f"    {'':<{width}} | ({len(r.token_ids)} tokens, stopped: "
@@ -75,7 +75,8 @@ class AnswerTable:
         rows = []
         for p, row in zip(self.prompts, self.replies):
             cells = "".join(
-                f"<td style='white-space:pre-wrap;vertical-align:top'>{e(r.text) or '<i>(empty)</i>'}"
+                f"<td style='white-space:pre-wrap;vertical-align:top'>{e(r.text)}"
+                f"{f' <i>{e(r.note)}</i>' if r.note else ''}"
                 f"<br><small>{len(r.token_ids)} tokens, {e(r.stop_reason.replace('_', ' '))}</small></td>"
                 for r in row)
             rows.append(f"<tr><td style='vertical-align:top'><b>{e(p)}</b></td>{cells}</tr>")

@@ -36,9 +36,12 @@ class ChatSettings:
     temperature: float = 0.7          # 0 = greedy (argmax), reproducible without a seed
     top_k: int = 50                   # 0 = off
     top_p: float = 0.9                # 1.0 = off
-    repetition_penalty: float = 1.1   # 1.0 = off; CTRL-style, divides logits of seen tokens
+    repetition_penalty: float = 1.1   # 1.0 = off; CTRL-style, on the reply's own tokens (generate)
     no_repeat_ngram_size: int = 0     # 0 = off; 3 forbids repeating any 3-token sequence
     max_new_tokens: int = 128
+    # 1: the end token cannot come first. A small fine-tune gives it ~9% as the first reply token
+    # (the demo course: rank 3 after " The" and " A"), and sampling at 0.7 raises that to ~16%.
+    min_new_tokens: int = 1
     seed: Optional[int] = 0           # turn t of a session samples with seed + t; None = global RNG
     system: str = ""                  # optional system message, kept in every prompt
 
@@ -52,6 +55,8 @@ class ChatSettings:
              and self.no_repeat_ngram_size >= 0, "an int >= 0"),
             ("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
              "an int >= 1"),
+            ("min_new_tokens", isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0,
+             "an int >= 0"),
             ("seed", self.seed is None or isinstance(self.seed, int), "an int or None"),
         ]
         for name, ok, want in checks:
@@ -69,7 +74,7 @@ class ChatSettings:
         return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                     top_k=self.top_k or None, top_p=self.top_p if self.top_p < 1 else None,
                     repetition_penalty=self.repetition_penalty,
-                    no_repeat_ngram_size=self.no_repeat_ngram_size)
+                    no_repeat_ngram_size=self.no_repeat_ngram_size, min_new_tokens=self.min_new_tokens)
 
 
 @dataclass
@@ -102,6 +107,13 @@ class ContextReport:
         return s
 
 
+EMPTY_NOTES = {   # stop reason -> how an empty (or whitespace-only) reply is shown
+    "end_token": "(empty reply: the model emitted the end token first)",
+    "stop_string": "(empty reply: the model began the next User: turn first)",
+    "max_new_tokens": "(empty reply: only whitespace up to max_new_tokens)",
+}
+
+
 @dataclass
 class Reply:
     """One generated reply."""
@@ -110,6 +122,14 @@ class Reply:
     stop_reason: str             # "end_token" | "stop_string" | "max_new_tokens" | "cancelled"
     seconds: float
     context: Optional[ContextReport] = None
+
+    @property
+    def note(self) -> str:
+        """What a reader must be told beside the text ("" for a normal reply): a reply the user
+        stopped, or an empty one, which would otherwise show as a bare "Assistant:"."""
+        if self.stop_reason == "cancelled":
+            return "[stopped]" if self.text.strip() else "[stopped before any text]"
+        return "" if self.text.strip() else EMPTY_NOTES[self.stop_reason]
 
     @property
     def tokens_per_s(self) -> float:
@@ -157,7 +177,8 @@ def generate_replies(model, tokenizer, template: ChatTemplate, prompts: Sequence
 
     t0 = time.perf_counter()
     out = generate(model, [list(p) for p in prompts], stop_token_ids=(end_id,), seed=seed,
-                   stream=stream, **settings.generate_kwargs())
+                   exempt_token_ids=template.marker_ids(tokenizer), stream=stream,
+                   **settings.generate_kwargs())
     seconds = time.perf_counter() - t0
     replies = []
     for row, (prompt, full) in enumerate(zip(prompts, out)):
@@ -264,8 +285,10 @@ class ChatSession:
                                  seed=self._turn_seed(), on_delta=cb, cancel=cancel)[0]
         reply.context = report
         self.dropped_turns += report.dropped_turns
-        self.history = history + [{"role": "user", "content": text},
-                                  {"role": "assistant", "content": reply.text}]
+        answer = {"role": "assistant", "content": reply.text}
+        if reply.note:   # kept for display (the template reads role and content only)
+            answer["note"] = reply.note
+        self.history = history + [{"role": "user", "content": text}, answer]
         self.turns += 1
         self.last = reply
         return reply.text

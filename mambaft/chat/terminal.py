@@ -104,7 +104,8 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = 
             write(" [interrupted]\n")
             continue
         replies += 1
-        write("\n")
+        note = session.last.note             # an empty reply says so instead of a bare "Assistant:"
+        write((" " if note and session.last.text else "") + note + "\n")
         if stats:
             r = session.last
             write(f"  [{r.stats()}; {r.context.note()}]\n")
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     p.add_argument("--no-repeat-ngram", type=int, default=d.no_repeat_ngram_size)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--min-new-tokens", type=int, default=d.min_new_tokens,
+                   help="the end token cannot come before this many tokens (0 = off)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--system", default="", help="a system message kept in every prompt")
     p.add_argument("--no-stats", action="store_true", help="do not print tokens/s and context after replies")
@@ -136,6 +139,7 @@ def main(argv=None, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = N
         settings = ChatSettings(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                                 repetition_penalty=a.repetition_penalty,
                                 no_repeat_ngram_size=a.no_repeat_ngram, max_new_tokens=a.max_new_tokens,
+                                min_new_tokens=a.min_new_tokens,
                                 seed=a.seed, system=a.system)
     except ValueError as e:
         print(f"mambaft chat: {e}", file=sys.stderr)

@@ -135,6 +135,9 @@ class MambaLM:
             d["path"] = str(self.info.path)
             d["step"] = self.info.step
             d["format"] = self.info.format
+            # what the step counts: "pretrain" steps, or "finetune" optimizer steps (compare's plots)
+            training = self.info.training or {}
+            d["trained"] = training.get("kind") or ("finetune" if "config" in training else None)
         return d
 
 

@@ -60,7 +60,8 @@ def generate_replies(model, tokenizer, template, histories: Sequence[Sequence[di
 
     settings = ChatSettings(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
                             repetition_penalty=repetition_penalty,
-                            no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens)
+                            no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
+                            min_new_tokens=0)   # measure the model as it is: an empty reply counts
     prompts = [template.prompt_ids(list(h), tokenizer) for h in histories]
     out: list = []
     starts = range(0, len(prompts), batch_size)
