@@ -285,6 +285,18 @@ def test_load_checkpoint_round_trips_bit_for_bit(which, request):
         assert info.tokenizer.tok.to_str() == got[1].tokenizer.tok.to_str()
 
 
+def test_folder_resaved_by_transformers_comes_back(demo, demo_tokenizer, tmp_path):
+    """What a Hub upload or a TRL run writes (save_pretrained) still loads into mambaft, bit for bit."""
+    model, info, path = demo
+    _hf(path).save_pretrained(tmp_path)
+    demo_tokenizer.save_pretrained(tmp_path)
+    back, got = load_checkpoint(tmp_path)
+    assert got.format == "hf" and got.template == info.template and got.training == info.training
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
+    text = "Hi <|endoftext|> there \n"
+    assert got.tokenizer.encode(text) == info.tokenizer.encode(text)
+
+
 # --- without mambaft -------------------------------------------------------------------------------
 NO_MAMBAFT = r"""
 import importlib.abc, json, sys
