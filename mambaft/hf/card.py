@@ -31,7 +31,7 @@ def sources_from_stats(stats: dict) -> list[dict]:
 def sources_from_training(training: dict) -> list[dict]:
     """Sources named by the training metadata of a model folder (fine-tune config or pretraining)."""
     if isinstance(training.get("sources"), list):               # mambaft pretrain's summary
-        return [{"name": s["name"], "license": s.get("license", "?"), "origin": "registry",
+        return [{"name": s["name"], "license": s.get("license", s.get("licence", "?")), "origin": "registry",
                  "weight": s.get("weight"), "rows": s.get("documents")} for s in training["sources"]]
     cfg = training.get("config") or {}
     mode = cfg.get("data_mode", "auto")
@@ -56,6 +56,10 @@ def _languages(sources: list[dict], training: dict) -> list[str]:
 
 def _fmt(x, digits: int = 4) -> str:
     return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def _fmt_lr(x) -> str:
+    return "n/a" if x is None else f"{x:g}"     # 5e-06, not 0.0000
 
 
 def model_card(cfg: MambaSWELUConfig, template: ChatTemplate, *, training: Optional[dict] = None,
@@ -89,7 +93,8 @@ def model_card(cfg: MambaSWELUConfig, template: ChatTemplate, *, training: Optio
     yaml += ["pipeline_tag: text-generation", "library_name: transformers",
              "tags:", "- mambaswelu", "- mambaft", "- custom_code", "---", ""]
 
-    lines = [f"# MambaSWELU chat model ({strategy or 'mambaft'})", "",
+    title = "base model (mambaft pretrain)" if kind == "pretrain" else f"chat model ({strategy or 'mambaft'})"
+    lines = [f"# MambaSWELU {title}", "",
              f"A MambaSWELU ({cfg.n_layers} blocks, d_model {cfg.d_model}, architecture "
              f"`{cfg.architecture}`) "
              + ("pretrained by mambaft (a base model: it continues text, it was not trained to chat)"
@@ -121,7 +126,7 @@ def model_card(cfg: MambaSWELUConfig, template: ChatTemplate, *, training: Optio
              f"- strategy: {strategy or 'n/a'}",
              f"- optimizer steps: {_fmt(steps)}",
              f"- final training loss: {_fmt(train_loss)}; validation loss: {_fmt(val_loss)}",
-             f"- learning rate {_fmt(run_cfg.get('lr'))}, rows per step "
+             f"- learning rate {_fmt_lr(run_cfg.get('lr'))}, rows per step "
              f"{_fmt(run_cfg.get('batch_size', 0) * run_cfg.get('grad_accum', 0) * run_cfg.get('num_gpus', 0) or None)}, "
              f"max_seq_len {_fmt(run_cfg.get('max_seq_len', cfg.max_seq_len))}", "",
              "## Data", "",

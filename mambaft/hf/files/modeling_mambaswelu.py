@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -36,6 +37,7 @@ from transformers.utils import ModelOutput
 from .configuration_mambaswelu import MambaSWELUConfig
 
 IGNORE_INDEX = -100
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
 # --- SWELU: sign(z) * (1 - exp(-(|z| + 1e-8) ** (|k| + 1e-6))), always in fp32 (fp64 for fp64) ---
@@ -200,9 +202,10 @@ class MambaSWELUForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["MambaBlock"]
-    # The output projection is the token embedding (stored once in model.safetensors).
-    _tied_weights_keys = ({"lm_head.weight": "token_embedding.weight"}
-                          if int(__import__("transformers").__version__.split(".")[0]) >= 5 else ["lm_head.weight"])
+    # The output projection is the token embedding (stored once in model.safetensors); transformers 5
+    # maps tied key -> source key, 4.x lists the tied keys.
+    _tied_weights_keys = ({"lm_head.weight": "token_embedding.weight"} if TRANSFORMERS_MAJOR >= 5
+                          else ["lm_head.weight"])
 
     def __init__(self, config):
         super().__init__(config)
