@@ -11,8 +11,11 @@ mambaft model folder:
     tokenizer.json       the tokenizer the model was trained with
     chat_template.json   the chat template it was trained with (chat and evaluation load it back)
 
+transformers folder (`format="hf"`, mambaft.hf.export): loads in transformers without mambaft, and
+here too (config.json with model_type "mambaswelu").
+
     python -m mambaft.checkpoint PATH                # describe a checkpoint
-    python -m mambaft.checkpoint PATH --to OUT [--format original|folder]
+    python -m mambaft.checkpoint PATH --to OUT [--format original|folder|hf]
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ class CheckpointError(ValueError):
 @dataclass
 class CheckpointInfo:
     path: Path
-    format: str                       # "original" | "folder"
+    format: str                       # "original" | "folder" | "hf"
     config: MambaSWELUConfig
     step: Optional[int] = None        # original: global_step (micro-batches); folder: optimizer steps
     epoch: Optional[int] = None
@@ -188,6 +191,9 @@ def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from e
+    from mambaft.hf.export import is_hf_config
+    if is_hf_config(meta):
+        return _read_hf(path, meta)
     if meta.get("format") != FOLDER_FORMAT:
         raise CheckpointError(f"{cfg_file}: format {meta.get('format')!r} is not {FOLDER_FORMAT!r}")
     try:
@@ -208,9 +214,26 @@ def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
     return sd, info
 
 
+def _read_hf(path: Path, meta: dict) -> tuple[dict, CheckpointInfo]:
+    from safetensors import SafetensorError
+    from mambaft.hf.export import read_hf_folder
+    try:
+        got = read_hf_folder(path, meta)
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: an exported transformers folder that cannot be read: {e}") from e
+    template, source = got["template"], str(path / CONFIG_FILE)
+    if template is None:
+        template, source = DEFAULT_TEMPLATE, "default (config.json has no mambaft chat template)"
+    info = CheckpointInfo(path=path, format="hf", config=got["config"], step=got["step"],
+                          epoch=got["epoch"], saved_config=got["config"].to_dict(), template=template,
+                          template_source=source, tokenizer=got["tokenizer"], training=got["training"])
+    return got["state_dict"], info
+
+
 def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                     lam_formula: Optional[str] = None) -> tuple[torch.nn.Module, CheckpointInfo]:
-    """Load an original `.pt` or a mambaft model folder. Returns (model in eval mode, info)."""
+    """Load an original `.pt`, a mambaft model folder or an exported transformers folder.
+    Returns (model in eval mode, info)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or model folder")
@@ -240,8 +263,11 @@ def _atomic_replace(tmp: Path, final: Path) -> None:
 def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], format: str = "folder", *,
                     template: Optional[ChatTemplate] = None, tokenizer: Optional[TextTokenizer] = None,
                     step: Optional[int] = None, epoch: int = 0, training: Optional[dict] = None,
-                    optimizer_state: Optional[dict] = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Write `model` as a mambaft folder (default) or in the original `.pt` format.
+                    optimizer_state: Optional[dict] = None, dtype: torch.dtype = torch.float32,
+                    card: Optional[dict] = None) -> Path:
+    """Write `model` as a mambaft folder (default), in the original `.pt` format, or as a folder
+    transformers loads (`format="hf"`, always fp32; `card`: extra facts for its model card, see
+    mambaft.hf.export.write_hf_folder).
 
     The original format is what the user's own chat script loads with a strict `load_state_dict`
     into the original class: the 80 original keys, fp32, `config` with the original five keys and an
@@ -268,14 +294,21 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], format: str 
         torch.save(obj, tmp)
         _atomic_replace(Path(tmp), path)
         return path
-    if format != "folder":
-        raise ValueError(f"format={format!r}: expected 'folder' or 'original'")
+    if format not in ("folder", "hf"):
+        raise ValueError(f"format={format!r}: expected 'folder', 'original' or 'hf'")
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
+        if format == "hf":
+            from mambaft.hf.export import write_hf_folder
+            write_hf_folder(model, tmp, template=template or DEFAULT_TEMPLATE,
+                            tokenizer=tokenizer or load_tokenizer(), step=step, epoch=epoch,
+                            training=training, card=card)
+            _atomic_replace(tmp, path)
+            return path
         sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
               for k, v in model.state_dict().items()}
         if cfg.tie_embeddings:
@@ -298,14 +331,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Describe or convert a MambaSWELU checkpoint.")
     p.add_argument("path")
     p.add_argument("--to", help="write a converted copy here")
-    p.add_argument("--format", default="folder", choices=["folder", "original"])
+    p.add_argument("--format", default="folder", choices=["folder", "original", "hf"])
     p.add_argument("--lam-formula", choices=sorted(LAM_FORMULAS))
     a = p.parse_args(argv)
     model, info = load_checkpoint(a.path, lam_formula=a.lam_formula)
     print(info.describe())
     if a.to:
         out = save_checkpoint(model, a.to, a.format, template=info.template, tokenizer=info.tokenizer,
-                              step=info.step, epoch=info.epoch or 0)
+                              step=info.step, epoch=info.epoch or 0, training=info.training)
         print(f"wrote {out} ({a.format})")
 
 

@@ -11,6 +11,7 @@ import sys
 # subcommand -> (module whose main(argv) runs it, one-line help). Modules load only when used.
 COMMANDS = {
     "info": ("mambaft.checkpoint", "describe a checkpoint, or convert it (--to, --format)"),
+    "export": ("mambaft.hf.export", "export a model for transformers and the Hub (--to DIR --format hf)"),
     "generate": ("mambaft.generate", "generate text from a prompt"),
     "prepare": ("mambaft.data.prepare", "build the instruction dataset of a strategy"),
     "finetune": ("mambaft.train.finetune", "fine-tune a base model (also under accelerate launch)"),

@@ -393,6 +393,37 @@ def final_summary(rows: dict, table, context, files: dict) -> dict:
             "context": context.summary if context is not None else None, "files": files}
 
 
+# --- notebook 04: the model for transformers and the Hub ---------------------------------------------
+HF_DIRNAME = "hf_model"
+
+
+def export_hf(cfg, run_dir: PathLike, model_dir: PathLike, evaluation: Optional[PathLike] = None) -> Path:
+    """The fine-tuned model as a transformers folder, RUN_DIR/04_evaluation/hf_model (mambaft.hf.export),
+    its model card filled from the run: result.json beside the model, the prepared data's sources and
+    licences (stats.json), and the evaluation table (`evaluation`, a markdown file)."""
+    from mambaft.checkpoint import load_checkpoint, save_checkpoint
+    from mambaft.hf.card import sources_from_stats
+    from mambaft.hf.export import run_facts
+
+    card = run_facts(model_dir)
+    stats = data_dir(run_dir) / "stats.json"
+    if stats.is_file():
+        card["sources"] = sources_from_stats(json.loads(stats.read_text(encoding="utf-8")))
+    if evaluation is not None and Path(evaluation).is_file():
+        card["evaluation"] = Path(evaluation).read_text(encoding="utf-8")
+    model, info = load_checkpoint(model_dir)
+    return save_checkpoint(model, notebook_dir(run_dir, "04_evaluation") / HF_DIRNAME, "hf",
+                           template=info.template, tokenizer=info.tokenizer, step=info.step,
+                           epoch=info.epoch or 0, training=info.training, card=card)
+
+
+def transformers_lines(path: PathLike) -> str:
+    """The two lines that load an exported folder with transformers (no mambaft needed)."""
+    return ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"tok = AutoTokenizer.from_pretrained({str(path)!r}, trust_remote_code=True)\n"
+            f"model = AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True)")
+
+
 FIRST_PROMPTS = ("What is the capital of France?", "Tell me about the Moon.", "Say hello.",
                  "Quelle est la capitale de la France ?")
 

@@ -102,3 +102,27 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
     static = chat.outputs[0]["data"]
     assert "Run the notebook to chat" in static["text/plain"] and "<table" in static["text/html"]
     assert "widgets" not in nb.metadata
+
+
+def test_04_exports_the_fine_tuned_model_for_transformers(run):
+    """RUN_DIR/04_evaluation/hf_model: the final model's weights, a card filled from this run."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mambaft.checkpoint import load_checkpoint
+    run_dir, _ = run
+    folder = run_dir / "04_evaluation" / course.HF_DIRNAME
+    final = json.loads((run_dir / "03_finetune_multi_gpu" / "run" / "result.json").read_text())["final"]
+    ours, _ = load_checkpoint(final)
+    back, info = load_checkpoint(folder)
+    assert info.format == "hf"
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in ours.state_dict().items())
+    card = (folder / "README.md").read_text()
+    assert "strategy: smoke" in card and "| chatterbot_en |" in card and "## Evaluation" in card
+    hf = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    ids = torch.tensor([[464, 3139, 286, 4881, 318]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids)["logits"], atol=1e-5, rtol=0)  # see test_hf_export
+    nb = nbformat.read(str(run_dir / "04_evaluation.ipynb"), as_version=4)
+    shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)" in shown

@@ -1,0 +1,151 @@
+"""`mambaft export MODEL --to DIR --format hf`: a folder that transformers loads without mambaft.
+
+    DIR/config.json                  model_type "mambaswelu", auto_map, every architecture field, and
+                                     under "mambaft" what load_checkpoint needs to come back exactly
+    DIR/generation_config.json       eos = the end token; the chat's default sampling (ChatSettings)
+    DIR/configuration_mambaswelu.py  the standalone config and model classes (mambaft/hf/files/)
+    DIR/modeling_mambaswelu.py
+    DIR/model.safetensors            fp32 weights, mambaft's names; the tied embedding stored once
+    DIR/tokenizer.json, tokenizer_config.json (with the Jinja chat_template), special_tokens_map.json
+    DIR/README.md                    the model card (mambaft.hf.card)
+
+Writing needs no transformers; `load_checkpoint(DIR)` reads the folder back bit for bit.
+
+    mambaft export outputs/quick/03_finetune_multi_gpu/run/final --to /tmp/hf_model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from mambaft.hf.card import model_card
+from mambaft.hf.chat_template import hf_tokenizer, jinja_template, mambaft_tokenizer
+from mambaft.model import MambaSWELUConfig
+from mambaft.template import ChatTemplate
+from mambaft.tokenizer import TextTokenizer
+
+MODEL_TYPE = "mambaswelu"
+FILES = Path(__file__).parent / "files"
+CODE_FILES = ("configuration_mambaswelu.py", "modeling_mambaswelu.py")
+AUTO_MAP = {"AutoConfig": "configuration_mambaswelu.MambaSWELUConfig",
+            "AutoModelForCausalLM": "modeling_mambaswelu.MambaSWELUForCausalLM"}
+WEIGHTS_FILE = "model.safetensors"
+FORMATS = ("hf",)
+
+
+def is_hf_config(meta: dict) -> bool:
+    return meta.get("model_type") == MODEL_TYPE
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def generation_config(end_id: int) -> dict:
+    """The chat's default sampling (mambaft.chat.ChatSettings), stopping at the end token."""
+    from mambaft.chat.session import ChatSettings
+    s = ChatSettings()
+    gen = {"eos_token_id": end_id, "pad_token_id": end_id, "do_sample": s.temperature > 0,
+           "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+           "repetition_penalty": s.repetition_penalty, "max_new_tokens": s.max_new_tokens}
+    if s.no_repeat_ngram_size:
+        gen["no_repeat_ngram_size"] = s.no_repeat_ngram_size
+    return gen
+
+
+def write_hf_folder(model: torch.nn.Module, out: Union[str, Path], *, template: ChatTemplate,
+                    tokenizer: TextTokenizer, step: Optional[int] = None, epoch: int = 0,
+                    training: Optional[dict] = None, card: Optional[dict] = None) -> Path:
+    """Write the files into the (empty) folder `out`. `card`: extra facts for the model card
+    (result, sources, evaluation, base_model, license: see mambaft.hf.card.model_card)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: MambaSWELUConfig = model.config
+    end_id = template.end_id(tokenizer)
+    sd = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+          for k, v in model.state_dict().items()}
+    if cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)      # tied: stored once; transformers re-ties it on load
+    save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt"})   # "pt": what transformers expects
+    (out / WEIGHTS_FILE).chmod(0o644)   # a temp folder's files are private; a model is a normal file
+    _write_json(out / "config.json", {
+        "model_type": MODEL_TYPE, "architectures": ["MambaSWELUForCausalLM"], "auto_map": AUTO_MAP,
+        **cfg.to_dict(), "tie_word_embeddings": cfg.tie_embeddings,
+        "eos_token_id": end_id, "pad_token_id": end_id, "use_cache": True,
+        "dtype": "float32", "torch_dtype": "float32",     # transformers 5 / 4 names
+        "mambaft": {"format_version": 1, "chat_template": template.to_dict(), "step": step,
+                    "epoch": epoch, "training": training or {}}})
+    _write_json(out / "generation_config.json", generation_config(end_id))
+    for name in CODE_FILES:
+        shutil.copyfile(FILES / name, out / name)
+    hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
+    special = {"eos_token": template.end_of_turn, "pad_token": template.end_of_turn}
+    _write_json(out / "special_tokens_map.json", special)
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", **special, "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+        "model_max_length": cfg.max_seq_len if cfg.architecture == "original" else 1_000_000,
+        "chat_template": jinja_template(template)})
+    (out / "README.md").write_text(model_card(cfg, template, training=training, step=step,
+                                              end_id=end_id, **(card or {})), encoding="utf-8")
+    return out
+
+
+def read_hf_folder(path: Path, meta: dict) -> dict:
+    """An exported folder -> {"state_dict", "config", "template", "tokenizer", "step", "epoch",
+    "training"} (what load_checkpoint needs). Weights named by mambaft, in fp32."""
+    from safetensors.torch import load_file
+
+    known = {f.name for f in fields(MambaSWELUConfig)}
+    cfg = MambaSWELUConfig(**{k: v for k, v in meta.items() if k in known})
+    extra = meta.get("mambaft") or {}
+    template = ChatTemplate.from_dict(extra["chat_template"]) if "chat_template" in extra else None
+    tok_file = path / "tokenizer.json"
+    return {"state_dict": load_file(str(path / WEIGHTS_FILE)), "config": cfg, "template": template,
+            "tokenizer": mambaft_tokenizer(tok_file) if tok_file.is_file() else None,
+            "step": extra.get("step"), "epoch": extra.get("epoch"), "training": extra.get("training") or {}}
+
+
+def run_facts(model_dir: Union[str, Path]) -> dict:
+    """What a fine-tuning run folder says about its final model: result.json beside it (when
+    `model_dir` is the run's `final/`), for the model card."""
+    model_dir = Path(model_dir)
+    res = model_dir.parent / "result.json"
+    if model_dir.is_dir() and res.is_file():
+        result = json.loads(res.read_text(encoding="utf-8"))
+        if Path(result.get("final", "")).resolve() == model_dir.resolve():
+            return {"result": result}
+    return {}
+
+
+def main(argv=None) -> None:
+    from mambaft.checkpoint import load_checkpoint, save_checkpoint
+
+    p = argparse.ArgumentParser(prog="mambaft export", description=__doc__.splitlines()[0])
+    p.add_argument("model", help="an original .pt, a mambaft model folder or an exported folder")
+    p.add_argument("--to", required=True, help="the folder to write (replaced if it exists)")
+    p.add_argument("--format", default="hf", choices=FORMATS)
+    p.add_argument("--evaluation", help="a markdown file with an evaluation table for the model card")
+    p.add_argument("--base-model", help="the model card's base_model (a Hub id)")
+    a = p.parse_args(argv)
+    card = run_facts(a.model)
+    if a.evaluation:
+        card["evaluation"] = Path(a.evaluation).read_text(encoding="utf-8")
+    if a.base_model:
+        card["base_model"] = a.base_model
+    model, info = load_checkpoint(a.model)
+    out = save_checkpoint(model, a.to, a.format, template=info.template, tokenizer=info.tokenizer,
+                          step=info.step, epoch=info.epoch or 0, training=info.training, card=card)
+    print(f"wrote {out} (transformers format: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True))")
+
+
+if __name__ == "__main__":
+    main()
