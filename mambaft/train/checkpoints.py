@@ -235,15 +235,17 @@ def write_rng(tmp: Path, rank: int) -> None:
     """Every rank: its RNG states."""
     try:
         torch.save(capture_rng(), tmp / f"rng_rank{rank}.pt")
-    except (OSError, RuntimeError) as e:   # torch.save reports ENOSPC as a RuntimeError from its writer
+    except Exception as e:   # torch.save reports ENOSPC as a RuntimeError from its writer
         if _is_full(e):
             raise _disk_full(tmp.parent.parent, int(tmp.name.rsplit("_", 1)[1]), _as_oserror(e)) from e
         raise
 
 
 def _is_full(e: BaseException) -> bool:
-    return durable.is_disk_full(e) or (isinstance(e, RuntimeError) and
-                                       ("No space left" in str(e) or "file write failed" in str(e)))
+    """ENOSPC as an OSError, or as the text of torch's RuntimeError / safetensors' SafetensorError
+    (their writers report the OS error inside their own message)."""
+    return durable.is_disk_full(e) or any(s in str(e) for s in ("No space left", "StorageFull",
+                                                                "file write failed", "os error 28"))
 
 
 def _as_oserror(e: BaseException) -> OSError:
@@ -274,7 +276,7 @@ def commit(out_dir: Union[str, Path], step: int, model: torch.nn.Module, *, trai
         fault("in_save")
         # the same step written again (a resumed run passing it a second time): swapped atomically
         durable.replace_dir(tmp, final)
-    except (OSError, RuntimeError) as e:
+    except Exception as e:
         if _is_full(e):
             raise _disk_full(out_dir, step, _as_oserror(e)) from e
         raise

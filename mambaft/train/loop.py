@@ -282,10 +282,12 @@ def _check_world_size(state: dict, W: int, G: int, allow: bool, say) -> None:
     saved = state.get("world_size")
     if saved is None or int(saved) == W:
         return
+    saved = int(saved)
+    rng = (f"rank(s) {saved}..{W - 1} have no saved RNG state and are reseeded" if W > saved else
+           f"the saved RNG states of rank(s) {W}..{saved - 1} go unused")
     what = (f"the checkpoint was saved with {saved} process(es), this run has {W}: the global batch changes "
             f"from {state.get('global_batch')} to {G} rows per step, the data order changes from here on (the "
-            f"same rows-consumed position, dealt to {W} ranks), and the RNG of rank(s) "
-            f"{', '.join(map(str, range(int(saved), W))) or 'none'} is reseeded (no saved state)")
+            f"same rows-consumed position, dealt to {W} rank(s)), and {rng}")
     if not allow:
         raise ConfigError(what + ". Pass --allow-world-size-change (allow_world_size_change=True) to accept, "
                           f"or launch {saved} process(es) to resume exactly.")
