@@ -25,6 +25,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .errors import UserError
 from .model import MambaSWELUConfig, build_model
 from .model.swelu import LAM_FORMULAS
 from .template import DEFAULT_TEMPLATE, TEMPLATE_FILE, ChatTemplate
@@ -45,7 +47,7 @@ ORIGINAL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "max_seq_len", "tie
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used; the message says which file and why."""
 
 
@@ -63,6 +65,7 @@ class CheckpointInfo:
     tokenizer: Optional[TextTokenizer] = None
     training: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    nonfinite: list = field(default_factory=list)  # names of tensors holding NaN/inf (should be empty)
 
     def describe(self) -> str:
         lines = [f"{self.path} ({self.format} format, architecture {self.config.architecture})",
@@ -176,6 +179,37 @@ def _read_original(path: Path, lam_formula: Optional[str]) -> tuple[dict, Checkp
     return sd, info
 
 
+def _checked_model_config(d, cfg_file: Path) -> dict:
+    """The "model" block of a folder's config.json, each value of the right type and range; a bad
+    one would otherwise surface as a RuntimeError/TypeError deep inside the model's constructor."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{cfg_file}: \"model\" is {type(d).__name__}, expected an object of sizes")
+    fields = MambaSWELUConfig.__dataclass_fields__
+    for k, v in d.items():
+        if k not in fields:
+            continue   # from_dict names unknown fields
+        kind = fields[k].type
+        if kind in ("int", int):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise CheckpointError(f"{cfg_file}: model.{k}={v!r}: expected a positive integer")
+        elif kind in ("float", float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise CheckpointError(f"{cfg_file}: model.{k}={v!r}: expected a number in [0, 1)")
+        elif kind in ("bool", bool):
+            if not isinstance(v, bool):
+                raise CheckpointError(f"{cfg_file}: model.{k}={v!r}: expected true or false")
+        elif k == "architecture" and v not in ("original", "selective"):
+            raise CheckpointError(f"{cfg_file}: model.architecture={v!r}: expected 'original' or 'selective'")
+        elif k == "swelu_lam_formula" and v is not None and v not in LAM_FORMULAS:
+            raise CheckpointError(f"{cfg_file}: model.swelu_lam_formula={v!r}: expected one of {sorted(LAM_FORMULAS)}")
+    return d
+
+
+def nonfinite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of parameters/buffers holding NaN or inf (a run that diverged and was saved anyway)."""
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -189,15 +223,17 @@ def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
         raise CheckpointError(f"{path}: has {WEIGHTS_FILE} but no {CONFIG_FILE}")
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(meta).__name__}")
     from mambaft.hf.export import is_hf_config
     if is_hf_config(meta):
         return _read_hf(path, meta)
     if meta.get("format") != FOLDER_FORMAT:
         raise CheckpointError(f"{cfg_file}: format {meta.get('format')!r} is not {FOLDER_FORMAT!r}")
     try:
-        cfg = MambaSWELUConfig.from_dict(meta["model"])
+        cfg = MambaSWELUConfig.from_dict(_checked_model_config(meta.get("model"), cfg_file))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_file}: bad model config ({e})") from e
     try:
@@ -242,6 +278,12 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     sd, info = _read_folder(path) if path.is_dir() else _read_original(path, lam_formula)
     model = build_model(info.config)
     _load_into(model, sd, path)
+    info.nonfinite = nonfinite_tensors(model)
+    if info.nonfinite:
+        msg = (f"{path}: {len(info.nonfinite)} of {len(model.state_dict())} tensors hold NaN/inf "
+               f"(e.g. {', '.join(info.nonfinite[:3])}): this model's outputs are garbage")
+        info.notes.append(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     if info.tokenizer is None:
         info.tokenizer = load_tokenizer()
     return model.to(device).eval(), info

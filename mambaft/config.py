@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
+
+from mambaft.errors import UserError
 
 STRATEGIES = ("quick", "conversational", "specialized", "smoke")
 DOMAINS = ("code", "science", "french")
@@ -133,7 +136,7 @@ DOMAIN_SOURCES: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is unknown, of the wrong type, or out of range (the message names the field)."""
 
 
@@ -184,6 +187,12 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
 
 
 def _validate(cfg: Config) -> None:
+    for f in dataclasses.fields(cfg):   # NaN passes every "< 0" test below, inf every "> 0": refuse both first
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{f.name}={v!r}: must be a finite number")
+        if isinstance(v, dict) and any(isinstance(w, float) and not math.isfinite(w) for w in v.values()):
+            raise ConfigError(f"{f.name}={v!r}: weights must be finite numbers")
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy={cfg.strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if cfg.domain is not None and cfg.domain not in DOMAINS:

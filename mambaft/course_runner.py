@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mambaft.course import DEMO_BASE, NOTEBOOKS, ROOT, PathLike, child_env
+from mambaft.errors import UserError
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 
@@ -32,7 +33,7 @@ STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "smoke": {"MAX_NEW_TOKENS": 24, "SWEEP_STEPS": 3, "SMOKE_STEPS": 3, "EVAL_LIMIT": 4,
               "BENCH_LIMIT": 4, "CHAT": False, "CONTEXT_WINDOWS": 4},
 }
-class CourseError(RuntimeError):
+class CourseError(UserError, RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the error."""
 
     def __init__(self, notebook: str, cell: Optional[int], error: str, executed: Path):

@@ -2,7 +2,10 @@
 
 Same as `mambaft finetune` and `accelerate launch -m mambaft.train.finetune` (see that module).
 """
+import sys
+
 from mambaft.train.finetune import main
 
 if __name__ == "__main__":
-    main()
+    from mambaft.cli import run_command
+    sys.exit(run_command("finetune", main, sys.argv[1:]))

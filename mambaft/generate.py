@@ -9,6 +9,7 @@ inside the window), and `step` reproduces that by default.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -37,6 +38,21 @@ def _ban_repeated_ngrams(logits: torch.Tensor, seen: list, n: int, exempt: froze
         banned -= exempt
         if banned:
             logits[b, sorted(banned)] = float("-inf")
+
+
+# Below this, logits / temperature overflows float32 (max 3.4e38) for logit gaps of ~1e36: the
+# softmax turns into NaN and the "samples" are garbage. 1e-4 already is argmax in practice.
+MIN_TEMPERATURE = 1e-4
+
+
+def check_temperature(temperature: float) -> float:
+    """0 (greedy) or a finite temperature >= MIN_TEMPERATURE; anything else is refused, named."""
+    from mambaft.config import ConfigError
+    t = float(temperature)
+    if not math.isfinite(t) or t < 0 or 0 < t < MIN_TEMPERATURE:
+        raise ConfigError(f"temperature={temperature!r}: expected 0 (greedy) or a finite number >= "
+                          f"{MIN_TEMPERATURE:g}")
+    return t
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -95,6 +111,7 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
     Returns: a [B, L + T] tensor for tensor input (rows that stopped early are padded with
         `pad_token_id`, default the first stop id, else 0); a list of full id lists otherwise.
     """
+    temperature = check_temperature(temperature)
     as_tensor = isinstance(input_ids, torch.Tensor)
     rows = [list(map(int, r)) for r in (input_ids.tolist() if as_tensor else input_ids)]
     was_training = model.training
@@ -150,6 +167,7 @@ def main(argv=None) -> None:
     p.add_argument("--new", type=int, default=40)
     p.add_argument("--temperature", type=float, default=0.0)
     a = p.parse_args(argv)
+    check_temperature(a.temperature)
     model, meta = load_checkpoint(a.model)
     tok = meta.tokenizer
     ids = generate(model, [tok.encode(a.prompt)], a.new, temperature=a.temperature, seed=0)[0]

@@ -328,6 +328,24 @@ def follow_metrics(path: Union[str, Path], until: Any = None, out_png: Union[str
     return reader.metrics
 
 
+APPEAR_TIMEOUT_S = 600.0   # `plot --follow` on a file not there yet: a run writes it within its first step
+
+
+def _wait_for_file(path: str, timeout: float, interval: float) -> None:
+    """Say that we wait for `path`, and for how long; FileNotFoundError if it never appears (or if
+    even its folder is missing: a typo'd run folder, not a run still starting)."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: no such file, and no folder {folder} (is the run's --out right?)")
+    print(f"waiting for {path} to appear (a run writes it at its first step); giving up after {timeout:g} s",
+          flush=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.isfile(path):
+        if time.monotonic() >= deadline:
+            raise FileNotFoundError(f"{path}: did not appear within {timeout:g} s (is the run started?)")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Plot (or follow) a training run's metrics.jsonl.")
     p.add_argument("metrics", help="OUT/metrics.jsonl")
@@ -337,6 +355,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float)
     a = p.parse_args(argv)
     png = a.png or os.path.join(os.path.dirname(a.metrics) or ".", "loss.png")
+    if a.follow and not os.path.isfile(a.metrics):
+        _wait_for_file(a.metrics, a.timeout if a.timeout is not None else APPEAR_TIMEOUT_S, a.interval)
     if a.follow:
         m = follow_metrics(a.metrics, None, png, interval=a.interval, timeout=a.timeout, mode="text")
     else:

@@ -16,6 +16,7 @@ import torch
 
 from mambaft.checkpoint import load_checkpoint, save_checkpoint
 from mambaft.config import make_config
+from mambaft.data.prepare import mark_complete
 from mambaft.generate import generate
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
@@ -50,6 +51,7 @@ def write_prepared(path: Path, pairs=QA, val_pairs=QA[:3]) -> Path:
     DatasetDict({"train": Dataset.from_list(rows(pairs, "train")),
                  "val": Dataset.from_list(rows(val_pairs, "val"))}).save_to_disk(str(path))
     DEFAULT_TEMPLATE.save(path)
+    mark_complete(path)
     return path
 
 

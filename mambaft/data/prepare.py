@@ -11,6 +11,11 @@ n_trained, dropped_messages; plus stats.json, preview.txt (trained tokens in [br
 chat_template.json. "specialized" writes phase1/ and phase2/, each like that, and a stats.json
 holding both. Rows never exceed cfg.max_seq_len.
 
+The output appears atomically: everything is written into a temp folder beside `out_dir`
+(`.tmp-NAME-PID`), fsynced, marked complete (prepare_complete.json, also in each phase folder) and
+swapped into place (mambaft.durable.replace_dir). A killed `prepare` leaves the previous output
+intact, or nothing; `load_prepared` refuses a folder without the marker.
+
 Where the data comes from (cfg.data_mode): "offline" = cfg.offline_sources (registry packages);
 "hub" = cfg.sources from the hub; "auto" = the hub when it answers a quick request, else the offline
 sources, with a printed note. `--source NAME=PATH_OR_HUB_ID` overrides one source in any mode (a local
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -30,17 +36,21 @@ from typing import Optional
 
 import numpy as np
 
+from mambaft import durable
 from mambaft.data import filters, mix
 from mambaft.data.planner import format_plan, plan_budget
 from mambaft.data.render import pack_text, render_batch
 from mambaft.data.schema import BadRows
-from mambaft.data.sources import SOURCES, hub_reachable, load_source
+from mambaft.data.sources import SOURCES, check_override, hub_reachable, load_source
+from mambaft.errors import DataError
+from mambaft.faults import inject as fault_inject
 from mambaft.template import DEFAULT_TEMPLATE, show_trained
 
 PARALLEL_MIN_ROWS = 20_000     # below this, worker start-up (~1-2 s each) costs more than it saves
 MAX_PROC = 8                   # datasets.map workers at most (each holds a tokenizer and a shard)
 RENDER_BATCH = 1000
 PREVIEW_ROWS = 12
+COMPLETE_MARKER = "prepare_complete.json"   # written last: a folder without it is not a dataset yet
 
 
 def _features():
@@ -75,9 +85,10 @@ def _say(progress: bool, msg: str) -> None:
 def resolve_sources(hub: dict, offline: dict, overrides: dict, data_mode: str, progress: bool = True,
                     check_hub=hub_reachable) -> tuple[str, dict]:
     """-> (mode, {name: (weight, override or None)}). See the module docstring for the rules."""
-    for name in overrides:
+    for name, value in overrides.items():
         if name not in SOURCES:
-            raise ValueError(f"--source {name}=...: unknown source (known: {', '.join(sorted(SOURCES))})")
+            raise DataError(f"--source {name}=...: unknown source (known: {', '.join(sorted(SOURCES))})")
+        check_override(name, value)
     local = {n: v for n, v in overrides.items() if Path(v).exists()}
 
     def weight(n):
@@ -126,6 +137,11 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         # Load a margin above the cap: filters and deduplication remove some rows before capping.
         limit = None if cap is None else (cap * 4 if spec.kind == "text" else cap * 2 + 50)
         loaded = load_source(name, override, limit=limit, bad=bad, progress=progress)
+        if not loaded.rows:
+            raise DataError(f"source {name}: no {'documents' if loaded.kind == 'text' else 'conversations'} in "
+                            f"{loaded.origin}" + (f" ({bad.counts[name]} malformed row(s), e.g. "
+                                                  f"{'; '.join(bad.examples[name][:2])})" if bad.counts.get(name) else
+                                                  " (an empty file?)"))
         s = per[name] = {"kind": loaded.kind, "origin": loaded.origin, "license": loaded.license,
                          "synthetic": loaded.synthetic, "weight": weight, "loaded": len(loaded.rows),
                          "filtered": Counter(), "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0,
@@ -308,18 +324,47 @@ def preview(ds, tok, n: int = PREVIEW_ROWS, max_tokens: int = 200) -> str:
     return "\n".join(lines)
 
 
+def mark_complete(out_dir) -> None:
+    """Write the completion marker into `out_dir` and each phase folder in it (last step of prepare;
+    also for test fixtures written in prepare's format by hand)."""
+    out = Path(out_dir)
+    for d in [out] + [out / p for p in ("phase1", "phase2") if (out / p).is_dir()]:
+        (d / COMPLETE_MARKER).write_text(json.dumps({"complete": True, "written": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n", encoding="utf-8")
+
+
+def _clean_stale_temps(out: Path) -> None:
+    """Temp folders of earlier prepares into the same target whose process is gone (killed)."""
+    for p in out.parent.glob(f".tmp-{out.name}-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not durable.pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def prepare(cfg, out_dir, *, sources: Optional[dict] = None, progress: bool = True) -> dict:
     """Prepare the dataset(s) of `cfg.strategy` into `out_dir`; returns the stats (also in stats.json).
-    `sources` maps NAME -> HUB_ID_OR_PATH overrides (the CLI's --source)."""
+    `sources` maps NAME -> HUB_ID_OR_PATH overrides (the CLI's --source). Atomic: see the module doc."""
 
     import datasets
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(out)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     bars_were_off = datasets.utils.are_progress_bars_disabled()
     if not progress:
         datasets.disable_progress_bars()
     try:
-        return _prepare(cfg, Path(out_dir), dict(sources or {}), progress)
+        stats = _prepare(cfg, tmp, dict(sources or {}), progress)
+        mark_complete(tmp)
+        fault_inject("prepare_saved")
+        durable.replace_dir(tmp, out)
+        return stats
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # a failed or interrupted run leaves the old output alone
         if not progress and not bars_were_off:
             datasets.enable_progress_bars()
 
@@ -368,12 +413,22 @@ def load_prepared(path):
     from datasets import load_from_disk
 
     p = Path(path)
-    if (p / "dataset_dict.json").is_file():
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such data folder (write one with `mambaft prepare --out {p}`)")
+    if (p / "phase1").is_dir() and not (p / "dataset_dict.json").is_file():
+        raise DataError(f"{p} holds a specialized dataset: load {p / 'phase1'} or {p / 'phase2'}")
+    if not (p / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"{p}: not a dataset written by `mambaft prepare` (no dataset_dict.json). "
+                                f"Run: mambaft prepare --strategy smoke --out {p}")
+    if not (p / COMPLETE_MARKER).is_file():
+        raise DataError(f"{p}: incomplete `mambaft prepare` output (no {COMPLETE_MARKER}: the prepare that "
+                        "wrote it was killed, or it was written by an older mambaft). Run `mambaft prepare` "
+                        "again into this folder.")
+    try:
         return load_from_disk(str(p))
-    if (p / "phase1").is_dir():
-        raise ValueError(f"{p} holds a specialized dataset: load {p / 'phase1'} or {p / 'phase2'}")
-    raise FileNotFoundError(f"{p}: not a dataset written by `mambaft prepare` (no dataset_dict.json). "
-                            f"Run: mambaft prepare --strategy smoke --out {p}")
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(f"{p}: damaged `mambaft prepare` output ({type(e).__name__}: {str(e)[:200]}). "
+                        "Run `mambaft prepare` again into this folder.") from e
 
 
 def summary(stats: dict) -> str:

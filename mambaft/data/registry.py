@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+from mambaft.errors import UserError
+
 Manager = Literal["pypi", "npm", "apt"]
 COMPLETE_MARKER = ".mambaft-complete"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """A package could not be downloaded or unpacked (offline, unknown name, broken archive)."""
 
 

@@ -12,7 +12,8 @@ Because segments never merge across message boundaries, the ids of one message d
 its neighbours: truncation can drop whole messages by slicing segments.
 
 Truncation (rows longer than max_seq_len): drop whole oldest user+assistant turns (the system
-message stays while it fits) until the rest fits; the final answer is never cut. If the last
+message stays while it fits beside the last exchange; else it goes and as many whole recent turns
+as fit are kept) until the rest fits; the final answer is never cut. If the last
 exchange alone does not fit, the example is dropped ("too_long").
 """
 from __future__ import annotations
@@ -40,21 +41,23 @@ def _plan_start(lengths: list[int], roles: list[str], max_len: int) -> tuple[int
     total = sum(lengths)
     if total <= max_len:
         return first_body, has_system, True
-    suffix = 0
-    best = None
-    # Walk back from the end, accumulating; a start is legal only at a user message.
+    # Walk back from the end, accumulating; a start is legal only at a user message. Keep the
+    # system message with the longest suffix it fits beside; when it fits beside none, drop it and
+    # keep the longest suffix that fits alone (as many whole recent turns as fit, not just the last).
+    suffix, with_system, alone = 0, None, None
     for k in range(len(lengths) - 1, first_body - 1, -1):
         suffix += lengths[k]
-        if roles[k] == "user":
-            if suffix + sys_len <= max_len:
-                best = (k, has_system)
-            elif suffix <= max_len and best is None:
-                best = (k, False)
         if suffix > max_len:
             break
-    if best is None:
-        return first_body, has_system, False
-    return best[0], best[1], True
+        if roles[k] == "user":
+            alone = k
+            if suffix + sys_len <= max_len:
+                with_system = k
+    if with_system is not None:
+        return with_system, has_system, True
+    if alone is not None:
+        return alone, False, True
+    return first_body, has_system, False
 
 
 # Long conversations (ShareGPT: often 3-10x the window) are tokenized from the end, only as far

@@ -20,6 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
+from mambaft.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 
 # Every role spelling met in the hub formats (ShareGPT alone has six), lower-cased.
@@ -31,7 +33,7 @@ ROLE_ALIASES = {
 }
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A file is not the format it was announced as (the message names the file and the fields)."""
 
 

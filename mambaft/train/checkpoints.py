@@ -10,15 +10,20 @@ Layout of one run folder:
         config.json          the resolved mambaft.config.Config of the run
     OUT/checkpoints/.tmp-step_0001000/   being written; never counted as a checkpoint
 
-A checkpoint is written into `.tmp-step_N/` and renamed to `step_N/` only when every file is in
-place. A rename is atomic on POSIX filesystems, so a SIGKILL at any moment leaves either no
-`step_N/` or a complete one; leftover `.tmp-*` folders are removed on the next start.
+A checkpoint is written into `.tmp-step_N/`, given a manifest.json (size and sha256 of every file),
+fsynced, and renamed to `step_N/` (mambaft.durable). A rename is atomic on POSIX filesystems, so a
+SIGKILL at any moment leaves either no `step_N/` or a complete one; leftover `.tmp-*` folders are
+removed on the next start. A resume verifies the newest checkpoint against its manifest; a damaged
+one (a power loss, a bad disk) is renamed `damaged-step_N/`, kept, reported in one line, and the
+newest intact one is used instead. A full disk during a save removes the half-written folder and
+stops with a DiskFullError that lists the intact checkpoints.
 
     python -m pytest tests/test_train_units.py -k rotation
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -28,6 +33,10 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
+
+from mambaft import durable
+from mambaft.checkpoint import CheckpointError
+from mambaft.errors import DiskFullError
 
 CKPT_DIRNAME = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -65,7 +74,9 @@ def capture_rng() -> dict:
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict) -> list[str]:
+    """Restore every RNG of `state`; returns notes on what could not be restored (said by the caller)."""
+    notes = []
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
@@ -77,6 +88,10 @@ def restore_rng(state: dict) -> None:
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+        else:
+            notes.append(f"CUDA RNG saved for {len(cuda)} device(s), {torch.cuda.device_count()} visible: "
+                         "not restored (CUDA draws, e.g. dropout on the GPU, differ from here on)")
+    return notes
 
 
 # --- listing -------------------------------------------------------------------------------------
@@ -94,10 +109,13 @@ def list_checkpoints(out_dir: Union[str, Path]) -> list[CheckpointRecord]:
         m = _NAME.match(child.name)
         if not (m and child.is_dir() and _is_complete(child)):
             continue
-        meta = json.loads((child / MODEL_DIRNAME / "config.json").read_text(encoding="utf-8"))
-        val = (meta.get("training") or {}).get("val_loss")
-        records.append(CheckpointRecord(step=int(m.group(1)), path=child,
-                                        val_loss=None if val is None else float(val)))
+        try:
+            meta = json.loads((child / MODEL_DIRNAME / "config.json").read_text(encoding="utf-8"))
+            val = (meta.get("training") or {}).get("val_loss")
+            val = None if val is None else float(val)
+        except (ValueError, AttributeError, TypeError, UnicodeDecodeError):  # damaged: verify() says so
+            val = None
+        records.append(CheckpointRecord(step=int(m.group(1)), path=child, val_loss=val))
     return sorted(records, key=lambda r: r.step)
 
 
@@ -107,18 +125,57 @@ def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[CheckpointRecord]:
 
 
 def best_checkpoint(records: list[CheckpointRecord]) -> Optional[CheckpointRecord]:
-    """Lowest validation loss; ties go to the earlier step."""
-    scored = [r for r in records if r.val_loss is not None]
+    """Lowest validation loss; ties go to the earlier step. A NaN/inf loss is never the best."""
+    scored = [r for r in records if r.val_loss is not None and math.isfinite(r.val_loss)]
     return min(scored, key=lambda r: (r.val_loss, r.step)) if scored else None
 
 
+def verify(path: Union[str, Path]) -> list[str]:
+    """Problems with one checkpoint folder ([] = intact): checked against its manifest, or, for a
+    checkpoint written before manifests existed, by its required files being non-empty."""
+    path = Path(path)
+    if (path / durable.MANIFEST).is_file():
+        problems = durable.verify_manifest(path)
+        listed = json.loads((path / durable.MANIFEST).read_text(encoding="utf-8"))["files"] if not problems else {}
+        problems += [f"{f} is not in the manifest" for f in REQUIRED if not problems and f not in listed]
+        return problems
+    return [f"{f} is missing or empty" for f in REQUIRED
+            if not (path / f).is_file() or (path / f).stat().st_size == 0]
+
+
+def resume_point(out_dir: Union[str, Path], say: Callable[[str], None]) -> Optional[CheckpointRecord]:
+    """Rank 0: the newest checkpoint that verifies. Each damaged newer one is renamed
+    `damaged-step_N/` (kept for inspection, never counted again) with one line said about it.
+    Raises CheckpointError when checkpoints exist but none is intact."""
+    records = list_checkpoints(out_dir)
+    damaged = []
+    for r in reversed(records):
+        problems = verify(r.path)
+        if not problems:
+            if damaged:
+                say(f"resuming from the newest intact checkpoint {r.path.name}: " + "; ".join(damaged))
+            return r
+        dest = r.path.with_name("damaged-" + r.path.name)
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = r.path.with_name(f"damaged{n}-{r.path.name}")
+        os.replace(r.path, dest)
+        damaged.append(f"{r.path.name} is damaged ({problems[0]}{' ...' if len(problems) > 1 else ''}), "
+                       f"kept as {dest.name}")
+    if damaged:
+        raise CheckpointError(f"{Path(out_dir)}: no intact checkpoint to resume from: " + "; ".join(damaged)
+                              + ". Run with --no-resume to start over (the old run is moved aside).")
+    return None
+
+
 def clean_partial(out_dir: Union[str, Path]) -> list[Path]:
-    """Remove half-written `.tmp-*` / `.trash-*` folders left by a killed process."""
+    """Remove half-written `.tmp-*` / `.trash-*` / `.old-*` folders left by a killed process."""
     root = Path(out_dir) / CKPT_DIRNAME
     removed = []
     if root.is_dir():
         for child in root.iterdir():
-            if child.name.startswith((".tmp-", ".trash-")):
+            if child.name.startswith((".tmp-", ".trash-", ".old-")):
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)
     return removed
@@ -153,46 +210,92 @@ def tmp_dir(out_dir: Union[str, Path], step: int) -> Path:
     return Path(out_dir) / CKPT_DIRNAME / f".tmp-{step_dirname(step)}"
 
 
+def _disk_full(out_dir: Union[str, Path], step: int, e: OSError) -> DiskFullError:
+    """Remove the half-written folder; say which checkpoints are intact and how to go on."""
+    shutil.rmtree(tmp_dir(out_dir, step), ignore_errors=True)
+    intact = [r.path.name for r in list_checkpoints(out_dir)]
+    return DiskFullError(e.errno, f"disk full while writing checkpoint {step_dirname(step)} in "
+                         f"{Path(out_dir) / CKPT_DIRNAME} ({e.strerror}); the half-written folder was removed, "
+                         f"intact checkpoints: {', '.join(intact) or 'none'}. Free some space and run the same "
+                         "command again to resume.")
+
+
 def begin(out_dir: Union[str, Path], step: int) -> Path:
     """Rank 0: an empty temp folder for step `step`."""
     tmp = tmp_dir(out_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise _disk_full(out_dir, step, e) if durable.is_disk_full(e) else e
     return tmp
 
 
 def write_rng(tmp: Path, rank: int) -> None:
     """Every rank: its RNG states."""
-    torch.save(capture_rng(), tmp / f"rng_rank{rank}.pt")
+    try:
+        torch.save(capture_rng(), tmp / f"rng_rank{rank}.pt")
+    except Exception as e:   # torch.save reports ENOSPC as a RuntimeError from its writer
+        if _is_full(e):
+            raise _disk_full(tmp.parent.parent, int(tmp.name.rsplit("_", 1)[1]), _as_oserror(e)) from e
+        raise
+
+
+def _is_full(e: BaseException) -> bool:
+    """ENOSPC as an OSError, or as the text of torch's RuntimeError / safetensors' SafetensorError
+    (their writers report the OS error inside their own message)."""
+    return durable.is_disk_full(e) or any(s in str(e) for s in ("No space left", "StorageFull",
+                                                                "file write failed", "os error 28"))
+
+
+def _as_oserror(e: BaseException) -> OSError:
+    return e if isinstance(e, OSError) else OSError(28, "No space left on device")
 
 
 def commit(out_dir: Union[str, Path], step: int, model: torch.nn.Module, *, trainer_state: dict,
            config: dict, template, tokenizer, training_meta: dict, export_original: bool,
-           before_rename: Optional[Callable[[], None]] = None) -> Path:
-    """Rank 0: write the model and trainer state into the temp folder, then rename it into place.
-    `before_rename` runs when every file is written but not yet committed (the crash tests kill there)."""
+           fault: Optional[Callable[[str], None]] = None) -> Path:
+    """Rank 0: write the model and trainer state into the temp folder, add the manifest, fsync, then
+    rename it into place. `fault(point)` is called at the points the crash tests kill at
+    (mambaft.faults: save_model, in_save, after_rename)."""
     from mambaft.checkpoint import save_checkpoint
 
+    fault = fault or (lambda point: None)
     tmp = tmp_dir(out_dir, step)
-    save_checkpoint(model, tmp / MODEL_DIRNAME, template=template, tokenizer=tokenizer, step=step,
-                    training=training_meta)
-    if export_original:
-        save_checkpoint(model, tmp / ORIGINAL_FILE, format="original", step=step)
-    torch.save(trainer_state, tmp / STATE_FILE)
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if before_rename is not None:
-        before_rename()
     final = Path(out_dir) / CKPT_DIRNAME / step_dirname(step)
-    if final.exists():  # the same step written again (a resumed run passing it a second time)
-        _remove(final)
-    os.replace(tmp, final)
+    try:
+        save_checkpoint(model, tmp / MODEL_DIRNAME, template=template, tokenizer=tokenizer, step=step,
+                        training=training_meta)
+        fault("save_model")
+        if export_original:
+            save_checkpoint(model, tmp / ORIGINAL_FILE, format="original", step=step)
+        torch.save(trainer_state, tmp / STATE_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        durable.write_manifest(tmp)
+        durable.fsync_tree(tmp)
+        fault("in_save")
+        # the same step written again (a resumed run passing it a second time): swapped atomically
+        durable.replace_dir(tmp, final)
+    except Exception as e:
+        if _is_full(e):
+            raise _disk_full(out_dir, step, _as_oserror(e)) from e
+        raise
+    fault("after_rename")
     return final
 
 
+def _load(f: Path):
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{f}: cannot be read (truncated or corrupt?): {first}") from e
+
+
 def load_trainer_state(path: Union[str, Path]) -> dict:
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    return _load(Path(path) / STATE_FILE)
 
 
 def load_rng(path: Union[str, Path], rank: int) -> Optional[dict]:
     f = Path(path) / f"rng_rank{rank}.pt"
-    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+    return _load(f) if f.is_file() else None

@@ -17,19 +17,23 @@ import json
 import os
 import shutil
 import sys
+import time
 import types
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from mambaft import runtime
-from mambaft.config import Config, make_config, parse_overrides
+from mambaft.config import Config, ConfigError, make_config, parse_overrides
+from mambaft.errors import DataError
 
 from . import checkpoints as ck
 from .evaluation import load_heldout_texts, load_probes
 from .loop import PhaseInputs, run_phase, write_final
 from .plan import plan_lines
+from .runlock import RunLock
 
 PathLike = Union[str, Path]
 REQUIRED_COLUMNS = ("input_ids", "labels")
@@ -38,28 +42,17 @@ DEMO_BASE = Path(__file__).resolve().parents[2] / "data" / "demo_base"
 
 def load_data(data_dir: PathLike):
     """A `mambaft prepare` folder -> DatasetDict (train, val), with errors that name the folder."""
+    from mambaft.data import load_prepared
+
     path = Path(data_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such data folder (write one with `mambaft prepare`)")
-    try:
-        from mambaft.data import load_prepared
-    except ImportError:
-        load_prepared = None
-    if load_prepared is not None:
-        dd = load_prepared(path)
-    else:
-        from datasets import DatasetDict, load_from_disk
-        try:
-            dd = load_from_disk(str(path))
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{path}: not a dataset folder written by `mambaft prepare` ({e})") from e
-        if not isinstance(dd, DatasetDict):
-            raise ValueError(f"{path}: holds a single Dataset; expected a DatasetDict with train and val")
+    dd = load_prepared(path)    # refuses folders without prepare's completion marker
     if "train" not in dd:
-        raise ValueError(f"{path}: no 'train' split (splits: {', '.join(dd.keys())})")
+        raise DataError(f"{path}: no 'train' split (splits: {', '.join(dd.keys())})")
     missing = [c for c in REQUIRED_COLUMNS if c not in dd["train"].column_names]
     if missing:
-        raise ValueError(f"{path}: train split lacks column(s) {missing} (has {dd['train'].column_names})")
+        raise DataError(f"{path}: train split lacks column(s) {missing} (has {dd['train'].column_names})")
     return dd
 
 
@@ -114,30 +107,77 @@ def _heldout_names(cfg: Config) -> list:
     return names
 
 
+RUN_FILES = ("metrics.jsonl", "result.json", "final_model.pt", "config.json")
+RUN_DIRS = (ck.CKPT_DIRNAME, "probes", "final")
+
+
+def move_run_aside(out_dir: Path) -> Optional[Path]:
+    """--no-resume: move the previous run's outputs into OUT/replaced-<UTC time>/ (never deleted:
+    an input of this run may live there, and the user may still want it). None if there was none."""
+    present = [out_dir / n for n in RUN_DIRS + RUN_FILES if (out_dir / n).exists()]
+    if not any(p.name in (ck.CKPT_DIRNAME, "metrics.jsonl", "final") for p in present):
+        return None
+    dest = out_dir / time.strftime("replaced-%Y%m%d-%H%M%S", time.gmtime())
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+    dest.mkdir()
+    for p in present:
+        os.replace(p, dest / p.name)
+    return dest
+
+
+def _load_start(cfg: Config, base: Path, latest, say) -> tuple:
+    """The model this phase starts from (newest checkpoint, else the base), refused if non-finite."""
+    from mambaft.checkpoint import CheckpointError, load_checkpoint
+    source = latest.path / ck.MODEL_DIRNAME if latest is not None else base
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # refused below with a clearer message
+        model, info = load_checkpoint(source) if latest is not None else load_base(base, cfg, say)
+    if info.nonfinite:
+        raise CheckpointError(f"{source}: {len(info.nonfinite)} tensors hold NaN/inf (e.g. "
+                              f"{', '.join(info.nonfinite[:3])}); refusing to fine-tune from it")
+    return model, info
+
+
 def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, *, resume: bool,
            progress: bool, heldout_texts, probes, opts: dict) -> dict:
     say = (lambda m: print(m, flush=True)) if accelerator.is_main_process else (lambda m: None)
+    # Every input is loaded and checked before anything in out_dir changes (the base may live there).
     dd = load_data(data_dir)
+    lock = RunLock(out_dir).acquire(say) if accelerator.is_main_process else None
+    try:
+        return _locked_phase(cfg, base, data_dir, out_dir, accelerator, dd, say, resume=resume,
+                             progress=progress, heldout_texts=heldout_texts, probes=probes, opts=opts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _locked_phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, dd, say, *,
+                  resume: bool, progress: bool, heldout_texts, probes, opts: dict) -> dict:
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
         removed = ck.clean_partial(out_dir)
         if removed:
             say(f"removed {len(removed)} half-written checkpoint folder(s) left by a killed run")
-        if not resume and ((out_dir / ck.CKPT_DIRNAME).exists() or (out_dir / "metrics.jsonl").exists()):
-            for p in (out_dir / ck.CKPT_DIRNAME, out_dir / "probes", out_dir / "final"):
-                shutil.rmtree(p, ignore_errors=True)
-            for f in ("metrics.jsonl", "result.json", "final_model.pt"):
-                (out_dir / f).unlink(missing_ok=True)
-            say(f"--no-resume: starting over in {out_dir} (previous checkpoints and metrics deleted)")
+        if resume:
+            ck.resume_point(out_dir, say)   # verifies; a damaged newest one is moved aside, with a line
     accelerator.wait_for_everyone()
     latest = ck.latest_checkpoint(out_dir) if resume else None
-    if latest is None and accelerator.is_main_process and (out_dir / "metrics.jsonl").exists():
-        # a run that died before its first checkpoint: its rows would otherwise be logged twice
-        (out_dir / "metrics.jsonl").unlink()
-        shutil.rmtree(out_dir / "probes", ignore_errors=True)
-        say(f"no complete checkpoint in {out_dir}: starting from the base (old metrics.jsonl replaced)")
+    model, info = _load_start(cfg, base, latest, say)
+    if accelerator.is_main_process:
+        if not resume:
+            moved = move_run_aside(out_dir)
+            if moved is not None:
+                say(f"--no-resume: starting over in {out_dir}; the previous run was moved to {moved} "
+                    "(delete it when you no longer need it)")
+        elif latest is None and (out_dir / "metrics.jsonl").exists():
+            # a run that died before its first checkpoint: its rows would otherwise be logged twice
+            (out_dir / "metrics.jsonl").unlink()
+            shutil.rmtree(out_dir / "probes", ignore_errors=True)
+            say(f"no complete checkpoint in {out_dir}: starting from the base (old metrics.jsonl replaced)")
     accelerator.wait_for_everyone()
-    from mambaft.checkpoint import load_checkpoint
     if latest is not None:
         saved = json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8"))
         changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
@@ -145,9 +185,6 @@ def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, 
         if changed:
             say("note: config differs from the checkpoint's: " +
                 ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
-        model, info = load_checkpoint(latest.path / ck.MODEL_DIRNAME)
-    else:
-        model, info = load_base(base, cfg, say)
     _freeze(model, say)
     template = _chat_template(data_dir, info, say)
     tokenizer = info.tokenizer
@@ -176,7 +213,8 @@ def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, 
                       resume_from=latest, heldout_texts=heldout_texts or {}, probes=probes or [],
                       probe_tokens=opts.get("probe_tokens", 64), heldout_tokens=opts.get("heldout_tokens", 8192),
                       eval_at_start=opts.get("eval_at_start", True), progress=progress,
-                      max_bad_steps=opts.get("max_bad_steps", 5), plan_text=lines)
+                      max_bad_steps=opts.get("max_bad_steps", 5), plan_text=lines,
+                      allow_world_size_change=opts.get("allow_world_size_change", False))
     summary = run_phase(cfg, inp, accelerator)
     newest = ck.latest_checkpoint(out_dir)
     result = write_final(cfg, out_dir, accelerator, newest.path)
@@ -188,25 +226,45 @@ def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, 
     return result
 
 
+def check_launch_env(cfg: Config, device: torch.device) -> None:
+    """Refuse an accelerate environment the loop would silently disagree with: its mixed precision
+    (Accelerator() reads ACCELERATE_MIXED_PRECISION and autocasts the forward itself, so an "fp32" run
+    computed in bf16 while the metrics said fp32), and FSDP / DeepSpeed, which the loop does not drive."""
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "false").lower() in ("true", "1", "yes"):
+            raise ConfigError(f"the accelerate config asks for {name} ({var}=true): this loop supports plain "
+                              "data parallel only (distributed_type MULTI_GPU or MULTI_CPU); use such a config")
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    mine = runtime.resolve_precision(cfg.precision, device)
+    if env and env != "no" and env != mine:
+        raise ConfigError(f"accelerate's mixed precision is {env!r} (ACCELERATE_MIXED_PRECISION, from `accelerate "
+                          f"config` or --mixed_precision) but this run's precision is {mine!r} (precision="
+                          f"{cfg.precision!r}): make them agree (--set precision={env}, or launch with "
+                          "--mixed_precision no)")
+
+
 def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[PathLike] = None,
              out_dir: Optional[PathLike] = None, *, resume: bool = True, progress: bool = True,
              threads: Optional[int] = None, device: Optional[str] = None,
              heldout_texts: Optional[dict] = None, probes: Optional[list] = None,
              probe_tokens: int = 64, heldout_tokens: int = 8192, eval_at_start: bool = True,
              max_bad_steps: int = 5, tensorboard: bool = False,
-             cli_overrides: Optional[dict] = None) -> dict:
+             cli_overrides: Optional[dict] = None, allow_world_size_change: bool = False) -> dict:
     """Fine-tune `base` on the prepared `data_dir` into `out_dir`. Works the same in a notebook, from
     the CLI, and in each process of `accelerate launch`.
 
     Args:
         cfg: a resolved config (`make_config(strategy, **overrides)`).
         base: original .pt or mambaft model folder (default cfg.base, else the demo base).
-        resume: continue from the newest complete checkpoint in out_dir (False: delete and start over).
+        resume: continue from the newest intact checkpoint in out_dir (False: move the old run aside
+            into out_dir/replaced-<time>/ and start over).
         threads: CPU threads per process (default: the cores divided among the local processes).
         heldout_texts: {name: [text, ...]} for held-out perplexity; None loads wiki_en (and wiki_fr
             for French) from mambaft.data.text; {} disables it.
         probes: probe objects (.id, .messages, .check); None loads mambaft.evaluate.probes.PROBES;
             [] disables them.
+        allow_world_size_change: resume a checkpoint saved with another number of processes (the
+            global batch, data order and RNG change; refused without it).
     Returns:
         {"final": path, "steps", "losses": [per step], "val_loss", "best_checkpoint", ...}; for
         "specialized" also {"phase1": {...}, "phase2": {...}} with "final" = phase 2's.
@@ -214,7 +272,9 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
     from accelerate import Accelerator
 
     if data_dir is None or out_dir is None:
-        raise ValueError("finetune needs data_dir (a `mambaft prepare` folder) and out_dir")
+        raise ConfigError("finetune needs data_dir (a `mambaft prepare` folder) and out_dir")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        raise ConfigError(f"threads={threads!r}: must be a positive integer")
     log_with = None
     if tensorboard:
         try:
@@ -224,7 +284,9 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
             print("note: tensorboard is not installed; metrics.jsonl only (pip install tensorboard)")
     # cpu=True also when no GPU exists: only then does accelerate read WORLD_SIZE/RANK as a gloo group
     cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=cpu, log_with=log_with,
+    check_launch_env(cfg, torch.device("cpu" if cpu else "cuda"))
+    # mixed_precision="no": the loop alone autocasts, at cfg.precision (checked against the env above)
+    accelerator = Accelerator(cpu=cpu, log_with=log_with, mixed_precision="no",
                               project_dir=str(out_dir) if log_with else None)
     previous_threads = torch.get_num_threads()
     if accelerator.device.type == "cpu":
@@ -239,7 +301,8 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
     base_path = resolve_base(base, cfg)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     opts = dict(probe_tokens=probe_tokens, heldout_tokens=heldout_tokens, eval_at_start=eval_at_start,
-                max_bad_steps=max_bad_steps, cli_overrides=cli_overrides)
+                max_bad_steps=max_bad_steps, cli_overrides=cli_overrides,
+                allow_world_size_change=allow_world_size_change)
     kw = dict(resume=resume, progress=progress, heldout_texts=heldout_texts, probes=probes, opts=opts)
     try:
         if cfg.strategy != "specialized":
@@ -273,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--keep", type=int, help="checkpoints to keep (plus the best by val loss)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
-    p.add_argument("--no-resume", action="store_true", help="delete OUT's checkpoints and start over")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over: OUT's previous run is moved into OUT/replaced-<time>/")
+    p.add_argument("--allow-world-size-change", action="store_true",
+                   help="resume a checkpoint saved with another number of processes")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="CPU threads per process")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
@@ -314,7 +380,8 @@ def main(argv=None) -> int:
     finetune(cfg, a.base, a.data, a.out, resume=not a.no_resume, progress=not a.no_progress,
              threads=a.threads, device="cpu" if a.cpu else None, heldout_texts=heldout,
              probes=[] if a.no_probes else None, probe_tokens=a.probe_tokens,
-             eval_at_start=not a.no_eval_at_start, tensorboard=a.tensorboard, cli_overrides=how)
+             eval_at_start=not a.no_eval_at_start, tensorboard=a.tensorboard, cli_overrides=how,
+             allow_world_size_change=a.allow_world_size_change)
     return 0
 
 
@@ -330,4 +397,5 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mambaft.cli import run_command
+    sys.exit(run_command("finetune", main, sys.argv[1:]))

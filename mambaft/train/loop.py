@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,15 @@ from typing import Optional
 
 import torch
 
-from mambaft import runtime
-from mambaft.config import Config
+from mambaft import durable, runtime
+from mambaft.config import Config, ConfigError
+from mambaft.faults import inject as _fault
 
 from . import checkpoints as ck
 from .batches import RowStream
 from .evaluation import (heldout_perplexity, probe_answers, summarize_val, val_loss_sums, val_rows,
                          write_probe_answers)
-from .metrics import DivergenceGuard, MetricsLog, read_metrics
+from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
 from .optim import build_optimizer, lr_at
 from .step import count_trained_tokens, micro_step, optimizer_step
 
@@ -55,14 +55,9 @@ class PhaseInputs:
     progress: bool = True
     max_bad_steps: int = 5
     plan_text: list = field(default_factory=list)
+    allow_world_size_change: bool = False  # resume a checkpoint saved with another number of processes
 
 
-def _fault(point: str, step: int) -> None:
-    """Fault injection for the crash tests: MAMBAFT_FAULT="<point>=<step>" kills this process with
-    SIGKILL at that point (points: after_step, in_save). A real SIGKILL: nothing runs after it."""
-    spec = os.environ.get("MAMBAFT_FAULT", "")
-    if spec == f"{point}={step}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Printer:
@@ -101,11 +96,13 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
     raw = acc.unwrap_model(model)
     opt = build_optimizer(raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
                           new_lr_mult=cfg.selective_lr_mult)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+    # fp16 always with a loss scaler (its 5.96e-8 floor underflows small gradients to 0 otherwise)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     guard = DivergenceGuard(max_bad=inp.max_bad_steps)
     step, rows_consumed, best = 0, 0, None
     if inp.resume_from is not None:
         st = ck.load_trainer_state(inp.resume_from.path)
+        _check_world_size(st, W, G, inp.allow_world_size_change, say)
         opt.load_state_dict(st["optimizer"])
         if scaler is not None and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
@@ -113,7 +110,8 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         step, rows_consumed, best = int(st["step"]), int(st["rows_consumed"]), st.get("best_val_loss")
         rng = ck.load_rng(inp.resume_from.path, rank)
         if rng is not None:
-            ck.restore_rng(rng)
+            for note in ck.restore_rng(rng):
+                say(f"note: {note}")
         else:
             runtime.seed_everything(cfg.seed + 1000 * rank + step)
             say(f"note: no RNG state for rank {rank} in {inp.resume_from.path} (saved with "
@@ -182,7 +180,7 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
                              training_meta={"config": cfg.to_dict(), "step": at_step, "val_loss": val_loss,
                                             "rows_consumed": rows_consumed},
                              export_original=cfg.export_original and raw.config.architecture == "original",
-                             before_rename=lambda: _fault("in_save", at_step))
+                             fault=lambda point: _fault(point, at_step))
             removed = ck.rotate(out, cfg.keep_last)
             metrics.write({"step": at_step, "event": "checkpoint", "path": str(path),
                            "removed": [p.name for p in removed]})
@@ -267,6 +265,7 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
             metrics.write(last_eval)
             if acc.trackers:
                 acc.log({k: v for k, v in last_eval.items() if k != "step"}, step=step)
+            _stop_on_nonfinite_val(last_eval, step, out)
             if "val_loss" in last_eval and (best is None or last_eval["val_loss"] < best):
                 best = last_eval["val_loss"]
             say(f"eval step {step}: " + _fmt(last_eval))
@@ -277,6 +276,36 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         say.bar = None
     return {"steps": step, "rows_consumed": rows_consumed, "losses_this_run": losses,
             "last_eval": last_eval, "best_val_loss": best, "precision": precision, "world_size": W}
+
+
+# --- guards (world size, non-finite validation loss) --------------------------------------------------
+def _check_world_size(state: dict, W: int, G: int, allow: bool, say) -> None:
+    """A checkpoint saved with another number of processes changes the run: say what, and go on only
+    when allowed (--allow-world-size-change)."""
+    saved = state.get("world_size")
+    if saved is None or int(saved) == W:
+        return
+    saved = int(saved)
+    rng = (f"rank(s) {saved}..{W - 1} have no saved RNG state and are reseeded" if W > saved else
+           f"the saved RNG states of rank(s) {W}..{saved - 1} go unused")
+    what = (f"the checkpoint was saved with {saved} process(es), this run has {W}: the global batch changes "
+            f"from {state.get('global_batch')} to {G} rows per step, the data order changes from here on (the "
+            f"same rows-consumed position, dealt to {W} rank(s)), and {rng}")
+    if not allow:
+        raise ConfigError(what + ". Pass --allow-world-size-change (allow_world_size_change=True) to accept, "
+                          f"or launch {saved} process(es) to resume exactly.")
+    say(f"note: {what}")
+
+
+def _stop_on_nonfinite_val(row: dict, step: int, out: Path) -> None:
+    """A NaN/inf validation loss means the weights are broken: stop before saving them (the newest
+    checkpoint stays the last good one) rather than train on and report a NaN "best"."""
+    bad = {k: v for k, v in row.items() if k.startswith("val_loss") and isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        newest = ck.latest_checkpoint(out)
+        raise TrainingDiverged(f"step {step}: validation loss is {', '.join(f'{k}={v}' for k, v in bad.items())}: "
+                               "the weights hold NaN/inf; stopping. Last good checkpoint: "
+                               f"{newest.path if newest else 'none'} (lower lr, check grad_clip and the data)")
 
 
 def _fmt(row: dict) -> str:
@@ -297,16 +326,12 @@ def write_final(cfg: Config, out: Path, accelerator, model_path_from: Path) -> d
         tmp = out / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(model_path_from / ck.MODEL_DIRNAME, tmp)
-        if final.exists():
-            old = out / ".old-final"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
+        durable.replace_dir(tmp, final)
         original = model_path_from / ck.ORIGINAL_FILE
         if original.is_file():
             tmp_pt = out / ".final_model.pt.tmp"
             shutil.copyfile(original, tmp_pt)
+            durable.fsync_path(tmp_pt)
             os.replace(tmp_pt, out / "final_model.pt")
         rows = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
         train_rows = [r for r in rows if "loss" in r and "event" not in r]
@@ -319,7 +344,9 @@ def write_final(cfg: Config, out: Path, accelerator, model_path_from: Path) -> d
                "best_checkpoint": str(best.path) if best else None,
                "best_val_loss": best.val_loss if best else None,
                "metrics": str(out / "metrics.jsonl"), "out_dir": str(out), "strategy": cfg.strategy}
-        (out / "result.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        # strict JSON: a NaN loss is written null (json.dumps would write a bare NaN)
+        (out / "result.json").write_text(json.dumps(finite_or_none(res), indent=2, allow_nan=False) + "\n",
+                                         encoding="utf-8")
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         res = json.loads((out / "result.json").read_text(encoding="utf-8"))

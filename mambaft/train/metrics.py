@@ -19,6 +19,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from mambaft.errors import UserError
+
+
+def finite_or_none(obj):
+    """NaN/inf floats -> None, recursively: strict JSON has no NaN (json.dumps would write a bare NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
 
 class MetricsLog:
     """Append-only JSON lines, flushed per row so a live plot (or a crash) sees every step.
@@ -32,7 +45,7 @@ class MetricsLog:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        clean = finite_or_none(row)
         if any(isinstance(v, float) and not math.isfinite(v) for v in row.values()):
             clean["nonfinite"] = sorted(k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v))
         with self.path.open("a", encoding="utf-8") as f:
@@ -71,7 +84,7 @@ def read_metrics(path: Union[str, Path]) -> list[dict]:
     return rows
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Too many consecutive optimizer steps had a NaN/inf loss or gradient."""
 
 

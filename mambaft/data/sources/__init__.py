@@ -20,6 +20,7 @@ Offline stand-ins and why (the plan's data cannot be had from a registry, offlin
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -126,6 +127,26 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return hasattr(e, "code")
 
 
+# A hub dataset name is "owner/name" (optionally ":split"); a data-file extension means a local path.
+_HUB_ID = re.compile(r"^(hub:)?[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+_FILE_EXTENSIONS = (".json", ".jsonl", ".gz", ".parquet", ".csv", ".tsv", ".txt", ".yaml", ".yml", ".arrow",
+                    ".zip", ".tar", ".pt", ".md")
+
+
+def is_hub_id(value: str) -> bool:
+    """True for names like "tatsu-lab/alpaca" or "HuggingFaceH4/ultrachat_200k:train_sft"."""
+    v = str(value)
+    return bool(_HUB_ID.match(v)) and not v.lower().endswith(_FILE_EXTENSIONS) and not v.startswith((".", "/", "~"))
+
+
+def check_override(name: str, value: str) -> None:
+    """A --source value that is neither an existing path nor a hub name is a typo'd path: say so
+    instead of trying it on the network."""
+    if not Path(value).exists() and not is_hub_id(value) and value not in TEXT_SOURCES:
+        raise FileNotFoundError(f"--source {name}={value}: no such file or folder (a hub dataset name has the "
+                                "form owner/name, with no file extension)")
+
+
 def _hub_rows(hub_id: str) -> Iterator[tuple[str, dict]]:
     from datasets import load_dataset
 
@@ -191,6 +212,8 @@ def load_source(name: str, override: Optional[str] = None, *, limit: Optional[in
         raise ValueError(f"unknown source {name!r} (known: {', '.join(sorted(SOURCES))})")
     spec = SOURCES[name]
     bad = bad if bad is not None else BadRows()
+    if override:
+        check_override(name, override)
     if spec.kind == "text":
         target = override or spec.text_name
         if target is None:

@@ -5,7 +5,9 @@
 Formats: `.jsonl` / `.jsonl.gz` (one object a line), `.json` (a list of objects; a file cut off
 mid-record, like the ShareGPT package, is salvaged record by record up to the broken tail, which is
 reported as one bad row), `.parquet` (the hub's own export), and folders of those. A row that does
-not parse is added to `bad` and skipped; the run goes on.
+not parse (bad JSON, invalid UTF-8, nested too deep) is added to `bad` with its file:line and
+skipped; the run goes on. A whole file of another type (Parquet named .json, a zip...) is refused
+with the type detected from its first bytes.
 """
 from __future__ import annotations
 
@@ -19,10 +21,46 @@ from mambaft.data.schema import BadRows, FormatError
 ROW_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+# First bytes -> file type, to refuse a file named .json that is something else (the message says what)
+MAGIC = ((b"PAR1", "a Parquet file"), (b"\x1f\x8b", "a gzip file"), (b"PK\x03\x04", "a zip archive"),
+         (b"SQLite format 3", "an SQLite database"), (b"\x89HDF", "an HDF5 file"), (b"ARROW1", "an Arrow file"),
+         (b"\x80", "a Python pickle"), (b"%PDF", "a PDF"), (b"\xff\xd8\xff", "a JPEG image"),
+         (b"\x89PNG", "a PNG image"))
+
+
+def detect_type(path: Path) -> str:
+    """What the file's first bytes say it is ("" when none of MAGIC matches)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return next((name for magic, name in MAGIC if head.startswith(magic)), "")
+
+
+def _check_type(path: Path, expected: str) -> None:
+    found = detect_type(path)
+    gz = path.name.endswith(".gz")
+    if found and not (gz and found == "a gzip file") and not (expected == "parquet" and found == "a Parquet file"):
+        raise FormatError(f"{path}: is {found} (detected from its first bytes), not {expected}: "
+                          "rename it to its real extension or convert it")
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _parse_line(raw: bytes):
+    """One JSON line -> (object, None) or (None, reason)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8 at byte {e.start}"
+    if not line.strip():
+        return None, ""
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg})"
+    except RecursionError:
+        return None, "JSON nested too deep"
 
 
 def list_files(path: Path, suffixes=ROW_SUFFIXES) -> list[Path]:
@@ -38,14 +76,13 @@ def list_files(path: Path, suffixes=ROW_SUFFIXES) -> list[Path]:
 
 
 def _iter_jsonl(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with _open_bytes(path) as f:   # bytes: one line of invalid UTF-8 costs that line, not the file
+        for lineno, raw in enumerate(f, 1):
+            row, reason = _parse_line(raw)
+            if reason:
+                bad.add(source, f"{path}:{lineno}", reason)
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.add(source, f"{path}:{lineno}", f"not valid JSON ({e.msg})")
+            if reason == "":
                 continue
             if not isinstance(row, dict):
                 bad.add(source, f"{path}:{lineno}", f"expected a JSON object, got {type(row).__name__}")
@@ -71,8 +108,9 @@ def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iter
         counted_to = start
         try:
             obj, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            bad.add(source, f"{path}:{line}", f"record {item} is cut off or broken ({e.msg}); "
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deep"
+            bad.add(source, f"{path}:{line}", f"record {item} is cut off or broken ({why}); "
                                               f"{n - start:,} trailing characters ignored")
             return
         if isinstance(obj, dict):
@@ -83,14 +121,20 @@ def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iter
 
 
 def _iter_json(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
-    with _open_text(path) as f:
-        text = f.read()
+    _check_type(path, "JSON")
+    with _open_bytes(path) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:   # bad bytes inside: read it line by line, each bad line reported
+        yield from _iter_jsonl(path, bad, source)
+        return
     stripped = text.lstrip()
     if stripped.startswith("{"):
         # A single object: JSONL with one line, or a wrapper like {"data": [...]}.
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             yield from _iter_jsonl(path, bad, source)  # several objects: it is JSONL named .json
             return
         rows = next((v for v in obj.values() if isinstance(v, list)), None) if "data" in obj else None
@@ -111,6 +155,9 @@ def _iter_json(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dic
 def _iter_parquet(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
     import pyarrow.parquet as pq
 
+    if detect_type(path) != "a Parquet file":
+        raise FormatError(f"{path}: is {detect_type(path) or 'not a Parquet file (no PAR1 header)'}, "
+                          "named .parquet")
     table = pq.read_table(path)
     for i, row in enumerate(table.to_pylist()):
         yield f"{path} (row {i})", row
@@ -121,6 +168,7 @@ def iter_rows(path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
     for f in list_files(Path(path)):
         name = f.name
         if name.endswith((".jsonl", ".jsonl.gz")):
+            _check_type(f, "JSON lines")
             yield from _iter_jsonl(f, bad, source)
         elif name.endswith((".json", ".json.gz")):
             yield from _iter_json(f, bad, source)
