@@ -107,9 +107,11 @@ def resolve_base(base: PathLike = "") -> Path:
 
 
 def course_overrides(strategy: str, base: PathLike = "", *, device: Optional[str] = None,
-                     max_steps: int = 0, **overrides: Any) -> CourseValues:
+                     max_steps: int = 0, seed: Optional[int] = None, **overrides: Any) -> CourseValues:
     """What the course changes in `make_config(strategy)`: the CPU budget when there is no GPU, then
-    the notebook's explicit values (`max_steps` > 0, `overrides`), each labelled with its origin.
+    the notebook's explicit values (`max_steps` > 0, `seed`, `overrides`), each labelled with its origin.
+    `seed` (the notebooks' SEED) becomes cfg.seed, which seeds the data split, mix and shuffle
+    (`prepare`), the training order and init RNG (`finetune`), the lr sweep and evaluation sampling.
 
         values = course_overrides("quick")
         cfg = make_config("quick", **values.overrides)
@@ -136,6 +138,11 @@ def course_overrides(strategy: str, base: PathLike = "", *, device: Optional[str
     if device == "cpu":
         values["save_every"] = values["eval_every"] = max(1, values["max_steps"] // 3)
         origins["save_every"] = origins["eval_every"] = "CPU budget: 3 checkpoints per run"
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"SEED={seed!r}: expected an integer >= 0")
+        values["seed"] = seed
+        origins["seed"] = "notebook parameter SEED"
     for k, v in overrides.items():
         values[k] = v
         origins[k] = "notebook parameter"
