@@ -69,7 +69,11 @@ class Config:
     phase2_steps: int = 20_000     # plan: 15-30k
     phase2_sources: dict = field(default_factory=dict)
     phase2_offline_sources: dict = field(default_factory=dict)
-    phase2_text_fraction: float = 0.3  # share of plain domain text trained as continued pretraining
+    phase2_text_fraction: float = 0.3  # share of phase 2's domain rows made from plain domain text
+    # How phase 2 trains plain text: "chat" = "continue this text" conversations (mambaft.data.text_chat),
+    # which keep the chat format; "text" = packed continued pretraining, which taught the demo to never stop.
+    phase2_text_format: Literal["chat", "text"] = "chat"
+    phase2_replay_fraction: float = 0.3  # share of phase 2's train rows replayed from phase 1 (anti-forgetting)
 
     # --- derived numbers: properties, never stored ------------------------------------------------
     @property
@@ -197,6 +201,9 @@ def _validate(cfg: Config) -> None:
     for name in ("min_lr_ratio", "val_fraction", "phase2_text_fraction", "beta1", "beta2"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must lie in [0, 1]")
+    if not 0.0 <= cfg.phase2_replay_fraction < 1.0:
+        raise ConfigError(f"phase2_replay_fraction={cfg.phase2_replay_fraction!r}: must lie in [0, 1) "
+                          "(1 would leave no domain rows)")
     if cfg.max_seq_len > 1024 and cfg.architecture == "original":
         raise ConfigError(f"max_seq_len={cfg.max_seq_len}: the model's position table holds 1024")
 
