@@ -62,6 +62,10 @@ class Config:
     eval_every: int = 1000
     eval_batches: int = 50
     test_at: tuple = (5000, 10_000, 15_000, 20_000)  # the plan's full probe sessions
+    eval_replies: int = 16         # held-out val questions answered greedily at each evaluation (0 = off)
+    # Which checkpoint the course evaluates as "fine-tuned" (mambaft.train.choice): "behaviour" (stop
+    # rate - rep_3 - empty rate of those replies), "val_loss" (lowest) or "last".
+    checkpoint_choice: Literal["behaviour", "val_loss", "last"] = "behaviour"
     export_original: bool = False  # also write the original .pt format the user's chat script loads
 
     # --- specialized strategy: phase 2 on one domain --------------------------------------------
@@ -103,7 +107,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about 37 epochs of Alpaca-52k (recipes use 1-3): the planner warns about it before training.
     "quick": dict(
         sources={"alpaca": 1.0},
-        offline_sources={"wiki_en": 1.0, "olmo_qa": 1.0, "chatterbot_en": 0.3},
+        # offline: short answers that end (chatterbot, all of it), wiki summaries and multiple-choice
+        # answers; olmo_qa at 1.0 made "A. A. A." loops, chatterbot at 0.3 left too few short replies
+        offline_sources={"wiki_en": 0.6, "olmo_qa": 0.4, "chatterbot_en": 1.0},
         lr=1e-5, weight_decay=0.01, warmup_steps=500, max_steps=10_000,
         batch_size=4, grad_accum=8, max_seq_len=512,
     ),
@@ -195,7 +201,7 @@ def _validate(cfg: Config) -> None:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
     for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_batches", "phase2_steps",
-                 "selective_lr_mult"):
+                 "selective_lr_mult", "eval_replies"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 0")
     for name in ("min_lr_ratio", "val_fraction", "phase2_text_fraction", "beta1", "beta2"):

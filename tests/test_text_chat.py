@@ -38,3 +38,24 @@ def test_conversations_carry_the_language_instruction_and_the_document_id():
     assert all(c["messages"][0]["content"].startswith(INSTRUCTIONS["en"] + " ") and c["lang"] == "en" for c in en)
     assert [m["role"] for m in fr[0]["messages"]] == ["user", "assistant"]
     assert len({c["id"] for c in convs}) == len(convs) and all(c["source"] == "french_text" for c in convs)
+
+
+def test_leading_sentences_keep_whole_sentences_up_to_the_budget():
+    from mambaft.data.text_chat import leading_sentences
+    text = "Paris is the capital of France. It has two million people. It lies on the Seine."
+    assert leading_sentences(text, 70) == "Paris is the capital of France. It has two million people."
+    assert leading_sentences(text, 10) == "Paris is the capital of France."      # at least one sentence
+    assert leading_sentences(text, 1000) == text
+
+
+def test_wiki_answers_are_the_opening_sentences_of_the_summary(tmp_path):
+    import json
+
+    from mambaft.data.sources.formats import WIKI_ANSWER_CHARS, wiki_pairs
+    long = " ".join(f"Sentence {i} of the lead summary is here." for i in range(30))
+    (tmp_path / "s.json").write_text(json.dumps({f"T{i}": {"title": f"T{i}", "extract": long} for i in range(40)}))
+    rows = list(wiki_pairs(tmp_path / "s.json", "wiki_en", "en", "wiki_en"))
+    assert rows
+    for r in rows:
+        answer = r["messages"][1]["content"]
+        assert len(answer) <= WIKI_ANSWER_CHARS and long.startswith(answer) and answer.endswith("here.")

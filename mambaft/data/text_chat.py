@@ -36,6 +36,16 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(flat) if s]
 
 
+def leading_sentences(text: str, max_chars: int = ANSWER_CHARS) -> str:
+    """The whole sentences that open `text`, up to max_chars (at least the first sentence)."""
+    out: list = []
+    for s in sentences(text):
+        if out and sum(len(x) + 1 for x in out) + len(s) > max_chars:
+            break
+        out.append(s)
+    return " ".join(out)
+
+
 def continuation_pairs(text: str, prompt_chars: int = PROMPT_CHARS,
                        answer_chars: int = ANSWER_CHARS) -> list[tuple[str, str]]:
     """Consecutive (opening, continuation) pairs of one document, in order, never overlapping."""
