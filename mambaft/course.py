@@ -47,7 +47,7 @@ CPU_COMMON: dict[str, Any] = dict(
     num_gpus=1,          # one CPU process (notebook 03's NUM_PROCESSES)
     batch_size=8, grad_accum=1,
     max_seq_len=256,     # course rows: Q/A pairs are ~40-250 tokens; longer ones lose their oldest turns
-    eval_batches=4, keep_last=6, test_at=(),
+    eval_batches=4, keep_last=12, test_at=(),
     precision="auto",    # bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32
     # The schedule of a few hundred steps: 30 warmup steps (10 % of 300), cosine down to 5 % of the
     # peak, so the last checkpoints move little (at 1e-3 -> 1e-4 the step-250 and step-300 models of
@@ -57,7 +57,11 @@ CPU_COMMON: dict[str, Any] = dict(
     # that choose the checkpoint (eval_replies greedy replies to val questions) need more than 25.
     val_fraction=0.05, eval_replies=32,
 )
-CPU_CHECKPOINTS = 6      # checkpoints per phase on a CPU, every one kept (CPU_COMMON's keep_last)
+# Checkpoints per phase on a CPU, every one kept (CPU_COMMON's keep_last), each evaluated (val loss,
+# 32 greedy replies, the probes: ~3 s) for the checkpoint choice. The demo's replies swing from one
+# checkpoint to the next (one seed: val-question stop rate 0.94, 0.69, 0.75 at steps 150, 200, 250), so
+# the choice needs candidates: 12 x 89 MB on disk for the demo base.
+CPU_CHECKPOINTS = 12
 # The demo base is 7.7M parameters trained for minutes: it needs a larger step than the plan's lr
 # (chosen for 124M). 1e-4 does not learn the end token within 150 steps; 1e-3 does within ~50 but its
 # replies swing between stopping and looping from one checkpoint to the next (stop rate 0.93 at step
@@ -146,8 +150,8 @@ def course_overrides(strategy: str, base: PathLike = "", *, device: Optional[str
         values["max_steps"] = int(max_steps)
         origins["max_steps"] = "notebook parameter MAX_STEPS"
     if device == "cpu":
-        # 6 evaluated checkpoints, all kept (keep_last = CPU_CHECKPOINTS): the checkpoint choice
-        # (mambaft.train.choice) picks among them. 6 x 89 MB for the demo base.
+        # CPU_CHECKPOINTS evaluated checkpoints, all kept: the checkpoint choice (mambaft.train.choice)
+        # picks among them.
         values["save_every"] = values["eval_every"] = max(1, values["max_steps"] // CPU_CHECKPOINTS)
         origins["save_every"] = origins["eval_every"] = f"CPU budget: {CPU_CHECKPOINTS} checkpoints per run"
     if seed is not None:

@@ -7,7 +7,8 @@
 A run folder is what `mambaft course --out DIR --run-name NAME` writes: course.json (parameters,
 command, CPU class, times), 04_evaluation/summary.json (the models' numbers and the chosen
 checkpoint). The bounds are issue 18's: the fine-tuned model stops in >= 0.85 of its replies with
-rep_3 <= 0.25, overall and on each language's probes.
+rep_3 <= 0.25 over all its replies, and on the EN (conversational, specialized) and FR (specialized)
+probes alone.
 """
 from __future__ import annotations
 
@@ -58,9 +59,16 @@ def read_run(run_dir) -> dict:
     return rec
 
 
+# Besides all replies (probes + validation questions): the EN probes for the strategies that train
+# conversations, and the domain's FR probes for specialized (issue 18: "on the EN probes and, for
+# specialized (French), on the FR probes").
+PROBE_BOUNDS = {"conversational": ("en",), "specialized": ("en", "fr")}
+
+
 def meets_bounds(rec: dict) -> bool:
-    stops = [v for k, v in rec.items() if k == "stop_rate" or k.endswith("_probe_stop")]
-    reps = [v for k, v in rec.items() if k == "rep_3" or k.endswith("_probe_rep_3")]
+    langs = PROBE_BOUNDS.get(rec.get("strategy"), ())
+    stops = [rec.get("stop_rate")] + [rec.get(f"{lang}_probe_stop") for lang in langs]
+    reps = [rec.get("rep_3")] + [rec.get(f"{lang}_probe_rep_3") for lang in langs]
     return (all(v is not None and v >= MIN_STOP for v in stops)
             and all(v is not None and v <= MAX_REP3 for v in reps))
 

@@ -22,8 +22,8 @@ def test_cpu_budget_replaces_gpu_numbers_and_names_origins(cpu, small_gpt2_folde
     cfg = make_config("quick", **values.overrides)
     assert cfg.max_steps == course.CPU_BUDGET["quick"]["max_steps"] == 300
     assert (cfg.num_gpus, cfg.batch_size, cfg.grad_accum) == (1, 8, 1)
-    assert cfg.save_every == cfg.eval_every == 50            # 6 checkpoints per run, all kept
-    assert cfg.keep_last == course.CPU_CHECKPOINTS == 6
+    assert cfg.save_every == cfg.eval_every == 25            # 12 checkpoints per run, all kept
+    assert cfg.keep_last == course.CPU_CHECKPOINTS == 12
     assert cfg.lr == 1e-5                                     # a user's base keeps the plan's lr
     assert "10000" in values.origins["max_steps"] and "CPU budget" in values.origins["max_steps"]
     text = values.explain(cfg)
@@ -38,7 +38,7 @@ def test_demo_base_gets_demo_lr_and_max_steps_parameter_wins(cpu, monkeypatch, s
     cfg = make_config("conversational", **values.overrides)
     assert cfg.lr == course.DEMO_LR and "demo base" in values.origins["lr"]
     assert cfg.max_steps == 30 and values.origins["max_steps"] == "notebook parameter MAX_STEPS"
-    assert cfg.save_every == 5
+    assert cfg.save_every == 2
     assert cfg.base == str(small_gpt2_folder)
 
 

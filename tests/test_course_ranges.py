@@ -56,11 +56,16 @@ def test_ranges_are_min_max_per_strategy_and_cpu_class(tmp_path, capsys):
     assert out.read_text() in text
 
 
-def test_bounds_are_inclusive():
-    rec = {"stop_rate": 0.85, "rep_3": 0.25, "en_probe_stop": 0.85, "en_probe_rep_3": 0.25}
+def test_bounds_are_inclusive_and_name_the_probes_per_strategy():
+    rec = {"strategy": "specialized", "stop_rate": 0.85, "rep_3": 0.25, "en_probe_stop": 0.85,
+           "en_probe_rep_3": 0.25, "fr_probe_stop": 0.9, "fr_probe_rep_3": 0.0}
     assert course_ranges.meets_bounds(rec)
     assert not course_ranges.meets_bounds({**rec, "rep_3": 0.26})
     assert not course_ranges.meets_bounds({**rec, "stop_rate": None})
+    assert not course_ranges.meets_bounds({**rec, "fr_probe_rep_3": 0.3})      # the domain's probes count
+    quick = {**rec, "strategy": "quick", "en_probe_rep_3": 0.4, "fr_probe_stop": 0.5}
+    assert course_ranges.meets_bounds(quick)                                     # quick: all replies only
+    assert not course_ranges.meets_bounds({**quick, "strategy": "conversational"})
 
 
 def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
