@@ -50,7 +50,11 @@ def read_run(run_dir) -> dict:
            "precision": env.get("auto_precision"), "command": course.get("command") or "",
            "minutes": round(course["total_seconds"] / 60, 1) if course.get("total_seconds") else None,
            "checkpoint": f"step {chosen['step']} ({chosen.get('rule')})" if chosen else "final",
-           "stop_rate": m.get("stop_rate"), "rep_3": m.get("rep_3"), "mean_new_tokens": m.get("mean_new_tokens"),
+           # rep_3 is null when no reply had 3 words (mambaft.evaluate.metrics.degeneration averages over
+           # replies that have 3-grams): then no 3-gram repeats, 0.0
+           "stop_rate": m.get("stop_rate"),
+           "rep_3": 0.0 if m.get("rep_3") is None and m.get("stop_rate") is not None else m.get("rep_3"),
+           "mean_new_tokens": m.get("mean_new_tokens"),
            "probe_pass_rate": m.get("probe_pass_rate"), "val_loss": val_loss}
     for lang, b in (m.get("probes_by_lang") or {}).items():
         rec[f"{lang}_probe_stop"] = b.get("stop_rate")

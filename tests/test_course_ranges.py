@@ -56,6 +56,11 @@ def test_ranges_are_min_max_per_strategy_and_cpu_class(tmp_path, capsys):
     assert out.read_text() in text
 
 
+def test_no_reply_with_three_words_means_no_repeated_3_grams(tmp_path):
+    rec = course_ranges.read_run(_run(tmp_path, "short", rep3=None, tokens=2.5))
+    assert rec["rep_3"] == 0.0 and rec["meets_bounds"]
+
+
 def test_bounds_are_inclusive_and_name_the_probes_per_strategy():
     rec = {"strategy": "specialized", "stop_rate": 0.85, "rep_3": 0.25, "en_probe_stop": 0.85,
            "en_probe_rep_3": 0.25, "fr_probe_stop": 0.9, "fr_probe_rep_3": 0.0}
