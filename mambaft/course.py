@@ -63,10 +63,12 @@ CPU_COMMON: dict[str, Any] = dict(
 # the choice needs candidates: 12 x 89 MB on disk for the demo base.
 CPU_CHECKPOINTS = 12
 # The demo base is 7.7M parameters trained for minutes: it needs a larger step than the plan's lr
-# (chosen for 124M). 1e-4 does not learn the end token within 150 steps; 1e-3 does within ~50 but its
-# replies swing between stopping and looping from one checkpoint to the next (stop rate 0.93 at step
-# 200, 0.25 at 250, natively); 5e-4 stopped in 0.81-0.86 of replies at steps 200-300 of the same data.
-DEMO_LR = 5e-4
+# (chosen for 124M). 1e-4 does not learn the end token within 150 steps. On quick's short answers 1e-3
+# does within ~50, but its replies swing between stopping and looping from one checkpoint to the next
+# (stop rate 0.93 at step 200, 0.25 at 250, natively); 5e-4 stopped in 0.81-0.86 of replies at steps
+# 200-300 of the same data. The conversational mix (ShareGPT's long answers) needs 1e-3: at 5e-4 its
+# held-out replies first stopped at step 175 of 300, and phase 1 of specialized (200 steps) never did.
+DEMO_LR: dict[str, float] = {"quick": 5e-4, "conversational": 1e-3, "specialized": 1e-3, "smoke": 1e-3}
 
 
 @dataclass
@@ -144,7 +146,7 @@ def course_overrides(strategy: str, base: PathLike = "", *, device: Optional[str
             plan = PRESETS.get(strategy, {}).get(k)
             origins[k] = "CPU budget" + (f"; the plan's {plan!r} is sized for GPUs" if plan is not None else "")
         if base_path.resolve() == DEMO_BASE.resolve():
-            values["lr"] = DEMO_LR
+            values["lr"] = DEMO_LR[strategy]
             origins["lr"] = "CPU budget: the 7.7M-parameter demo base needs a larger lr than 124M"
     if max_steps and max_steps > 0:
         values["max_steps"] = int(max_steps)

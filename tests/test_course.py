@@ -36,7 +36,7 @@ def test_demo_base_gets_demo_lr_and_max_steps_parameter_wins(cpu, monkeypatch, s
     monkeypatch.setattr(course, "DEMO_BASE", Path(small_gpt2_folder))
     values = course.course_overrides("conversational", "", max_steps=30)
     cfg = make_config("conversational", **values.overrides)
-    assert cfg.lr == course.DEMO_LR and "demo base" in values.origins["lr"]
+    assert cfg.lr == course.DEMO_LR["conversational"] == 1e-3 and "demo base" in values.origins["lr"]
     assert cfg.max_steps == 30 and values.origins["max_steps"] == "notebook parameter MAX_STEPS"
     assert cfg.save_every == 2
     assert cfg.base == str(small_gpt2_folder)
