@@ -68,6 +68,10 @@ class Config:
     eval_every: int = 1000
     eval_batches: int = 50
     test_at: tuple = (5000, 10_000, 15_000, 20_000)  # the plan's full probe sessions
+    eval_replies: int = 16         # held-out val questions answered greedily at each evaluation (0 = off)
+    # Which checkpoint the course evaluates as "fine-tuned" (mambaft.train.choice): "behaviour" (stop
+    # rate - rep_3 - empty rate of those replies), "val_loss" (lowest) or "last".
+    checkpoint_choice: Literal["behaviour", "val_loss", "last"] = "behaviour"
     export_original: bool = False  # also write the original .pt format the user's chat script loads
 
     # --- specialized strategy: phase 2 on one domain --------------------------------------------
@@ -75,7 +79,11 @@ class Config:
     phase2_steps: int = 20_000     # plan: 15-30k
     phase2_sources: dict = field(default_factory=dict)
     phase2_offline_sources: dict = field(default_factory=dict)
-    phase2_text_fraction: float = 0.3  # share of plain domain text trained as continued pretraining
+    phase2_text_fraction: float = 0.3  # share of phase 2's domain rows made from plain domain text
+    # How phase 2 trains plain text: "chat" = "continue this text" conversations (mambaft.data.text_chat),
+    # which keep the chat format; "text" = packed continued pretraining, which taught the demo to never stop.
+    phase2_text_format: Literal["chat", "text"] = "chat"
+    phase2_replay_fraction: float = 0.3  # share of phase 2's train rows replayed from phase 1 (anti-forgetting)
 
     # --- derived numbers: properties, never stored ------------------------------------------------
     @property
@@ -105,7 +113,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about 37 epochs of Alpaca-52k (recipes use 1-3): the planner warns about it before training.
     "quick": dict(
         sources={"alpaca": 1.0},
-        offline_sources={"wiki_en": 1.0, "olmo_qa": 1.0, "chatterbot_en": 0.3},
+        # offline: short answers that end (chatterbot, all of it), wiki summaries and multiple-choice
+        # answers; olmo_qa at 1.0 made "A. A. A." loops, chatterbot at 0.3 left too few short replies
+        offline_sources={"wiki_en": 0.6, "olmo_qa": 0.4, "chatterbot_en": 1.0},
         lr=1e-5, weight_decay=0.01, warmup_steps=500, max_steps=10_000,
         batch_size=4, grad_accum=8, max_seq_len=512,
     ),
@@ -203,12 +213,15 @@ def _validate(cfg: Config) -> None:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
     for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_batches", "phase2_steps",
-                 "selective_lr_mult"):
+                 "selective_lr_mult", "eval_replies"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be >= 0")
     for name in ("min_lr_ratio", "val_fraction", "phase2_text_fraction", "beta1", "beta2"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must lie in [0, 1]")
+    if not 0.0 <= cfg.phase2_replay_fraction < 1.0:
+        raise ConfigError(f"phase2_replay_fraction={cfg.phase2_replay_fraction!r}: must lie in [0, 1) "
+                          "(1 would leave no domain rows)")
     if cfg.max_seq_len > 1024 and cfg.architecture == "original":
         raise ConfigError(f"max_seq_len={cfg.max_seq_len}: the model's position table holds 1024")
 

@@ -47,12 +47,28 @@ CPU_COMMON: dict[str, Any] = dict(
     num_gpus=1,          # one CPU process (notebook 03's NUM_PROCESSES)
     batch_size=8, grad_accum=1,
     max_seq_len=256,     # course rows: Q/A pairs are ~40-250 tokens; longer ones lose their oldest turns
-    warmup_steps=10, eval_batches=4, keep_last=2, test_at=(),
+    eval_batches=4, keep_last=12, test_at=(),
     precision="auto",    # bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32
+    # The schedule of a few hundred steps: 30 warmup steps (10 % of 300), cosine down to 5 % of the
+    # peak, so the last checkpoints move little (at 1e-3 -> 1e-4 the step-250 and step-300 models of
+    # one seed stopped in 0.25 and 0.93 of their replies).
+    warmup_steps=30, min_lr_ratio=0.05,
+    # 5 % of the conversations held out (~60 rows, was ~25): the val loss and the reply behaviour
+    # that choose the checkpoint (eval_replies greedy replies to val questions) need more than 25.
+    val_fraction=0.05, eval_replies=32,
 )
+# Checkpoints per phase on a CPU, every one kept (CPU_COMMON's keep_last), each evaluated (val loss,
+# 32 greedy replies, the probes: ~3 s) for the checkpoint choice. The demo's replies swing from one
+# checkpoint to the next (one seed: val-question stop rate 0.94, 0.69, 0.75 at steps 150, 200, 250), so
+# the choice needs candidates: 12 x 89 MB on disk for the demo base.
+CPU_CHECKPOINTS = 12
 # The demo base is 7.7M parameters trained for minutes: it needs a larger step than the plan's lr
-# (chosen for 124M). 1e-3 learns the end token within ~50 steps here; 1e-4 does not within 150.
-DEMO_LR = 1e-3
+# (chosen for 124M). 1e-4 does not learn the end token within 150 steps. On quick's short answers 1e-3
+# does within ~50, but its replies swing between stopping and looping from one checkpoint to the next
+# (stop rate 0.93 at step 200, 0.25 at 250, natively); 5e-4 stopped in 0.81-0.86 of replies at steps
+# 200-300 of the same data. The conversational mix (ShareGPT's long answers) needs 1e-3: at 5e-4 its
+# held-out replies first stopped at step 175 of 300, and phase 1 of specialized (200 steps) never did.
+DEMO_LR: dict[str, float] = {"quick": 5e-4, "conversational": 1e-3, "specialized": 1e-3, "smoke": 1e-3}
 
 
 @dataclass
@@ -107,9 +123,11 @@ def resolve_base(base: PathLike = "") -> Path:
 
 
 def course_overrides(strategy: str, base: PathLike = "", *, device: Optional[str] = None,
-                     max_steps: int = 0, **overrides: Any) -> CourseValues:
+                     max_steps: int = 0, seed: Optional[int] = None, **overrides: Any) -> CourseValues:
     """What the course changes in `make_config(strategy)`: the CPU budget when there is no GPU, then
-    the notebook's explicit values (`max_steps` > 0, `overrides`), each labelled with its origin.
+    the notebook's explicit values (`max_steps` > 0, `seed`, `overrides`), each labelled with its origin.
+    `seed` (the notebooks' SEED) becomes cfg.seed, which seeds the data split, mix and shuffle
+    (`prepare`), the training order and init RNG (`finetune`), the lr sweep and evaluation sampling.
 
         values = course_overrides("quick")
         cfg = make_config("quick", **values.overrides)
@@ -128,14 +146,21 @@ def course_overrides(strategy: str, base: PathLike = "", *, device: Optional[str
             plan = PRESETS.get(strategy, {}).get(k)
             origins[k] = "CPU budget" + (f"; the plan's {plan!r} is sized for GPUs" if plan is not None else "")
         if base_path.resolve() == DEMO_BASE.resolve():
-            values["lr"] = DEMO_LR
+            values["lr"] = DEMO_LR[strategy]
             origins["lr"] = "CPU budget: the 7.7M-parameter demo base needs a larger lr than 124M"
     if max_steps and max_steps > 0:
         values["max_steps"] = int(max_steps)
         origins["max_steps"] = "notebook parameter MAX_STEPS"
     if device == "cpu":
-        values["save_every"] = values["eval_every"] = max(1, values["max_steps"] // 3)
-        origins["save_every"] = origins["eval_every"] = "CPU budget: 3 checkpoints per run"
+        # CPU_CHECKPOINTS evaluated checkpoints, all kept: the checkpoint choice (mambaft.train.choice)
+        # picks among them.
+        values["save_every"] = values["eval_every"] = max(1, values["max_steps"] // CPU_CHECKPOINTS)
+        origins["save_every"] = origins["eval_every"] = f"CPU budget: {CPU_CHECKPOINTS} checkpoints per run"
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"SEED={seed!r}: expected an integer >= 0")
+        values["seed"] = seed
+        origins["seed"] = "notebook parameter SEED"
     for k, v in overrides.items():
         values[k] = v
         origins[k] = "notebook parameter"
@@ -277,6 +302,70 @@ def checkpoints(cfg, run: PathLike) -> list[tuple[str, Path]]:
     return found[:-1]
 
 
+def chosen_checkpoint(cfg, run: PathLike):
+    """The checkpoint notebook 04 calls "fine-tuned": `mambaft.train.choice.choose_checkpoint` with
+    rule cfg.checkpoint_choice over the kept checkpoints of the last phase and its metrics.jsonl."""
+    from mambaft.train import checkpoints as ck
+    from mambaft.train.choice import choose_checkpoint
+    from mambaft.train.metrics import read_metrics
+    d = phase_dirs(cfg, run)[-1]
+    rows = read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+    return choose_checkpoint(ck.list_checkpoints(d), rows, cfg.checkpoint_choice)
+
+
+def evaluation_models(cfg, run: PathLike, choice) -> list[tuple[str, Path]]:
+    """(name, model folder) that notebook 04 compares: the base, phase 1's final model (specialized),
+    the newest checkpoint when it is not the chosen one ("last step N"), and the chosen "fine-tuned"."""
+    from mambaft.train import checkpoints as ck
+    models = [("base", Path(cfg.base))]
+    dirs = phase_dirs(cfg, run)
+    if len(dirs) > 1:
+        models.append(("phase 1", dirs[0] / "final"))
+    newest = ck.latest_checkpoint(dirs[-1])
+    if newest is not None and newest.step != choice.step:
+        models.append((f"last step {newest.step}", newest.path / ck.MODEL_DIRNAME))
+    models.append(("fine-tuned", Path(choice.path) / ck.MODEL_DIRNAME))
+    return models
+
+
+def choice_note(choice) -> str:
+    """What notebook 04 prints about the checkpoint it evaluates, and why (one line per candidate)."""
+    lines = [f'"fine-tuned" is the step-{choice.step} checkpoint ({choice.rule}): {choice.reason}']
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines += [f"  step {t['step']:>6}: val loss {fmt(t['val_loss'])}  stop {fmt(t['stop'])}  rep_3 {fmt(t['rep_3'])}"
+              f"  empty {fmt(t['empty'])}  score {fmt(t['score'])}{'  <- chosen' if t['step'] == choice.step else ''}"
+              for t in choice.table]
+    return "\n".join(lines)
+
+
+def probe_behaviour_by_lang(results: Sequence[dict]) -> dict:
+    """{lang: {"stop_rate", "rep_3", "pass_rate", "n"}} over the probe replies of one language (the
+    specialized course is held to its bounds on the EN and on the FR probes separately)."""
+    import statistics
+
+    from mambaft.evaluate.metrics import repeated_ngram_rate
+    out = {}
+    for lang in sorted({r.get("lang") for r in results if r.get("lang")}):
+        rs = [r for r in results if r.get("lang") == lang]
+        reps = [x for x in (repeated_ngram_rate(r.get("answer") or "", 3) for r in rs) if x is not None]
+        out[lang] = {"stop_rate": 1.0 - sum(bool(r.get("hit_limit")) for r in rs) / len(rs),
+                     "rep_3": statistics.fmean(reps) if reps else 0.0,
+                     "pass_rate": sum(bool(r.get("passed")) for r in rs) / len(rs), "n": len(rs)}
+    return out
+
+
+def behaviour_table(rows: dict) -> str:
+    """One line per model: how its replies end and loop, overall and on each language's probes."""
+    f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = []
+    for name, r in rows.items():
+        langs = "  ".join(f"{lang}: stop {f(b['stop_rate'])} rep_3 {f(b['rep_3'])} pass {f(b['pass_rate'])}"
+                          for lang, b in (r.get("probes_by_lang") or {}).items())
+        lines.append(f"{name:>14}: stop {f(r['stop_rate'])}  rep_3 {f(r['rep_3'])}  tokens {f(r['mean_new_tokens'], 1)}"
+                     f"  end token {f(r['end_token_rate'])}  probes {f(r['probe_pass_rate'])}  | probes {langs}")
+    return "\n".join(lines)
+
+
 def evaluation_summary(results: Sequence[dict]) -> dict:
     """Per model: how replies ended, p(end), probe pass rates, loops, BLEU, perplexities."""
     rows = {}
@@ -291,6 +380,7 @@ def evaluation_summary(results: Sequence[dict]) -> dict:
             "p_end_mean": (r.get("end_token") or {}).get("mean"),
             "probe_pass_rate": probes.get("pass_rate"), "probe_by_kind": probes.get("by_kind"),
             "bleu": ans.get("bleu"), "chrf": ans.get("chrf"),
+            "probes_by_lang": probe_behaviour_by_lang((r.get("probes") or {}).get("results") or []),
             "text_ppl": {k: v.get("ppl") for k, v in (ppl.get("text") or {}).items() if isinstance(v, dict)},
             "errors": r.get("errors") or {}}
     return rows
@@ -384,10 +474,14 @@ def context_repair(folder: PathLike = CONTEXT_REPAIR):
     return ContextReport.load(Path(folder))
 
 
-def final_summary(rows: dict, table, context, files: dict) -> dict:
-    """The numbers of notebook 04: per model, and the headline comparisons."""
+def final_summary(rows: dict, table, context, files: dict, choice=None) -> dict:
+    """The numbers of notebook 04: per model, the headline comparisons, and which checkpoint is
+    "fine-tuned" and why."""
     pick = lambda key: {name: r[key] for name, r in rows.items()}  # noqa: E731
-    return {"models": rows, "stop_rate": pick("stop_rate"), "end_token_rate": pick("end_token_rate"),
+    chosen = None if choice is None else {"step": choice.step, "path": str(choice.path), "rule": choice.rule,
+                                          "reason": choice.reason, "candidates": choice.table}
+    return {"models": rows, "chosen": chosen, "stop_rate": pick("stop_rate"), "rep_3": pick("rep_3"),
+            "mean_new_tokens": pick("mean_new_tokens"), "end_token_rate": pick("end_token_rate"),
             "probe_pass_rate": pick("probe_pass_rate"), "p_end_mean": pick("p_end_mean"),
             "bleu": pick("bleu"), "answers": table.records(),
             "context": context.summary if context is not None else None, "files": files}

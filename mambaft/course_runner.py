@@ -89,6 +89,38 @@ def run_notebook(name: str, run_dir: PathLike, params: dict, *, source_dir: Opti
     return executed
 
 
+def run_environment() -> dict:
+    """The CPU class a run trained on: what ATen and oneDNN were allowed to use, and what "auto"
+    precision became there (README ranges name it; ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA emulate
+    an AVX2-only CPU on an AVX-512 one)."""
+    import platform
+
+    import torch
+
+    from mambaft import runtime
+    cap = torch.backends.cpu.get_cpu_capability()
+    bf16 = runtime.cpu_has_bf16()
+    precision = runtime.resolve_precision("auto", torch.device("cpu"))
+    env = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    label = f"{cap}{' + bf16 (AMX/AVX512-BF16)' if bf16 else ''}, auto precision {precision}"
+    if env:
+        label += " (emulated: " + " ".join(f"{k}={v}" for k, v in env.items()) + ")"
+    return {"cpu_capability": cap, "bf16_native": bf16, "auto_precision": precision, "isa_env": env,
+            "machine": platform.machine(), "processor": _cpu_model(), "cores": os.cpu_count(),
+            "cpu_class": label}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor()
+
+
 def course_params(strategy: str, base: PathLike, run_dir: PathLike) -> dict:
     return {"STRATEGY": strategy, "BASE": str(base or ""), "RUN_DIR": str(run_dir),
             **STRATEGY_PARAMS.get(strategy, {})}
@@ -96,16 +128,23 @@ def course_params(strategy: str, base: PathLike, run_dir: PathLike) -> dict:
 
 def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "outputs", *,
                run_name: Optional[str] = None, only: Sequence[str] = (), params: Optional[dict] = None,
-               source_dir: Optional[PathLike] = None, progress: bool = True) -> dict:
+               source_dir: Optional[PathLike] = None, progress: bool = True, command: str = "") -> dict:
     """Run the notebooks in order into OUT/<run_name or strategy>/. Returns {"run_dir", "notebooks",
-    "seconds": {name: s}}; raises CourseError naming the notebook and cell that failed."""
+    "seconds": {name: s}}; raises CourseError naming the notebook and cell that failed.
+    RUN_DIR/course.json records the parameters, the command, the CPU class and the times."""
     run_dir = Path(out) / (run_name or strategy)
     names = [n for n in NOTEBOOKS if not only or n in only]
     unknown = sorted(set(only) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"--only {', '.join(unknown)}: expected notebook names among {', '.join(NOTEBOOKS)}")
     p = {**course_params(strategy, base, run_dir), **(params or {})}
+    declared = _declared_parameters(source_dir, names)
+    unused = sorted(set(params or {}) - declared)
+    if unused:   # a typo (--set SEEED=1) would otherwise run the default silently
+        raise ValueError(f"--set {', '.join(unused)}: no notebook among {', '.join(names)} has such a "
+                         f"parameter (known: {', '.join(sorted(declared))})")
     os.environ.update({k: v for k, v in child_env().items() if k not in os.environ})  # kernels inherit it
+    env = run_environment()
     seconds: dict[str, float] = {}
     t0 = time.time()
     for i, name in enumerate(names, 1):
@@ -117,9 +156,29 @@ def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "ou
               flush=True)
     total = round(time.time() - t0, 1)
     (run_dir / "course.json").write_text(json.dumps({"strategy": strategy, "base": str(base or DEMO_BASE),
-                                                     "params": p, "seconds": seconds, "total_seconds": total},
+                                                     "params": p, "command": command, "environment": env,
+                                                     "seconds": seconds, "total_seconds": total},
                                                     indent=2) + "\n", encoding="utf-8")
     return {"run_dir": run_dir, "notebooks": names, "seconds": seconds, "total_seconds": total}
+
+
+def _declared_parameters(source_dir: Optional[PathLike], names: Sequence[str]) -> set:
+    import papermill as pm
+    declared: set = set()
+    for name in names:
+        src = Path(source_dir or NOTEBOOK_DIR) / f"{name}.ipynb"
+        if src.is_file():
+            declared |= set(pm.inspect_notebook(str(src)))
+    return declared
+
+
+def _command_line(argv) -> str:
+    """The command as typed, with the ISA caps that were set (they change the run's CPU class)."""
+    import shlex
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                   if k in os.environ)
+    return (env + " " if env else "") + "mambaft course " + " ".join(shlex.quote(a) for a in args)
 
 
 def main(argv=None) -> int:
@@ -146,7 +205,7 @@ def main(argv=None) -> int:
             params[k] = v
     try:
         res = run_course(a.strategy, a.base, a.out, run_name=a.run_name, only=a.only, params=params,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, command=_command_line(argv))
     except CourseError as e:
         print(f"mambaft course: {e}", file=sys.stderr)
         return 1

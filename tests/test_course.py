@@ -22,7 +22,8 @@ def test_cpu_budget_replaces_gpu_numbers_and_names_origins(cpu, small_gpt2_folde
     cfg = make_config("quick", **values.overrides)
     assert cfg.max_steps == course.CPU_BUDGET["quick"]["max_steps"] == 300
     assert (cfg.num_gpus, cfg.batch_size, cfg.grad_accum) == (1, 8, 1)
-    assert cfg.save_every == cfg.eval_every == 100           # 3 checkpoints per run
+    assert cfg.save_every == cfg.eval_every == 25            # 12 checkpoints per run, all kept
+    assert cfg.keep_last == course.CPU_CHECKPOINTS == 12
     assert cfg.lr == 1e-5                                     # a user's base keeps the plan's lr
     assert "10000" in values.origins["max_steps"] and "CPU budget" in values.origins["max_steps"]
     text = values.explain(cfg)
@@ -35,10 +36,51 @@ def test_demo_base_gets_demo_lr_and_max_steps_parameter_wins(cpu, monkeypatch, s
     monkeypatch.setattr(course, "DEMO_BASE", Path(small_gpt2_folder))
     values = course.course_overrides("conversational", "", max_steps=30)
     cfg = make_config("conversational", **values.overrides)
-    assert cfg.lr == course.DEMO_LR and "demo base" in values.origins["lr"]
+    assert cfg.lr == course.DEMO_LR["conversational"] == 1e-3 and "demo base" in values.origins["lr"]
     assert cfg.max_steps == 30 and values.origins["max_steps"] == "notebook parameter MAX_STEPS"
-    assert cfg.save_every == 10
+    assert cfg.save_every == 2
     assert cfg.base == str(small_gpt2_folder)
+
+
+def test_seed_parameter_becomes_the_config_seed_with_its_origin(cpu, small_gpt2_folder):
+    values = course.course_overrides("quick", str(small_gpt2_folder), seed=7)
+    cfg = make_config("quick", **values.overrides)
+    assert cfg.seed == 7 and values.origins["seed"] == "notebook parameter SEED"
+    assert "seed = 7  (notebook parameter SEED)" in values.explain(cfg)
+    # the seed reaches the training processes of notebook 03
+    cmd = course.finetune_command(cfg, cfg.base, "D", "O", num_processes=1)
+    assert "seed=7" in [cmd[j + 1] for j, a in enumerate(cmd) if a == "--set"]
+    assert make_config("quick", **course.course_overrides("quick", str(small_gpt2_folder)).overrides).seed == \
+        Config().seed                                       # no SEED: the config's default
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="SEED="):
+            course.course_overrides("quick", str(small_gpt2_folder), seed=bad)
+
+
+def test_every_notebook_that_builds_a_config_takes_SEED():
+    """`mambaft course --set SEED=N` must reach every notebook that trains, splits or samples."""
+    import papermill as pm
+    for name in course.NOTEBOOKS:
+        path = course_runner.NOTEBOOK_DIR / f"{name}.ipynb"
+        assert "SEED" in pm.inspect_notebook(str(path)), name
+        nb = nbformat.read(str(path), as_version=4)
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+        for call in ("course.course_overrides(", "ChatSettings(", "compare_models(", "diagnose("):
+            for chunk in code.split(call)[1:]:
+                args = chunk.split(")")[0] if call != "compare_models(" else chunk.split("display(")[0]
+                assert "SEED" in args, f"{name}: {call}...) does not pass SEED"
+
+
+def test_a_set_parameter_no_notebook_declares_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--set SEEED: no notebook"):
+        course_runner.run_course("smoke", "", tmp_path, params={"SEEED": 1})
+    assert not (tmp_path / "smoke").exists()                 # refused before any notebook ran
+
+
+def test_run_environment_names_the_cpu_class():
+    env = course_runner.run_environment()
+    assert env["auto_precision"] in ("bf16", "fp32") and env["cpu_capability"]
+    assert env["auto_precision"] in env["cpu_class"] and env["cpu_capability"] in env["cpu_class"]
 
 
 def test_gpu_keeps_the_plan(monkeypatch, small_gpt2_folder):

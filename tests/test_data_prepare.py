@@ -170,7 +170,7 @@ def test_specialized_writes_two_phases_with_the_text_share(tmp_path):
     fr, text = _french_files(tmp_path)
     cfg = make_config("specialized", data_mode="offline", offline_sources={"alpaca": 1.0},
                       phase2_offline_sources={"messages": 1.0, "text": 1.0}, max_seq_len=64, val_fraction=0.1,
-                      phase2_text_fraction=0.3)
+                      phase2_text_fraction=0.3, phase2_text_format="text", phase2_replay_fraction=0.0)
     out = tmp_path / "spec"
     stats = prepare(cfg, out, sources={"alpaca": str(HUB / "alpaca_data.json"), "messages": str(fr),
                                        "text": str(text)}, progress=False)
@@ -191,6 +191,60 @@ def test_specialized_writes_two_phases_with_the_text_share(tmp_path):
     with pytest.raises(ValueError, match="specialized"):
         load_prepared(out)
     assert "phase2/messages" in stats["plan"]["epochs_per_source"]
+
+
+def _varied_french_docs(folder):
+    """Documents whose sentences differ (the near-duplicate filter would keep one of 60 copies)."""
+    import random
+    nouns = ["maison", "ville", "rivière", "montagne", "forêt", "langue", "musique", "table", "route", "école",
+             "fenêtre", "porte", "voiture", "chanson", "histoire", "lumière", "saison", "île", "mer", "plage",
+             "jardin", "fleur", "pierre", "étoile", "lune", "terre", "neige", "pluie", "vallée", "colline"]
+    folder.mkdir()
+    rows = []
+    for i in range(60):
+        rng = random.Random(i)
+        sents = [f"Le document {i} décrit la {rng.choice(nouns)} et la {rng.choice(nouns)} près de la "
+                 f"{rng.choice(nouns)}." for _ in range(8)]
+        rows.append(json.dumps({"id": f"d{i}", "lang": "fr", "text": " ".join(sents)}) + "\n")
+    (folder / "docs.jsonl").write_text("".join(rows))
+    return folder
+
+
+def test_specialized_phase2_replays_phase1_and_turns_text_into_conversations(tmp_path):
+    fr, _ = _french_files(tmp_path)
+    text = _varied_french_docs(tmp_path / "varied")
+    cfg = make_config("specialized", data_mode="offline", offline_sources={"alpaca": 1.0},
+                      phase2_offline_sources={"messages": 1.0, "text": 1.0}, max_seq_len=256, val_fraction=0.1,
+                      phase2_text_fraction=0.3, phase2_replay_fraction=0.25)
+    assert cfg.phase2_text_format == "chat"             # the default keeps the chat format
+    out = tmp_path / "spec"
+    stats = prepare(cfg, out, sources={"alpaca": str(HUB / "alpaca_data.json"), "messages": str(fr),
+                                       "text": str(text)}, progress=False)
+    p1, p2 = load_prepared(out / "phase1"), load_prepared(out / "phase2")
+    tr = p2["train"]
+    src = np.array(tr["source"])
+    # every phase-2 row is a conversation trained on its answer only: no packed text rows remain
+    assert set(tr["kind"]) == {"chat"}
+    tok = load_tokenizer()
+    for r in tr:
+        assert (r["input_ids"], r["labels"]) == DEFAULT_TEMPLATE.render(r["messages"], tok, "all_assistant")
+        assert tok.eos_id in r["labels"]                          # answers end with the end token
+    # the text rows: "Continue ce texte : <opening>" -> the document's next sentences
+    text_rows = [r for r in tr if r["source"] == "text"]
+    assert text_rows and all(r["messages"][0]["content"].startswith("Continue ce texte : ") for r in text_rows)
+    doc = text_rows[0]["messages"]
+    assert doc[1]["content"].startswith("Le document ") and doc[1]["content"].endswith(".")
+    n_domain_chat, n_text = int((src == "messages").sum()), len(text_rows)
+    assert n_text == mix.text_rows_needed(n_domain_chat, 0.3)
+    # replay: phase-1 rows, byte-identical, make up 25 % of phase 2's train rows (R / (R + N))
+    replay = [r for r in tr if r["source"] == "phase1_replay"]
+    assert len(replay) == mix.text_rows_needed(n_domain_chat + n_text, 0.25) > 0
+    p1_rows = {tuple(r["input_ids"]) for r in p1["train"]}
+    assert all(tuple(r["input_ids"]) in p1_rows for r in replay)
+    assert "phase1_replay" not in set(p2["val"]["source"])         # phase 2's val stays the domain's
+    assert stats["phases"]["phase2"]["sources"]["phase1_replay"]["train_rows"] == len(replay)
+    # phase 1 itself is untouched by phase 2's options
+    assert set(p1["train"]["source"]) == {"alpaca"}
 
 
 def test_load_prepared_errors(tmp_path):

@@ -13,7 +13,7 @@ from mambaft import course, course_runner
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 PARAMS = {"SMOKE_STEPS": 2, "SWEEP_STEPS": 2, "MAX_NEW_TOKENS": 12, "EVAL_LIMIT": 3, "BENCH_LIMIT": 0,
-          "CONTEXT_WINDOWS": 2, "CHAT": True, "PREVIEW_ROWS": 2}
+          "CONTEXT_WINDOWS": 2, "CHAT": True, "PREVIEW_ROWS": 2, "SEED": 3}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,17 @@ def test_every_notebook_ran_and_was_saved(run):
         assert (run_dir / name / "summary.json").is_file(), name
     times = json.loads((run_dir / "course.json").read_text())
     assert set(times["seconds"]) == set(course.NOTEBOOKS) and times["params"]["SMOKE_STEPS"] == 2
+
+
+def test_SEED_reaches_the_data_the_training_and_the_record(run):
+    """`mambaft course --set SEED=3`: the split/mix, both training runs and course.json carry seed 3."""
+    run_dir, _ = run
+    assert json.loads((course.data_dir(run_dir) / "stats.json").read_text())["config"]["seed"] == 3
+    run = course.finetune_dir(run_dir)
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+    assert json.loads((run_dir / "02_smoke_test" / "run" / "config.json").read_text())["seed"] == 3
+    c = json.loads((run_dir / "course.json").read_text())
+    assert c["params"]["SEED"] == 3 and c["environment"]["auto_precision"] in ("bf16", "fp32")
 
 
 def test_00_diagnosis_measures_the_reach_and_the_missing_end(run):
@@ -78,7 +89,7 @@ def test_03_finetune_runs_in_a_subprocess(run):
     assert s["last_loss"] < s["first_loss"] and s["val_loss"] is not None
     assert s["num_processes"] == 1 and "accelerate.commands.launch" in s["command"]
     assert s["cuda_in_kernel"] is False
-    assert len(s["checkpoints"]) == 1                 # steps 2, 4, 6 saved, keep 2, the last is final
+    assert len(s["checkpoints"]) == 5                 # steps 1..6 saved and kept, the last is final
     from mambaft.checkpoint import load_checkpoint
     _, info = load_checkpoint(s["final"])
     assert info.step == 6 and info.template.end_of_turn == "<|endoftext|>"
@@ -87,7 +98,12 @@ def test_03_finetune_runs_in_a_subprocess(run):
 def test_04_evaluation_compares_base_checkpoints_and_final(run):
     run_dir, _ = run
     s = summary(run_dir, "04_evaluation")
-    assert list(s["stop_rate"]) == ["base", "step 4", "fine-tuned"]
+    chosen = s["chosen"]
+    assert chosen["rule"] == "behaviour" and 1 <= chosen["step"] <= 6 and len(chosen["candidates"]) == 6
+    assert all(c["stop"] is not None for c in chosen["candidates"])    # every checkpoint's replies were scored
+    last = [] if chosen["step"] == 6 else ["last step 6"]
+    assert list(s["stop_rate"]) == ["base", *last, "fine-tuned"]
+    assert set(s["models"]["fine-tuned"]["probes_by_lang"]) == {"en", "fr"}
     for name, m in s["models"].items():
         assert 0.0 <= m["stop_rate"] <= 1.0 and 0.0 <= m["probe_pass_rate"] <= 1.0, name
         assert m["errors"] == {}, (name, m["errors"])

@@ -40,6 +40,7 @@ from mambaft import durable
 from mambaft.data import filters, mix
 from mambaft.data.planner import format_plan, plan_budget
 from mambaft.data.render import pack_text, render_batch
+from mambaft.data.text_chat import text_conversations
 from mambaft.data.schema import BadRows
 from mambaft.data.sources import SOURCES, check_override, hub_reachable, load_source
 from mambaft.errors import DataError
@@ -51,6 +52,7 @@ MAX_PROC = 8                   # datasets.map workers at most (each holds a toke
 RENDER_BATCH = 1000
 PREVIEW_ROWS = 12
 COMPLETE_MARKER = "prepare_complete.json"   # written last: a folder without it is not a dataset yet
+REPLAY_SOURCE = "phase1_replay"   # the source name phase 2 gives the phase-1 rows it replays
 
 
 def _features():
@@ -120,7 +122,10 @@ def _pct(values, q) -> int:
 
 
 def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, languages, text_fraction: Optional[float],
-                   progress: bool, label: str) -> dict:
+                   progress: bool, label: str, text_as_chat: bool = False, replay=None) -> dict:
+    """One dataset folder. `text_as_chat`: plain-text sources become "continue this text"
+    conversations (mambaft.data.text_chat) instead of packed continued-pretraining rows; `replay`:
+    (rendered train rows of an earlier phase, share of this phase's train rows they make up)."""
     from datasets import Dataset, DatasetDict, concatenate_datasets
 
     t_start = time.perf_counter()
@@ -129,6 +134,7 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
     per: dict[str, dict] = {}
     convs: list[dict] = []
     text_rows: dict[str, dict] = {}     # name -> {"train": rows, "val": rows}
+    text_chat_names: set = set()        # plain-text sources turned into conversations
     seen_exact: dict[str, str] = {}
     # --- 1. load and clean ---------------------------------------------------------------------
     for name, (weight, override) in chosen.items():
@@ -146,7 +152,12 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
                          "synthetic": loaded.synthetic, "weight": weight, "loaded": len(loaded.rows),
                          "filtered": Counter(), "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0,
                          "too_long": 0, "truncated": 0, "capped": 0}
-        if loaded.kind == "text":
+        if loaded.kind == "text" and text_as_chat:
+            s["kind"], s["from_text"] = "chat", True   # trained like any conversation from here on
+            text_chat_names.add(name)
+            loaded.rows = text_conversations(loaded.rows, name, spec.lang)
+            s["loaded"] = len(loaded.rows)               # conversations, as for the chat sources
+        if s["kind"] == "text":
             docs = loaded.rows
             is_val = np.array([mix._unit(cfg.seed, d["id"]) < cfg.val_fraction for d in docs], dtype=bool)
             text_rows[name] = {
@@ -222,15 +233,30 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         text_idx[name] = {"train": np.arange(offset, offset + len(tr)),
                           "val": np.arange(offset + len(tr), offset + len(tr) + len(va))}
         offset += len(tr) + len(va)
+    replay_idx = []
+    if replay is not None:
+        rows, share = replay
+        if len(rows) and share > 0:
+            replay_table = rows.map(lambda r: {"source": REPLAY_SOURCE}, desc=f"{label}replay")
+            text_tables.append(replay_table)
+            replay_idx = list(range(offset, offset + len(replay_table)))
+            per[REPLAY_SOURCE] = {"kind": "chat", "origin": "the previous phase's training rows",
+                                  "license": "as the previous phase's sources", "synthetic": False,
+                                  "weight": share, "loaded": len(replay_table), "filtered": Counter(),
+                                  "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0, "too_long": 0,
+                                  "truncated": 0, "capped": 0}
     full = concatenate_datasets([chat, *text_tables]) if text_tables else chat
 
     # --- 5. weights -> train/val index lists ----------------------------------------------------------
     train, val = [], []
     uniq = {}
     for name, idx in chat_idx.items():
-        w = per[name]["weight"]
         tr = idx[~is_val_all[idx]].tolist()
         va = idx[is_val_all[idx]].tolist()
+        if name in text_chat_names:     # sized below, with the other plain-text sources
+            text_idx[name] = {"train": np.array(tr, dtype=np.int64), "val": np.array(va, dtype=np.int64)}
+            continue
+        w = per[name]["weight"]
         uniq[name] = (len(tr), len(va))
         train += mix.weighted_indices(tr, w, cfg.seed, name)
         val += mix.weighted_indices(va, w, cfg.seed, "val:" + name, allow_repeat=False)
@@ -248,6 +274,11 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
             val += mix.weighted_indices(va, text_w[name], cfg.seed, "val:" + name, allow_repeat=False)
     if text_fraction and not text_idx:
         _say(progress, f"{label}NOTE: phase2_text_fraction={text_fraction} but no plain-text source is configured")
+    if replay_idx:
+        # R replayed rows make up `share` of the train rows: R / (R + N) = share
+        n_replay = mix.text_rows_needed(len(train), replay[1])
+        uniq[REPLAY_SOURCE] = (len(replay_idx), 0)
+        train += mix.resize(replay_idx, n_replay, cfg.seed, REPLAY_SOURCE)
     train = mix.shuffled(train, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     dd = DatasetDict({"train": full.select(train), "val": full.select(sorted(val))})
@@ -392,8 +423,12 @@ def _prepare(cfg, out: Path, overrides: dict, progress: bool) -> dict:
                        f"languages={lang2}): {', '.join(chosen2)}")
         s1 = _prepare_phase(cfg, out / "phase1", chosen1, mode1, tok, languages=cfg.languages, text_fraction=None,
                             label="phase1: ", **common)
+        # Against forgetting phase 1's format: replay a share of its conversations, and turn the
+        # domain's plain text into conversations (mambaft.data.text_chat) unless asked for raw text.
+        replay = (load_prepared(out / "phase1")["train"], cfg.phase2_replay_fraction)
         s2 = _prepare_phase(cfg, out / "phase2", chosen2, mode2, tok, languages=lang2,
-                            text_fraction=cfg.phase2_text_fraction, label="phase2: ", **common)
+                            text_fraction=cfg.phase2_text_fraction, label="phase2: ",
+                            text_as_chat=cfg.phase2_text_format == "chat", replay=replay, **common)
         stats = {"strategy": "specialized", "domain": cfg.domain, "phases": {"phase1": s1, "phase2": s2}}
         stats["plan"] = plan_budget(cfg, stats)
         for name, s in (("phase1", s1), ("phase2", s2)):

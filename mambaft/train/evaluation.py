@@ -183,3 +183,33 @@ def write_probe_answers(path: Path, step: int, rows: list[dict]) -> dict:
     n = max(1, len(rows))
     return {"probe_pass_rate": sum(r["passed"] for r in rows) / n,
             "probe_stop_rate": sum(r["stopped"] for r in rows) / n}
+
+
+@torch.no_grad()
+def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, *,
+                    max_new_tokens: int = 64) -> dict:
+    """Greedy replies to held-out validation questions (the history up to each row's last assistant
+    turn) -> how they behave, for choosing a checkpoint without looking at the probes:
+        val_stop_rate     share of replies that ended before max_new_tokens
+        val_rep_3         mean repeated-3-gram rate (loops; 0.0 when no reply has a 3-gram)
+        val_empty_rate    share of replies that stopped with nothing to show
+        val_reply_tokens  mean new tokens per reply
+    Validation questions, not the probes: notebook 04 then reports the probes untouched by the choice."""
+    from mambaft.evaluate.metrics import degeneration, validation_pairs
+    from mambaft.evaluate.replies import generate_replies
+
+    pairs = validation_pairs(val_ds.select(list(indices))) if len(indices) else []
+    if not pairs:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        replies = generate_replies(model, tokenizer, template, [h for h, _ in pairs],
+                                   max_new_tokens=max_new_tokens, batch_size=len(pairs))
+    finally:
+        model.train(was_training)
+    d = degeneration(replies)
+    rep3 = d["rep_3"]
+    return {"val_stop_rate": 1.0 - d["limit_rate"], "val_rep_3": 0.0 if math.isnan(rep3) else rep3,
+            "val_empty_rate": sum(1 for r in replies if not r.answer.strip()) / len(replies),
+            "val_reply_tokens": d["mean_new_tokens"]}

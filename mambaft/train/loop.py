@@ -30,8 +30,8 @@ from mambaft.faults import inject as _fault
 
 from . import checkpoints as ck
 from .batches import RowStream
-from .evaluation import (heldout_perplexity, probe_answers, summarize_val, val_loss_sums, val_rows,
-                         write_probe_answers)
+from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, summarize_val, val_loss_sums,
+                         val_rows, write_probe_answers)
 from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
 from .optim import build_optimizer, lr_at
 from .step import count_trained_tokens, micro_step, optimizer_step
@@ -151,6 +151,10 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
             flat = reduce_sum([x for s in val_sources for x in sums.get(s, [0.0, 0])])
             row.update(summarize_val({s: flat[2 * i:2 * i + 2] for i, s in enumerate(val_sources)}))
         if main:
+            if inp.val is not None and cfg.eval_replies > 0 and "messages" in inp.val.column_names:
+                # how greedy replies to held-out questions behave: what the checkpoint choice reads
+                row.update(reply_behaviour(raw, inp.val, val_idx[:cfg.eval_replies], inp.tokenizer,
+                                           inp.template, max_new_tokens=inp.probe_tokens))
             if inp.heldout_texts:
                 row.update(heldout_perplexity(raw, inp.heldout_texts, inp.tokenizer,
                                               seq_len=min(cfg.max_seq_len, raw.config.max_seq_len),

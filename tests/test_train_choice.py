@@ -1,0 +1,86 @@
+"""The checkpoint choice (mambaft.train.choice): which checkpoint notebook 04 calls "fine-tuned"."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mambaft.train.checkpoints import CheckpointRecord
+from mambaft.train.choice import behaviour_score, choose_checkpoint
+
+
+def _records(*val_losses):
+    return [CheckpointRecord(step=100 * (i + 1), path=Path(f"ck/step_{100 * (i + 1)}"), val_loss=v)
+            for i, v in enumerate(val_losses)]
+
+
+def _evals(*behaviours):
+    rows = [{"step": 0, "event": "start"}, {"step": 1, "loss": 7.0, "lr": 1e-3}]  # not evaluations
+    for i, (stop, rep3, empty) in enumerate(behaviours):
+        rows.append({"step": 100 * (i + 1), "val_loss": 9.0, "val_stop_rate": stop, "val_rep_3": rep3,
+                     "val_empty_rate": empty})
+    return rows
+
+
+def test_behaviour_beats_a_lower_validation_loss():
+    # issue 18: step 200 stopped and did not loop, step 300 (lowest val loss) looped and ran on
+    recs = _records(6.5, 6.4, 6.3)
+    evals = _evals((0.8, 0.3, 0.0), (0.97, 0.11, 0.0), (0.53, 0.72, 0.0))
+    c = choose_checkpoint(recs, evals, "behaviour")
+    assert (c.step, c.rule, c.path) == (200, "behaviour", Path("ck/step_200"))
+    assert "stop 0.97" in c.reason and "rep_3 0.11" in c.reason
+    assert [t["step"] for t in c.table] == [100, 200, 300] and c.table[2]["val_loss"] == 6.3
+    assert choose_checkpoint(recs, evals, "val_loss").step == 300
+    assert choose_checkpoint(recs, evals, "last").step == 300
+
+
+def test_empty_replies_count_against_a_checkpoint():
+    # stopping at once with nothing to show is not a good answer
+    c = choose_checkpoint(_records(6.5, 6.4), _evals((1.0, 0.0, 0.6), (0.9, 0.05, 0.0)))
+    assert c.step == 200
+    assert behaviour_score({"val_stop_rate": 1.0, "val_rep_3": 0.0, "val_empty_rate": 0.6}) == pytest.approx(0.4)
+
+
+def test_ties_go_to_the_lower_validation_loss_then_the_later_step():
+    same = ((1.0, 0.0, 0.0),) * 3
+    assert choose_checkpoint(_records(6.5, 6.3, 6.4), _evals(*same)).step == 200
+    assert choose_checkpoint(_records(6.3, 6.3, 6.3), _evals(*same)).step == 300
+
+
+def test_missing_numbers_fall_back_and_say_so():
+    recs = _records(6.5, 6.2, 6.4)
+    c = choose_checkpoint(recs, [], "behaviour")                     # no reply behaviour logged
+    assert (c.step, c.rule) == (200, "val_loss") and c.reason.startswith("no reply behaviour was logged")
+    c = choose_checkpoint(_records(None, None), [], "behaviour")
+    assert (c.step, c.rule) == (200, "last") and "no validation loss" in c.reason
+    with pytest.raises(ValueError, match="checkpoint_choice='best'"):
+        choose_checkpoint(recs, [], "best")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        choose_checkpoint([], [], "behaviour")
+
+
+def test_course_reads_the_choice_from_a_run_folder(tmp_path):
+    """chosen_checkpoint + evaluation_models on a synthetic run folder (the files finetune writes)."""
+    from mambaft import course
+    from mambaft.config import make_config
+    from mambaft.train import checkpoints as ck
+    run = tmp_path / "run"
+    for step, vl in ((100, 6.5), (200, 6.4), (300, 6.3)):
+        d = run / ck.CKPT_DIRNAME / ck.step_dirname(step)
+        (d / ck.MODEL_DIRNAME).mkdir(parents=True)
+        for f in ck.REQUIRED:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            if not (d / f).exists():
+                (d / f).write_text("{}")
+        (d / ck.MODEL_DIRNAME / "config.json").write_text(json.dumps({"training": {"val_loss": vl}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _evals(
+        (0.8, 0.3, 0.0), (0.97, 0.11, 0.0), (0.53, 0.72, 0.0))))
+    cfg = make_config("quick", base=str(tmp_path / "base"))
+    choice = course.chosen_checkpoint(cfg, run)
+    assert choice.step == 200
+    models = course.evaluation_models(cfg, run, choice)
+    assert [n for n, _ in models] == ["base", "last step 300", "fine-tuned"]
+    assert dict(models)["fine-tuned"] == run / ck.CKPT_DIRNAME / ck.step_dirname(200) / ck.MODEL_DIRNAME
+    note = course.choice_note(choice)
+    assert note.startswith('"fine-tuned" is the step-200 checkpoint (behaviour)') and "<- chosen" in note
