@@ -425,7 +425,9 @@ def _prepare(cfg, out: Path, overrides: dict, progress: bool) -> dict:
                             label="phase1: ", **common)
         # Against forgetting phase 1's format: replay a share of its conversations, and turn the
         # domain's plain text into conversations (mambaft.data.text_chat) unless asked for raw text.
-        replay = (load_prepared(out / "phase1")["train"], cfg.phase2_replay_fraction)
+        # (read straight from the temp folder: it gets its completion marker only when all is written)
+        from datasets import load_from_disk
+        replay = (load_from_disk(str(out / "phase1"))["train"], cfg.phase2_replay_fraction)
         s2 = _prepare_phase(cfg, out / "phase2", chosen2, mode2, tok, languages=lang2,
                             text_fraction=cfg.phase2_text_fraction, label="phase2: ",
                             text_as_chat=cfg.phase2_text_format == "chat", replay=replay, **common)
