@@ -323,6 +323,7 @@ print("RESULT " + json.dumps({"ids": out[0].tolist(), "modules": mods}))
 """
 
 
+@pytest.mark.slow   # a fresh interpreter imports torch + transformers: 20-35 s on 2 busy cores
 def test_exported_folder_loads_where_mambaft_cannot_be_imported(demo, tmp_path):
     model, info, path = demo
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
