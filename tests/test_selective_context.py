@@ -187,7 +187,10 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
     win = torch.randint(0, 50257, (4, 64), generator=torch.Generator().manual_seed(0))
     for m, moved in ((model, False), (up, True)):
         ab = context_ablation(m, win, loss_by_position(m, win))["20-63"]
-        assert (ab[0] != 0.0) == moved, ab                   # the random model's logits are ~1e-3
+        # The original's loss is unchanged in every window: mean and standard error exactly 0. The
+        # upgraded random model's logits are ~1e-3, so its per-window changes are ~1e-8 nats and their
+        # mean can round to exactly 0 on some CPU kernels (it did on AVX-512); their spread cannot.
+        assert (ab != [0.0, 0.0]) == moved, ab
 
 
 def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
