@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from mambaft.data.schema import BadRows, FormatError
 from mambaft.errors import DataError, RunLockError
 from mambaft.train import checkpoints as ck
 from mambaft.train.finetune import finetune
-from mambaft.train.metrics import TrainingDiverged, read_metrics
+from mambaft.train.metrics import TrainingDiverged
 from tests.test_train_loop import QUIET, learnable_model, run_env, train_losses, write_prepared
 
 FIX = Path(__file__).parent / "fixtures"
@@ -265,12 +263,11 @@ def test_plot_follow_on_a_missing_file_errors_or_says_it_waits(tmp_path):
     p = mambaft_cli("plot", str(tmp_path / "no_such_run" / "metrics.jsonl"), "--follow", timeout=60)
     assert p.returncode == 2 and "no such file, and no folder" in p.stderr, p.stderr
     (tmp_path / "run").mkdir()
-    t0 = time.monotonic()
+    # the old code waited forever here: the subprocess timeout (60 s) turns that into a failure
     p = mambaft_cli("plot", str(tmp_path / "run" / "metrics.jsonl"), "--follow", "--timeout", "0.5",
                     "--interval", "0.1", timeout=60)
     assert "waiting for" in p.stdout and "giving up after 0.5 s" in p.stdout, p.stdout
     assert p.returncode == 2 and "did not appear within 0.5 s" in p.stderr, p.stderr
-    assert time.monotonic() - t0 < 30
 
 
 # --- 4. precision guard ----------------------------------------------------------------------------------
