@@ -207,3 +207,21 @@ def test_packed_finetune_trains_like_unpacked_and_resumes_exactly(tmp_path):
     assert sorted(got) == list(range(1, 7))
     for step, loss in enumerate(ref["losses"], start=1):
         assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), step
+
+
+def test_packed_ranks_get_the_same_number_of_micro_batches():
+    """DDP syncs on each rank's last micro-batch: a rank whose rows pack into fewer rows is padded
+    with micro-batches that train nothing."""
+    from datasets import Dataset
+    rows = _rows([15] * 4 + [2] * 12)
+    ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    stream = RowStream(ds, seed=3, pad_id=0, max_len=16, pack_to=16)   # seed 3: shares pack into 2|1, 2|3
+    counts, trained = [], 0
+    for first in (0, 8):
+        per_rank = [stream.step_rows(first, batch_size=1, grad_accum=4, rank=r, world_size=2) for r in (0, 1)]
+        alone = [len(pack(stream.fetch(stream.indices(first + r * 4, 4)), 16)) for r in (0, 1)]
+        counts.append(alone)
+        assert len(per_rank[0].micro_batches) == len(per_rank[1].micro_batches) == max(alone)
+        trained += sum(count_trained_tokens(m["labels"]) for s in per_rank for m in s.micro_batches)
+    assert any(a != b for a, b in counts)                  # the shares really packed differently
+    assert trained == sum(count_trained_tokens(collate([r], 0)["labels"]) for r in rows)

@@ -26,6 +26,7 @@ token (50256) must not mask the real end tokens that the model has to learn.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -180,6 +181,15 @@ class RowStream:
             bins = pack(rows, self.pack_to)
             micro = [collate_packed(bins[i:i + batch_size], self.pad_id, self.max_len)
                      for i in range(0, len(bins), batch_size)]
+            if world_size > 1:
+                # DDP all-reduces on every rank's LAST micro-batch: all ranks need the same count.
+                # Each rank packs every rank's share (a pure function of the stream) and pads its list
+                # with one-token micro-batches that train nothing (their backward is a connected 0).
+                most = max(len(pack(self.fetch(self.indices(step_first_row + r * share, share)), self.pack_to))
+                           for r in range(world_size))
+                empty = [[{"id": -1, "input_ids": [self.pad_id], "labels": [IGNORE_INDEX]}]]
+                while len(micro) < math.ceil(most / batch_size):
+                    micro.append(collate_packed(empty, self.pad_id, self.max_len))
             return StepRows(micro_batches=micro, row_ids=[r["id"] for b in bins for r in b],
                             first_row=step_first_row, epoch=step_first_row / self.n)
         rows.sort(key=lambda r: len(r["input_ids"]))   # less padding; same gradient (token-weighted)
