@@ -70,7 +70,7 @@ def test_sliders_change_the_sampling_of_every_session():
     w.sliders["max_new_tokens"].value = 2
     w.sliders["repetition_penalty"].value = 1.3
     assert a.settings.max_new_tokens == b.settings.max_new_tokens == 2
-    assert a.settings.repetition_penalty == pytest.approx(1.3)
+    assert a.settings.repetition_penalty == pytest.approx(1.3)   # parsed from text: the float 1.3 itself
     w.input.value = "count"
     w.on_send()
     assert w.wait(10)

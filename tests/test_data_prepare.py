@@ -293,7 +293,7 @@ def test_cli(tmp_path, capsys):
 def test_planner_warns_about_37_epochs_of_alpaca_in_the_quick_plan():
     plan = plan_budget(make_config("quick"))
     assert plan["global_batch"] == 192 and plan["rows_seen"] == 1_920_000
-    assert plan["epochs_per_source"]["alpaca"] == pytest.approx(1_920_000 / 52_002)    # 36.92
+    assert plan["epochs_per_source"]["alpaca"] == pytest.approx(1_920_000 / 52_002)    # 36.92 (float64: approx's default)
     assert any("alpaca: 36.9 epochs" in w and "above 3" in w for w in plan["warnings"])
     assert any(w.startswith("lr=1e-05 is outside 5e-05..0.0001") for w in plan["warnings"])
 

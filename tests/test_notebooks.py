@@ -56,7 +56,7 @@ def test_00_diagnosis_measures_the_reach_and_the_missing_end(run):
     assert s["dead_parameters"] == 2 * (64 * 16 + 64 * 64 + 64)   # x_proj + dt_proj (+bias), d_inner 64
     assert s["prompts"] == 8 and len(s["replies"]) == 8
     assert s["no_stop_rate"] == 1.0 and s["end_token_rate"] == 0.0   # random weights never stop
-    assert s["p_end_mean"] < 1e-3
+    assert s["p_end_mean"] < 1e-3     # a behaviour threshold (the base never ends: ~1e-7), not a rounding tolerance
     assert (run_dir / "00_diagnosis" / "diagnosis.md").is_file()
 
 

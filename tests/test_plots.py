@@ -66,6 +66,7 @@ def test_plot_draws_exactly_the_logged_numbers(tmp_path):
     ax_loss, ax_lr, ax_tps, ax_ppl = fig.axes
     raw, ema, val = ax_loss.lines
     assert list(raw.get_xdata()) == list(range(1, 101))
+    # plotted float64 values of the records (4.0 - 0.01 x 100 etc.): approx's default rel 1e-6
     assert raw.get_ydata()[-1] == pytest.approx(3.0)
     assert ema.get_ydata()[0] == pytest.approx(3.99)           # bias-corrected: starts at the first value
     assert list(val.get_xdata()) == [50, 100] and list(val.get_ydata()) == [3.6, 3.2]

@@ -1,5 +1,6 @@
 """The context evaluation: loss by token position, the name-recall probe, the report and its plot."""
 import json
+import math
 
 import pytest
 import torch
@@ -171,6 +172,7 @@ def test_windows_and_cli_help(capsys):
     assert "demo" in out and "measure" in out
 
 
+@pytest.mark.numerics
 def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
     from mambaft.evaluate.context import reach
     model = make_small_gpt2_model(max_seq_len=64)
@@ -179,6 +181,10 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
     with torch.no_grad():
         for layer in up.mamba_stack.layers:
             layer.mamba.selective.gate.fill_(0.5)
+            # slow decay (A = -0.01 instead of S4D's -1..-16, whose e^-14 after 20 steps sits below fp32
+            # rounding: the ablation was exactly 0 with AVX-512 kernels and not with DEFAULT ones): what lies
+            # 20-63 tokens back now moves the logits far above rounding, on every CPU
+            layer.mamba.selective.A_log.fill_(math.log(0.01))
     r = reach(up, 40)
     # the selective state carries every earlier token: all 40 tested distances move the logits
     assert r["saturated"] and r["receptive_field"] == 41 and r["rel_change_at"]["32"] > 1e-9
@@ -187,10 +193,9 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
     win = torch.randint(0, 50257, (4, 64), generator=torch.Generator().manual_seed(0))
     for m, moved in ((model, False), (up, True)):
         ab = context_ablation(m, win, loss_by_position(m, win))["20-63"]
-        # The original's loss is unchanged in every window: mean and standard error exactly 0. The
-        # upgraded random model's logits are ~1e-3, so its per-window changes are ~1e-8 nats and their
-        # mean can round to exactly 0 on some CPU kernels (it did on AVX-512); their spread cannot.
-        assert (ab != [0.0, 0.0]) == moved, ab
+        # the original: the same rows through the same kernels, so exactly 0 (each GEMM row's sum order does
+        # not depend on the batch); the selective model: a real change, its random logits are ~1e-3
+        assert (ab[0] != 0.0) == moved, ab
 
 
 def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
