@@ -35,9 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# where the original-code fixture may be: in the repo, in a shared/ folder inside or beside the checkout
-FIXTURE_DIRS = [ROOT / "tests" / "fixtures" / "mambaswelu_tiny", ROOT / "shared" / "fixtures" / "mambaswelu_tiny",
-                ROOT.parent / "shared" / "fixtures" / "mambaswelu_tiny"]
+FIXTURE = ROOT / "tests" / "fixtures" / "mambaswelu_tiny"   # the original code's checkpoint and its outputs
 HUB_FIXTURES = ROOT / "tests" / "fixtures" / "hub"
 
 
@@ -63,10 +61,9 @@ def check_logits(dev: str, dry: bool, fixture=None) -> dict:
     import torch
 
     from mambaft.checkpoint import load_checkpoint
-    where = next((Path(d) for d in ([fixture] if fixture else FIXTURE_DIRS) if (Path(d) / "checkpoint.pt").is_file()),
-                 None)
-    if where is None:
-        raise FileNotFoundError(f"no mambaswelu_tiny fixture in {[str(d) for d in FIXTURE_DIRS]}")
+    where = Path(fixture or FIXTURE)
+    if not (where / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{where}: no checkpoint.pt (the mambaswelu_tiny fixture, tests/fixtures/README.md)")
     ref = torch.load(where / "reference.pt", weights_only=True)
     model, _ = load_checkpoint(where / "checkpoint.pt")
     ids = ref["input_ids"]
