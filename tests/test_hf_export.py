@@ -123,6 +123,7 @@ def test_model_card_is_filled_from_the_run(tiny_model):
 # one place: the scan's C.h is an einsum over chunked states in mambaft and a bmm per step here, so the
 # summation order of N = 4..16 products may differ: ~N x 2^-24 ~ 1e-6 relative per step, carried
 # through out_proj and two blocks into logits of |20|: ~1e-5; 1e-4 keeps a 10x margin (measured: 0.0).
+@pytest.mark.numerics
 @pytest.mark.parametrize("which", ["tiny_original", "tiny_selective", "demo"])
 def test_logits_equal_mambaft(which, request):
     got = request.getfixturevalue(which)
@@ -137,6 +138,7 @@ def test_logits_equal_mambaft(which, request):
     torch.testing.assert_close(theirs, ours, atol=atol, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("which", ["tiny_original", "tiny_selective"])
 @pytest.mark.parametrize("prompt_len", [20, 110, 150])    # max_seq_len is 128: cross it, start past it
 def test_greedy_generate_equals_mambaft(which, prompt_len, request):
@@ -204,6 +206,7 @@ def test_generation_config_sampling_defaults_match_mambaft_greedy_with_penalty(d
     assert hf.generate(prompt, do_sample=False, max_new_tokens=30).tolist() == ours.tolist()
 
 
+@pytest.mark.numerics
 def test_demo_greedy_past_max_seq_len(demo):
     model, info, path = demo
     hf = _hf(path)
@@ -256,6 +259,7 @@ def test_chat_template_ids_and_masks_equal_mambaft(demo, demo_tokenizer, name):
         assert tok.decode(tok("a<|endoftext|>b", add_special_tokens=False)["input_ids"]) == "a<|endoftext|>b"
 
 
+@pytest.mark.numerics
 def test_pipeline_answers_like_mambaft(demo):
     model, info, path = demo
     chat = pipeline("text-generation", model=str(path), trust_remote_code=True)

@@ -48,6 +48,7 @@ def _rows(lengths, seed=0):
     return out
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("arch", ["original", "selective"])
 def test_packed_conversations_get_their_unpacked_logits_and_loss(arch):
     model = _model(arch)
@@ -88,6 +89,7 @@ def test_packed_conversations_get_their_unpacked_logits_and_loss(arch):
     assert (leaky - out["logits"]).abs().max() > 1e-3
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("arch", ["original", "selective"])
 def test_packed_gradients_equal_the_sum_of_unpacked_ones(arch):
     model = _model(arch)
@@ -108,6 +110,7 @@ def test_packed_gradients_equal_the_sum_of_unpacked_ones(arch):
         torch.testing.assert_close(g, dict(model.named_parameters())[n].grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_conv_and_scan_reset_at_boundaries_values_and_gradients_fp64():
     torch.manual_seed(0)
     B, L, E, N = 2, 11, 3, 4
