@@ -92,8 +92,8 @@ def test_cli_writes_every_file(tiny_ckpt_path, tmp_path):
 
 def test_cli_refuses_bad_input(tmp_path, capsys):
     from mambaft.cli import main
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
-        main(["export", str(tmp_path / "missing.pt"), "--to", str(tmp_path / "x")])
+    assert main(["export", str(tmp_path / "missing.pt"), "--to", str(tmp_path / "x")]) == 2
+    assert "mambaft export: error:" in capsys.readouterr().err      # one line, no traceback
     with pytest.raises(SystemExit):
         main(["export", "x.pt", "--to", str(tmp_path / "x"), "--format", "gguf"])
     assert "invalid choice: 'gguf'" in capsys.readouterr().err
@@ -109,7 +109,8 @@ def test_model_card_is_filled_from_the_run(tiny_model):
                       evaluation="| model | stop_rate |\n|---|---|\n| fine-tuned | 0.9 |")
     assert "strategy: quick" in card and "optimizer steps: 300" in card
     assert "final training loss: 2.2500; validation loss: 2.5000" in card
-    assert "| wiki_en | registry:wiki | 1.00 | n/a | CC BY-SA 4.0 |" in card   # source and licence
+    weight = run_cfg["offline_sources"]["wiki_en"]
+    assert f"| wiki_en | registry:wiki | {weight:.2f} | n/a | CC BY-SA 4.0 |" in card   # source and licence
     assert "| fine-tuned | 0.9 |" in card
     assert f"last {tiny_model.config.receptive_field} tokens" in card   # the honest limit
 
@@ -198,7 +199,8 @@ def test_decoding_feeds_one_token_per_step(tiny_original):
 
 def test_generation_config_sampling_defaults_match_mambaft_greedy_with_penalty(demo):
     """A plain `generate(do_sample=False)` uses generation_config.json: the chat's repetition penalty
-    and the end token as eos; mambaft with the same settings gives the same tokens."""
+    (on the reply only, as in mambaft) and the end token as eos; mambaft with the same settings gives
+    the same tokens."""
     model, info, path = demo
     hf = _hf(path)
     prompt = torch.tensor([info.tokenizer.encode("The history of the city begins")])

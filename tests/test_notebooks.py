@@ -121,15 +121,16 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
 
 
 def test_04_exports_the_fine_tuned_model_for_transformers(run):
-    """RUN_DIR/04_evaluation/hf_model: the final model's weights, a card filled from this run."""
+    """RUN_DIR/04_evaluation/hf_model: the weights of the model notebook 04 calls "fine-tuned" (the
+    checkpoint chosen by behaviour), a card filled from this run."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from mambaft.checkpoint import load_checkpoint
     run_dir, _ = run
     folder = run_dir / "04_evaluation" / course.HF_DIRNAME
-    final = json.loads((run_dir / "03_finetune_multi_gpu" / "run" / "result.json").read_text())["final"]
-    ours, _ = load_checkpoint(final)
+    chosen = json.loads((run_dir / "04_evaluation" / course.SUMMARY_FILE).read_text())["chosen"]["path"]
+    ours, _ = load_checkpoint(chosen)
     back, info = load_checkpoint(folder)
     assert info.format == "hf"
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in ours.state_dict().items())

@@ -220,6 +220,18 @@ class MambaSWELUForCausalLM(PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
+    def _get_logits_processor(self, generation_config, input_ids_seq_length=None, *args, **kwargs):
+        # mambaft's rule: the repetition penalty looks at the reply being written, never at the prompt
+        # (HF's default penalises the whole input: from a chat's second turn on, that lowers the end
+        # token after every earlier answer and the words of the user's question). The prompt is the
+        # first input_ids_seq_length positions (left padding included). On transformers versions whose
+        # RepetitionPenaltyLogitsProcessor has no prompt_ignore_length, HF's rule stays.
+        processors = super()._get_logits_processor(generation_config, input_ids_seq_length, *args, **kwargs)
+        for p in processors:
+            if type(p).__name__ == "RepetitionPenaltyLogitsProcessor" and input_ids_seq_length:
+                p.prompt_ignore_length = int(input_ids_seq_length)
+        return processors
+
     @classmethod
     def _supports_default_dynamic_cache(cls):
         return False   # generation keeps a MambaSWELUState, not a key/value cache
