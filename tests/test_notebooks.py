@@ -4,6 +4,7 @@ split by notebook so a failure says which one."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -129,8 +130,9 @@ def test_04_exports_the_fine_tuned_model_for_transformers(run):
     from mambaft.checkpoint import load_checkpoint
     run_dir, _ = run
     folder = run_dir / "04_evaluation" / course.HF_DIRNAME
+    from mambaft.train.checkpoints import MODEL_DIRNAME
     chosen = json.loads((run_dir / "04_evaluation" / course.SUMMARY_FILE).read_text())["chosen"]["path"]
-    ours, _ = load_checkpoint(chosen)
+    ours, _ = load_checkpoint(Path(chosen) / MODEL_DIRNAME)
     back, info = load_checkpoint(folder)
     assert info.format == "hf"
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in ours.state_dict().items())
