@@ -58,8 +58,6 @@ class PhaseInputs:
     allow_world_size_change: bool = False  # resume a checkpoint saved with another number of processes
 
 
-
-
 class Printer:
     """Rank-0-only printing that does not tear the tqdm bar."""
 
