@@ -42,6 +42,10 @@ class Config:
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     val_fraction: float = 0.02
     max_seq_len: int = 1024        # the model's position table holds 1024 positions
+    # Drop conversations with a trained reply longer than this many tokens (None: keep all). The CPU
+    # course sets it for the demo base (mambaft.course): a reply it can learn to end must end within
+    # the 19 tokens the model sees.
+    max_reply_tokens: Optional[int] = None
     # Several conversations per row (positions and the mixers restart at each one: exact, see
     # mambaft.train.batches); off by default: the demo's runs were measured with sorted batches.
     packing: bool = False
@@ -212,6 +216,8 @@ def _validate(cfg: Config) -> None:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
+    if cfg.max_reply_tokens is not None and cfg.max_reply_tokens <= 0:
+        raise ConfigError(f"max_reply_tokens={cfg.max_reply_tokens!r}: must be > 0 (or null: no limit)")
     for name in ("warmup_steps", "weight_decay", "grad_clip", "eval_batches", "phase2_steps",
                  "selective_lr_mult", "eval_replies"):
         if getattr(cfg, name) < 0:

@@ -134,6 +134,28 @@ def test_exact_and_near_duplicates_are_removed(tmp_path):
     assert sorted(load_prepared(tmp_path / "out")["train"]["id"]) == ["messages:a", "messages:d"]
 
 
+def test_max_reply_tokens_drops_conversations_with_a_longer_trained_reply(tmp_path):
+    tok = load_tokenizer()
+    short, long = "Paris is the capital.", "Paris is the capital of France and its largest city by far."
+    assert len(tok.encode(short)) <= 8 < len(tok.encode(long))
+    convs = [("a", [("Capital?", short)]),
+             ("b", [("Capital of France?", long)]),
+             ("c", [("Hi", short), ("And France?", long)])]       # one long reply anywhere drops it
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "messages": [
+        {"role": r, "content": c} for q, a in turns for r, c in (("user", q), ("assistant", a))]}) + "\n"
+        for i, turns in convs))
+    stats = prepare(_cfg(offline_sources={"messages": 1.0}, val_fraction=0.0, max_reply_tokens=8),
+                    tmp_path / "out", sources={"messages": str(path)}, progress=False)
+    assert stats["sources"]["messages"]["long_reply"] == 2 and stats["totals"]["long_reply"] == 2
+    assert load_prepared(tmp_path / "out")["train"]["id"] == ["messages:a"]
+    # last_assistant trains only the last reply: only that one is measured
+    stats = prepare(_cfg(offline_sources={"messages": 1.0}, val_fraction=0.0, max_reply_tokens=8,
+                         train_on="last_assistant"), tmp_path / "last", sources={"messages": str(path)},
+                    progress=False)
+    assert stats["sources"]["messages"]["long_reply"] == 2
+
+
 def test_deterministic(tmp_path):
     a = prepare(_cfg(), tmp_path / "a", sources=FIXTURE_SOURCES, progress=False)
     b = prepare(_cfg(), tmp_path / "b", sources=FIXTURE_SOURCES, progress=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mambaft.data.render import pack_text, pad_batch, render_batch, render_conversations
+from mambaft.data.render import longest_reply, pack_text, pad_batch, render_batch, render_conversations
 from mambaft.template import DEFAULT_TEMPLATE, IGNORE_INDEX
 from mambaft.tokenizer import load_tokenizer
 
@@ -116,6 +116,15 @@ def test_render_batch_columns(tok):
     assert out["n_trained"][0] == len(tok.encode(" Hello")) + 1
     assert out["too_long"] == [False, True]
     assert len(out["minhash"][0]) == 32
+
+
+def test_longest_reply_counts_the_longest_trained_reply_without_its_end_marker(tok):
+    convs = [[U("Hi"), A("4"), U("And?"), A("Paris is the capital of France.")]]
+    long = len(tok.encode(" Paris is the capital of France."))      # the answer lead " " joins its first word
+    assert longest_reply(render_conversations(convs, tok)[0].labels) == long
+    assert longest_reply(render_conversations([[U("Hi"), A("4")]], tok)[0].labels) == 1
+    assert render_batch({"messages": convs}, tok, "all_assistant", 256)["longest_reply"] == [long]
+    assert longest_reply([IGNORE_INDEX] * 3) == 0
 
 
 def test_padding_is_masked_by_length_not_by_id(tok):

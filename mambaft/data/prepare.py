@@ -151,7 +151,7 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         s = per[name] = {"kind": loaded.kind, "origin": loaded.origin, "license": loaded.license,
                          "synthetic": loaded.synthetic, "weight": weight, "loaded": len(loaded.rows),
                          "filtered": Counter(), "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0,
-                         "too_long": 0, "truncated": 0, "capped": 0}
+                         "too_long": 0, "long_reply": 0, "truncated": 0, "capped": 0}
         if loaded.kind == "text" and text_as_chat:
             s["kind"], s["from_text"] = "chat", True   # trained like any conversation from here on
             text_chat_names.add(name)
@@ -200,14 +200,17 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         n_tok = _col(chat, "n_tokens")
         twin = filters.near_duplicates(_list_col(chat, "minhash", filters.NUM_PERM).astype(np.uint32),
                                        eligible=(n_tok >= filters.NEAR_MIN_TOKENS) & ~too_long)
-        keep = ~too_long & (twin < 0)
+        long_reply = (np.zeros(n, dtype=bool) if cfg.max_reply_tokens is None
+                      else _col(chat, "longest_reply") > cfg.max_reply_tokens)
+        keep = ~too_long & ~long_reply & (twin < 0)
         cut = _col(chat, "dropped_messages") > 0
         for name in per:
             m = src == name
             per[name]["too_long"] = int((too_long & m).sum())
+            per[name]["long_reply"] = int((long_reply & ~too_long & m).sum())
             per[name]["near_duplicates"] = int(((twin >= 0) & m).sum())
             per[name]["truncated"] = int((cut & keep & m).sum())   # unique rows that lost old turns
-        chat = chat.remove_columns(["too_long", "minhash"]).cast(feats)
+        chat = chat.remove_columns(["too_long", "longest_reply", "minhash"]).cast(feats)
     chat_idx: dict[str, np.ndarray] = {name: np.nonzero(keep & (src == name))[0] for name in per
                                        if per[name]["kind"] == "chat"}
     if cap is not None:
@@ -244,7 +247,7 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
                                   "license": "as the previous phase's sources", "synthetic": False,
                                   "weight": share, "loaded": len(replay_table), "filtered": Counter(),
                                   "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0, "too_long": 0,
-                                  "truncated": 0, "capped": 0}
+                                  "long_reply": 0, "truncated": 0, "capped": 0}
     full = concatenate_datasets([chat, *text_tables]) if text_tables else chat
 
     # --- 5. weights -> train/val index lists ----------------------------------------------------------
@@ -329,6 +332,7 @@ def _stats(cfg, per: dict, dd, uniq: dict, bad: BadRows, mode: str, label: str) 
                    "train_tokens": int(n_tok.sum()), "train_trained_tokens": int(n_tr.sum()), "val_tokens": val_tok,
                    "truncated": sum(s["truncated"] for s in per.values()),
                    "too_long": sum(s["too_long"] for s in per.values()),
+                   "long_reply": sum(s["long_reply"] for s in per.values()),
                    "bad_rows": bad.total, "max_row_tokens": int(n_tok.max()) if len(n_tok) else 0},
         "bad_rows": bad.to_dict(),
     }
@@ -474,9 +478,11 @@ def summary(stats: dict) -> str:
     t = stats["totals"]
     lines = [f"{t['train_rows']:,} train rows ({t['train_tokens']:,} tokens, {t['train_trained_tokens']:,} trained), "
              f"{t['val_rows']:,} val rows; {t['truncated']} truncated, {t['too_long']} too long, "
+             + (f"{t['long_reply']} with a reply over max_reply_tokens, " if t.get("long_reply") else "") +
              f"{t['bad_rows']} malformed; {stats['conversations_per_second']:,} conversations/s"]
     for name, s in stats["sources"].items():
         dropped = sum(s["filtered"].values()) + s["exact_duplicates"] + s["near_duplicates"] + s["too_long"]
+        dropped += s.get("long_reply", 0)
         lines.append(f"  {name:<17} {s['kind']:<4} loaded {s['loaded']:>7,}  dropped {dropped:>6,}  "
                      f"train {s['train_rows']:>7,} (unique {s['unique_train']:,})  val {s['val_rows']:>5,}  "
                      f"mean {s['mean_tokens']:>6.1f} tok  {s['origin']}")

@@ -144,9 +144,19 @@ def render_conversations(convs: Sequence[Sequence[dict]], tok, train_on: str = "
     return out
 
 
+def longest_reply(labels: Sequence[int]) -> int:
+    """Tokens of the longest trained reply in a row, its end marker not counted: each trained reply is
+    one run of labels != IGNORE_INDEX (the reply's tokens, then the end marker)."""
+    longest = run = 0
+    for x in labels:
+        run = run + 1 if x != IGNORE_INDEX else 0
+        longest = max(longest, run)
+    return max(longest - 1, 0)
+
+
 def render_batch(batch: dict, tok, train_on: str, max_seq_len: int, with_minhash: bool = True) -> dict:
     """`datasets.map(batched=True)` function: adds input_ids, labels, n_tokens, n_trained,
-    dropped_messages, too_long and (for near-duplicate search) minhash."""
+    dropped_messages, too_long, longest_reply and (for near-duplicate search) minhash."""
     rendered = render_conversations(batch["messages"], tok, train_on, max_seq_len)
     out = {
         # the messages actually rendered (oldest turns removed by truncation), so that
@@ -158,6 +168,7 @@ def render_batch(batch: dict, tok, train_on: str, max_seq_len: int, with_minhash
         "n_trained": [sum(1 for x in r.labels if x != IGNORE_INDEX) for r in rendered],
         "dropped_messages": [r.dropped_messages for r in rendered],
         "too_long": [r.too_long for r in rendered],
+        "longest_reply": [longest_reply(r.labels) for r in rendered],
     }
     if with_minhash:
         from mambaft.data.filters import minhash
