@@ -117,9 +117,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about 37 epochs of Alpaca-52k (recipes use 1-3): the planner warns about it before training.
     "quick": dict(
         sources={"alpaca": 1.0},
-        # offline: short answers that end (chatterbot, all of it), wiki summaries and multiple-choice
-        # answers; olmo_qa at 1.0 made "A. A. A." loops, chatterbot at 0.3 left too few short replies
-        offline_sources={"wiki_en": 0.6, "olmo_qa": 0.4, "chatterbot_en": 1.0},
+        # offline: short answers that end, like Alpaca's: small talk (chatterbot, all of it), the first
+        # sentence of wiki summaries and multiple-choice answers; olmo_qa at 1.0 made "A. A. A." loops,
+        # chatterbot at 0.3 left too few short replies
+        offline_sources={"wiki_en_first": 0.6, "olmo_qa": 0.4, "chatterbot_en": 1.0},
         lr=1e-5, weight_decay=0.01, warmup_steps=500, max_steps=10_000,
         batch_size=4, grad_accum=8, max_seq_len=512,
     ),

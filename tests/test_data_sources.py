@@ -151,6 +151,18 @@ def test_wiki_summaries_become_synthetic_pairs_outside_the_heldout_slice():
         assert title in user and answer.endswith(".") and r["lang"] == "en"
 
 
+def test_wiki_first_answers_with_the_first_sentence_of_the_same_articles(tmp_path):
+    two = {"Paris": {"title": "Paris", "extract": "Paris is the capital of France. It has 2.1 million people.",
+                     "description": "capital city of France"}}
+    path = tmp_path / "summaries.json"
+    path.write_text(json.dumps(two), encoding="utf-8")
+    full, first = load_source("wiki_en", str(path)).rows, load_source("wiki_en_first", str(path)).rows
+    assert [r["id"] for r in first] == [r["id"].replace("wiki_en:", "wiki_en_first:") for r in full]
+    assert not is_heldout("wiki_en/Paris") and len(first) == 1
+    assert full[0]["messages"][1]["content"].endswith("2.1 million people.")
+    assert first[0]["messages"][1]["content"] == "Paris is the capital of France."
+
+
 def test_olmo_requests_become_question_answer_pairs():
     rows = load_source("olmo_qa", str(OFF / "olmo" / "arc_easy" / "train_mc_5shot" / "requests.jsonl.gz")).rows
     assert len(rows) == 2                          # 4 + 2 request lines, one per choice -> 2 items

@@ -109,8 +109,8 @@ def test_model_card_is_filled_from_the_run(tiny_model):
                       evaluation="| model | stop_rate |\n|---|---|\n| fine-tuned | 0.9 |")
     assert "strategy: quick" in card and "optimizer steps: 300" in card
     assert "final training loss: 2.2500; validation loss: 2.5000" in card
-    weight = run_cfg["offline_sources"]["wiki_en"]
-    assert f"| wiki_en | registry:wiki | {weight:.2f} | n/a | CC BY-SA 4.0 |" in card   # source and licence
+    weight = run_cfg["offline_sources"]["wiki_en_first"]
+    assert f"| wiki_en_first | registry:wiki | {weight:.2f} | n/a | CC BY-SA 4.0 |" in card   # source and licence
     assert "| fine-tuned | 0.9 |" in card
     assert f"last {tiny_model.config.receptive_field} tokens" in card   # the honest limit
 

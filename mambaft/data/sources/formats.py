@@ -270,9 +270,11 @@ WIKI_PROMPTS = {
 WIKI_ANSWER_CHARS = 240
 
 
-def wiki_pairs(path, source: str, lang: str, text_prefix: str) -> Iterator[dict]:
+def wiki_pairs(path, source: str, lang: str, text_prefix: str,
+               answer_chars: int = WIKI_ANSWER_CHARS) -> Iterator[dict]:
     """Synthetic pairs: a templated question about the title -> the opening sentences of the article's
-    lead summary, up to WIKI_ANSWER_CHARS (the prompts ask for a short summary or entry).
+    lead summary, up to `answer_chars` (0: the first sentence alone; the prompts ask for a short
+    summary or entry).
     Articles in the held-out text slice (mambaft.data.text) are skipped, so perplexity measured on
     that slice never scores text the model was fine-tuned on."""
     from mambaft.data.text_chat import leading_sentences
@@ -289,7 +291,7 @@ def wiki_pairs(path, source: str, lang: str, text_prefix: str) -> Iterator[dict]
     for k, (title, entry) in enumerate(data.items()):
         doc_id = f"{text_prefix}/{title}"
         extract = (entry.get("extract") or "").strip() if isinstance(entry, dict) else ""
-        extract = leading_sentences(extract, WIKI_ANSWER_CHARS)
+        extract = leading_sentences(extract, answer_chars)
         if not extract or is_heldout(doc_id):
             continue
         # The prompt wording is chosen by position so every template is used, deterministically.
