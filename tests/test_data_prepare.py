@@ -317,7 +317,7 @@ def test_smoke_preset_from_the_real_registry_cache(tmp_path):
     from mambaft.data.registry import cached_path
 
     if not (cached_path("wiki") and cached_path("chatterbot")):
-        pytest.skip("registry cache not warm (python -m mambaft.data.registry wiki chatterbot)")
+        pytest.skip("registry cache not warm (mambaft registry wiki chatterbot)")
     t0 = time.perf_counter()
     stats = prepare(make_config("smoke"), tmp_path / "smoke", progress=False)
     assert time.perf_counter() - t0 < 60

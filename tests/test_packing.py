@@ -180,7 +180,7 @@ def test_packed_finetune_trains_like_unpacked_and_resumes_exactly(tmp_path):
     token-weighted gradient, fewer micro-batches), and a run stopped at step 3 then resumed equals an
     uninterrupted one with dropout 0.1 on (RNG and data position restored)."""
     from mambaft.checkpoint import save_checkpoint
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     from mambaft.train.metrics import read_metrics
     from tests.test_train_loop import QUIET, learnable_model, write_prepared
 

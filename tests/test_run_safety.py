@@ -20,7 +20,7 @@ from mambaft.config import ConfigError, make_config
 from mambaft.data.schema import BadRows, FormatError
 from mambaft.errors import DataError, RunLockError
 from mambaft.train import checkpoints as ck
-from mambaft.train.finetune import finetune
+from mambaft.train import finetune
 from mambaft.train.metrics import TrainingDiverged
 from tests.test_train_loop import QUIET, learnable_model, run_env, train_losses, write_prepared
 
@@ -409,8 +409,8 @@ def test_known_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp
     bad.write_bytes(b"not a checkpoint")
     p = mambaft_cli("generate", "--model", str(bad))
     assert p.returncode == 2 and p.stderr.startswith("mambaft generate: error: ") and len(p.stderr.splitlines()) == 1
-    # python -m mambaft.train.finetune (what accelerate launch runs) prints the same one line
-    p = subprocess.run([sys.executable, "-m", "mambaft.train.finetune", "--strategy", "smoke", "--data", str(data),
+    # python -m mambaft.finetune (what accelerate launch runs) prints the same one line
+    p = subprocess.run([sys.executable, "-m", "mambaft.finetune", "--strategy", "smoke", "--data", str(data),
                         "--out", str(tmp_path / "r"), "--set", "lr=-1"], env=run_env(), capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.splitlines() == ["mambaft finetune: error: lr=-1.0: must be > 0"]
 

@@ -10,7 +10,7 @@ from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, l
                                       loss_by_position, main, make_recall_items, measure_context,
                                       paired_advantage, recall_probe, summarize_curve, text_windows,
                                       token_stream)
-from mambaft.evaluate.context_demo import recall_batch, repeat_batch
+from mambaft.recipes.context_repair import recall_batch, repeat_batch
 from mambaft.model import upgrade_to_selective
 from mambaft.tokenizer import load_tokenizer
 from tests.conftest import make_small_gpt2_model
@@ -200,7 +200,7 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
 
 def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
     from mambaft.checkpoint import load_checkpoint
-    from mambaft.evaluate.context_demo import run_demo
+    from mambaft.recipes.context_repair import run_demo
     text = tmp_path / "texts"                    # a folder of documents: ~5 % of them are held out
     text.mkdir()
     for i in range(100):

@@ -21,7 +21,7 @@ from mambaft.generate import generate
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
 from mambaft.train import checkpoints as ck
-from mambaft.train.finetune import finetune
+from mambaft.train import finetune
 from mambaft.train.metrics import read_metrics
 from tests.conftest import ROOT, make_small_gpt2_model
 
@@ -75,7 +75,7 @@ def learnable_model(seed: int = 0, dropout: float = 0.0):
 
 
 def cli(*args: str) -> list:
-    return [sys.executable, "-m", "mambaft.train.finetune", *args, "--threads", "1", "--heldout", "none",
+    return [sys.executable, "-m", "mambaft.finetune", *args, "--threads", "1", "--heldout", "none",
             "--no-probes", "--no-progress", "--no-eval-at-start"]
 
 

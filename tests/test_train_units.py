@@ -141,7 +141,7 @@ def test_metrics_truncate_after_resume_and_nonfinite_as_null(tmp_path):
 
 def test_nan_steps_are_skipped_logged_and_repeated_ones_stop_the_run(tmp_path, monkeypatch):
     from mambaft.train import loop
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     data = write_prepared(tmp_path / "data")
     from mambaft.checkpoint import save_checkpoint
     base = save_checkpoint(learnable_model(), tmp_path / "base")
@@ -251,7 +251,7 @@ def test_preflight_reports_what_it_finds():
 
 
 def test_cli_refuses_unknown_keys_and_missing_data(tmp_path):
-    from mambaft.train.finetune import main
+    from mambaft.cli.finetune import main
     with pytest.raises(ConfigError, match="unknown config key.*bogus"):
         main(["--strategy", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "bogus=1"])
     with pytest.raises(FileNotFoundError, match="nowhere: no such data folder"):
@@ -277,7 +277,7 @@ def test_bf16_autocast_run_tracks_the_fp32_run(tmp_path):
     """precision=bf16 goes through mambaft.runtime.autocast (matmuls in bf16, SWELU and the loss's
     softmax in fp32): the first losses agree with fp32 to bf16 accuracy."""
     from mambaft.checkpoint import save_checkpoint
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     data = write_prepared(tmp_path / "data")
     base = save_checkpoint(learnable_model(seed=6), tmp_path / "base")
     quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
@@ -300,7 +300,7 @@ def test_selective_architecture_upgrades_the_base_first(tmp_path):
     """cfg.architecture="selective" on an original base: upgrade_to_selective, then train; the saved
     model is selective, and export_original is skipped (the original code cannot load it)."""
     from mambaft.checkpoint import load_checkpoint, save_checkpoint
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     data = write_prepared(tmp_path / "data")
     base = save_checkpoint(learnable_model(seed=7), tmp_path / "base")
     quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "finetune": "mambaft.train.finetune",
+    "finetune": "mambaft.train.run",
     "lr_sweep": "mambaft.train.sweep",
     "preflight": "mambaft.train.preflight",
     "micro_step": "mambaft.train.step",
