@@ -1,11 +1,8 @@
-"""`mambaft course`: run the five notebooks headless with papermill, one strategy, one run folder.
+"""The papermill runner behind `mambaft course` (mambaft.cli.course): the five notebooks in order, one
+strategy, one run folder, and a course.json that records the parameters, the command, the CPU class and
+the times. A failing notebook raises CourseError naming the notebook and the cell.
 
-    mambaft course                                   # the demo: strategy quick on the demo base (CPU)
-    mambaft course --strategy smoke --out /tmp/c     # tiny steps, for tests
-    mambaft course --only 04_evaluation              # re-run one notebook of outputs/quick
-
-The notebooks' helpers (the CPU budget, the run folder layout, what each notebook records) are in
-`mambaft.course`.
+The notebooks' helpers (the run folder layout, what each notebook records) are in `mambaft.course`.
 """
 from __future__ import annotations
 
