@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from mambaft.chat import ChatSession, ChatSettings
-from mambaft.chat.terminal import main as terminal_main, run_chat
+from mambaft.chat.terminal import run_chat
 from mambaft.chat.widgets import NO_KERNEL_LINE, chat_widget, render_transcript
+from mambaft.cli.chat import main as terminal_main
 from mambaft.template import DEFAULT_TEMPLATE
 from test_chat import EOS, GREEDY, TOK, ScriptedModel
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mambaft.cli.prepare import main
 from mambaft.config import make_config
 from mambaft.data import mix
 from mambaft.data.planner import plan_budget
-from mambaft.data.prepare import load_prepared, main, prepare, resolve_sources
+from mambaft.data.prepare import load_prepared, prepare, resolve_sources
 from mambaft.template import DEFAULT_TEMPLATE, IGNORE_INDEX, ChatTemplate
 from mambaft.tokenizer import load_tokenizer
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambaft.cli.context import main
 from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, log_bins,
-                                      loss_by_position, main, make_recall_items, measure_context,
+                                      loss_by_position, make_recall_items, measure_context,
                                       paired_advantage, recall_probe, summarize_curve, text_windows,
                                       token_stream)
-from mambaft.recipes.context_repair import recall_batch, repeat_batch
 from mambaft.model import upgrade_to_selective
+from mambaft.recipes.context_repair import recall_batch, repeat_batch
 from mambaft.tokenizer import load_tokenizer
 from tests.conftest import make_small_gpt2_model
 
