@@ -4,6 +4,7 @@ cycle, every command in `mambaft --help`, and no script entry point outside mamb
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -68,6 +69,23 @@ def imports(name: str, top_level_only: bool) -> set[str]:
     else:
         nodes = list(ast.walk(tree))
     return {m for n in nodes for m in imported(name, n)}
+
+
+def test_every_imported_mambaft_module_exists():
+    """Every import of a mambaft module, in the package, the tests and the notebooks, names a file of
+    this tree (an installed copy elsewhere would otherwise answer for a module that moved)."""
+    missing = [f"{name} imports {m}" for name in MODULES for m in imports(name, top_level_only=False)
+               if m not in MODULES]
+    sources = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("tests/*.py"))}
+    for nb in sorted(ROOT.glob("notebooks/*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        sources[str(nb.relative_to(ROOT))] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for where, text in sources.items():
+        for m in re.finditer(r"^\s*(?:from (mambaft[\w.]*) import|import (mambaft[\w.]*))", text, re.M):
+            target = m.group(1) or m.group(2)
+            if target not in MODULES:
+                missing.append(f"{where} imports {target}")
+    assert not missing, "\n".join(sorted(missing))
 
 
 def test_nothing_imports_a_layer_above_its_own():

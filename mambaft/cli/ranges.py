@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from mambaft.course_ranges import MAX_REP3, MIN_STOP, RunFolderError, markdown, ranges, read_run
+from mambaft.course.ranges import MAX_REP3, MIN_STOP, RunFolderError, markdown, ranges, read_run
 
 
 def main(argv: Optional[list] = None) -> int:
