@@ -13,7 +13,6 @@ the bench reports the length distribution it measured on, never Alpaca's.
 from __future__ import annotations
 
 
-
 def alpaca_records(rows: int) -> list[dict]:
     """The first user -> assistant exchange of up to `rows` ShareGPT conversations, Alpaca-style
     (segments that start with an assistant turn, or have an empty side, are skipped)."""

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+# The CPU budget tables are read here as course.CPU_BUDGET etc. (tests, notebooks); they live in config.
 from mambaft.config import (CPU_BUDGET, CPU_CHECKPOINTS, CPU_COMMON, DEMO_BASE, DEMO_LR, ROOT,  # noqa: F401
-                            STRATEGIES, config_origins, resolve_base)
+                            STRATEGIES, Config, config_origins, resolve_base)
 
 CONTEXT_REPAIR = DEMO_BASE / "context_repair"   # the context repair measured on the demo base (README)
 NOTEBOOKS = ("00_diagnosis", "01_data_preparation", "02_smoke_test", "03_finetune_multi_gpu", "04_evaluation")
@@ -45,7 +46,6 @@ class CourseValues:
 
     def explain(self, cfg) -> str:
         """One line per value that differs from the Config defaults, with its origin."""
-        from mambaft.config import Config
         default = Config()
         lines = [f"strategy {cfg.strategy} on {self.device}; base {self.base}"]
         for key in sorted(set(self.origins) | {k for k, v in cfg.to_dict().items()

@@ -305,4 +305,3 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
         if log_with:
             accelerator.end_training()
         torch.set_num_threads(previous_threads)
-
