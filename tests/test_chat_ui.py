@@ -247,6 +247,7 @@ def test_terminal_ends_at_end_of_input_and_keeps_multi_turn_history():
     assert "tokens in" not in out.getvalue() and out.getvalue().endswith("You: \n")
 
 
+@pytest.mark.slow   # a fresh interpreter
 def test_mambaft_chat_command_reads_stdin(small_gpt2_folder):
     settings = ChatSettings(temperature=0.0, max_new_tokens=8)
     expected = ChatSession.load(small_gpt2_folder, settings)
@@ -270,6 +271,7 @@ def test_terminal_refuses_bad_flags_by_name(small_gpt2_folder, capsys):
 
 
 # --- headless notebook (papermill: widget state is not saved, text and PNG outputs are) ----------
+@pytest.mark.slow   # runs a notebook
 @pytest.mark.notebooks
 def test_papermill_notebook_keeps_text_answers_and_the_final_plot(small_gpt2_folder, tmp_path):
     nbformat = pytest.importorskip("nbformat")

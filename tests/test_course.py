@@ -199,6 +199,7 @@ def _failing_notebook(folder: Path) -> None:
     nbformat.write(nb, str(folder / "00_diagnosis.ipynb"))
 
 
+@pytest.mark.slow   # a notebook kernel
 def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
     src = tmp_path / "src"
     _failing_notebook(src)

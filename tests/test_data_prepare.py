@@ -135,6 +135,7 @@ def test_exact_and_near_duplicates_are_removed(tmp_path):
     assert sorted(load_prepared(tmp_path / "out")["train"]["id"]) == ["messages:a", "messages:d"]
 
 
+@pytest.mark.slow   # prepares twice
 def test_deterministic(tmp_path):
     a = prepare(_cfg(), tmp_path / "a", sources=FIXTURE_SOURCES, progress=False)
     b = prepare(_cfg(), tmp_path / "b", sources=FIXTURE_SOURCES, progress=False)
@@ -142,6 +143,7 @@ def test_deterministic(tmp_path):
     assert a["totals"] == b["totals"]
 
 
+@pytest.mark.slow   # prepares several datasets
 def test_max_examples_per_source_and_last_assistant(tmp_path):
     stats = prepare(_cfg(max_examples_per_source=2, train_on="last_assistant", val_fraction=0.0),
                     tmp_path / "o", sources=FIXTURE_SOURCES, progress=False)
@@ -167,6 +169,7 @@ def _french_files(tmp_path):
     return fr, text
 
 
+@pytest.mark.slow   # prepares two phases
 def test_specialized_writes_two_phases_with_the_text_share(tmp_path):
     fr, text = _french_files(tmp_path)
     cfg = make_config("specialized", data_mode="offline", offline_sources={"alpaca": 1.0},
@@ -211,6 +214,7 @@ def _varied_french_docs(folder):
     return folder
 
 
+@pytest.mark.slow   # prepares two phases
 def test_specialized_phase2_replays_phase1_and_turns_text_into_conversations(tmp_path):
     fr, _ = _french_files(tmp_path)
     text = _varied_french_docs(tmp_path / "varied")
@@ -277,6 +281,7 @@ def test_resolve_sources_modes(capsys):
         resolve_sources(hub, off, {"nope": "x"}, "auto", check_hub=no_call)
 
 
+@pytest.mark.slow   # prepares through the CLI
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["--strategy", "quick", "--source", f"alpaca={HUB / 'alpaca_data.json'}",
@@ -314,6 +319,7 @@ def test_planner_on_prepared_stats(prepared):
 
 
 # --- optional: the real registry cache, if this machine has it ------------------------------------------
+@pytest.mark.slow   # the real registry data
 def test_smoke_preset_from_the_real_registry_cache(tmp_path):
     from mambaft.data.registry import cached_path
 

@@ -166,6 +166,7 @@ def test_missing_or_mismatched_model_files_are_clear_errors(tmp_path):
 
 
 # --- comparison ------------------------------------------------------------------------------------
+@pytest.mark.slow   # evaluates several models
 def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result, tmp_path):
     from mambaft.evaluate.compare import compare_models
     a = json.loads(json.dumps(quick_result[0]))
@@ -191,6 +192,7 @@ def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result,
     assert row["ppl_instr"] == pytest.approx(a["perplexity"]["instruction"]["all"]["ppl"])   # copied, not recomputed
 
 
+@pytest.mark.slow   # evaluates through the CLI
 def test_cli_commands(small_gpt2_folder, prepared_data, tmp_path, capsys):
     from mambaft.cli import main
     rc = main(["evaluate", "--model", str(small_gpt2_folder), "--data", str(prepared_data[0]), "--out",

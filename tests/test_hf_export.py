@@ -261,6 +261,7 @@ def test_chat_template_ids_and_masks_equal_mambaft(demo, demo_tokenizer, name):
         assert tok.decode(tok("a<|endoftext|>b", add_special_tokens=False)["input_ids"]) == "a<|endoftext|>b"
 
 
+@pytest.mark.slow   # a transformers pipeline generates
 @pytest.mark.numerics
 def test_pipeline_answers_like_mambaft(demo):
     model, info, path = demo

@@ -72,6 +72,7 @@ def test_bad_settings_are_named():
     assert pretrain_cli.main(["--seq-len", "0"]) == 2
 
 
+@pytest.mark.slow   # pretraining runs
 def test_tiny_run_end_to_end(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT * 60)

@@ -85,6 +85,7 @@ def _ids(path: Path) -> list:
     return sorted(list(dd["train"]["id"]) + list(dd["val"]["id"]))
 
 
+@pytest.mark.slow   # a killed subprocess
 def test_prepare_killed_while_overwriting_leaves_the_previous_output(tmp_path):
     out = tmp_path / "data"
     p = _prepare_cli(out, 2)
@@ -233,6 +234,7 @@ def test_result_json_is_strict_json_and_a_nan_val_loss_is_never_best(tmp_path, d
     assert res["best_val_loss"] is None and res["best_checkpoint"] is None
 
 
+@pytest.mark.slow   # a fresh interpreter
 def test_generate_refuses_a_nonsensical_temperature(small_gpt2_folder):
     from mambaft.generate import check_temperature, generate
     model, _ = load_checkpoint(small_gpt2_folder)
@@ -395,6 +397,7 @@ def test_a_missing_local_path_is_an_error_never_a_hub_lookup(tmp_path, monkeypat
 
 
 # --- 8. one-line CLI errors; bad model config values -------------------------------------------------------
+@pytest.mark.slow   # fresh interpreters
 def test_known_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path, data):
     p = mambaft_cli("info", str(tmp_path / "nope"))
     assert p.returncode == 2 and p.stderr == f"mambaft info: error: {tmp_path / 'nope'}: no such checkpoint file or model folder\n"

@@ -199,6 +199,7 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
         assert (ab[0] != 0.0) == moved, ab
 
 
+@pytest.mark.slow   # a training run
 def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
     from mambaft.checkpoint import load_checkpoint
     from mambaft.recipes.context_repair import run_demo
