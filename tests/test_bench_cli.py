@@ -161,6 +161,7 @@ def test_flop_count_matches_torch_flop_counter():
     assert train_flops(1, 1025, 1024, 6, 50257, 2048) / 1024 == pytest.approx(586e6, rel=0.01)   # 586e6: the README's rounded figure
 
 
+@pytest.mark.slow   # training steps on every side
 def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
     """`epoch` on a prepared folder: four sides, the same trained tokens, padding and trained fractions
     that follow from the token counts, ratios from the recorded rates; clear errors for bad --data."""

@@ -93,6 +93,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # a writer subprocess
 def test_follow_a_file_written_by_another_process(tmp_path):
     path, png = tmp_path / "metrics.jsonl", tmp_path / "loss.png"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "40"])

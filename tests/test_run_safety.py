@@ -126,6 +126,7 @@ def test_every_checkpoint_file_and_folder_is_fsynced_before_the_rename(tmp_path,
     assert ck.verify(step) == []
 
 
+@pytest.mark.slow   # training runs
 def test_damaged_newest_checkpoints_fall_back_to_the_newest_intact_one_and_are_kept(tmp_path, data, base, capsys):
     out = tmp_path / "run"
     ref = finetune(tiny(6), base, data, out, **QUIET)["losses"]     # checkpoints 2, 4, 6
