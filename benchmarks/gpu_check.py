@@ -128,7 +128,7 @@ def check_finetune(dev: str, dry: bool, tmp: Path) -> dict:
     sources = ["--source", f"alpaca={HUB_FIXTURES / 'alpaca_data.json'}",
                "--source", f"dolly={HUB_FIXTURES / 'databricks-dolly-15k.jsonl'}",
                "--source", f"sharegpt={HUB_FIXTURES / 'sharegpt.json'}"]
-    p = subprocess.run([sys.executable, "-m", "mambaft.data.prepare", "--strategy", "smoke", *sources,
+    p = subprocess.run([sys.executable, "-m", "mambaft", "prepare", "--strategy", "smoke", *sources,
                         "--set", "data_mode=offline", "--set",
                         'offline_sources={"alpaca": 1.0, "dolly": 1.0, "sharegpt": 1.0}', "--out", str(data),
                         "--quiet"], env=_env(), capture_output=True, text=True, cwd=ROOT)
@@ -137,7 +137,7 @@ def check_finetune(dev: str, dry: bool, tmp: Path) -> dict:
     out = tmp / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", *(["--cpu"] if dev == "cpu" else []),
-           "-m", "mambaft.train.finetune", "--strategy", "smoke", "--base", str(ROOT / "data" / "demo_base"),
+           "-m", "mambaft.finetune", "--strategy", "smoke", "--base", str(ROOT / "data" / "demo_base"),
            "--data", str(data), "--out", str(out), "--no-progress", "--no-probes", "--heldout", "none",
            "--no-eval-at-start", "--set", f"max_steps={steps}", "--set", f"save_every={save}",
            "--set", f"eval_every={save}", "--set", "precision=auto"]

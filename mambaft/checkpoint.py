@@ -14,12 +14,11 @@ mambaft model folder:
 transformers folder (`format="hf"`, mambaft.hf.export): loads in transformers without mambaft, and
 here too (config.json with model_type "mambaswelu").
 
-    python -m mambaft.checkpoint PATH                # describe a checkpoint
-    python -m mambaft.checkpoint PATH --to OUT [--format original|folder|hf]
+    mambaft info PATH                # describe a checkpoint
+    mambaft info PATH --to OUT [--format original|folder|hf]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -367,22 +366,3 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], format: str 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Describe or convert a MambaSWELU checkpoint.")
-    p.add_argument("path")
-    p.add_argument("--to", help="write a converted copy here")
-    p.add_argument("--format", default="folder", choices=["folder", "original", "hf"])
-    p.add_argument("--lam-formula", choices=sorted(LAM_FORMULAS))
-    a = p.parse_args(argv)
-    model, info = load_checkpoint(a.path, lam_formula=a.lam_formula)
-    print(info.describe())
-    if a.to:
-        out = save_checkpoint(model, a.to, a.format, template=info.template, tokenizer=info.tokenizer,
-                              step=info.step, epoch=info.epoch or 0, training=info.training)
-        print(f"wrote {out} ({a.format})")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,19 +1,22 @@
 """Run configuration: one typed dataclass, the plan's strategies as presets, one `make_config`.
 
 Every entry point (notebooks, CLI, tests) builds its config through
-``make_config(strategy, **overrides)``; unknown keys and wrong types are refused with the field named.
+``make_config(strategy, budget="plan", **overrides)``: the preset, the budget layer ("cpu": what the
+course trains without a GPU), then the overrides; unknown keys and wrong types are refused with the
+field named, and `config_origins` says where each value came from.
 
-    python -m mambaft.config conversational lr=1e-4     # print a resolved config and its arithmetic
+    mambaft config conversational lr=1e-4     # print a resolved config and its arithmetic
+    mambaft config quick --budget cpu         # the course's CPU numbers, each with its origin
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
 
 from mambaft.errors import UserError
 
@@ -140,6 +143,61 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# --- the budget: a named layer of make_config between the preset and the overrides ------------------
+# "plan": the preset as the plan sized it (GPUs). "cpu": what the course trains when no GPU is visible
+# (`make_config(strategy, budget="cpu")`); `config_origins` says where each value came from.
+BUDGETS = ("plan", "cpu")
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_BASE = ROOT / "data" / "demo_base"   # the embedded demo base model: what base="" means
+
+# What the course trains when no GPU is visible. Measured here (2 shared cores, load ~10, bf16 autocast)
+# the demo base does a step of 8 rows x <=256 tokens in ~0.9 s: 150 steps took 2.2 min and the whole
+# quick course 6.2 min, so 300 steps keep it near 9 minutes, under the 15-minute target. Each strategy keeps its data sources and chat template: only sizes move.
+CPU_BUDGET: dict[str, dict[str, Any]] = {
+    # 8 rows x 1 accum x 1 process = 8 rows/step; x 300 steps = 2,400 rows, ~2 epochs of the ~1,170
+    # weighted train rows that 800 examples per source leave after filtering (seed 0: wiki 640 unique
+    # x 0.6, olmo_qa 762 x 0.4, chatterbot 479 x 1.0).
+    # Replies of at most 24 tokens (a GPT-2 token is ~4 characters: about 100 characters). The model
+    # decides to stop from the 19 tokens it sees: a reply it learns to end must end near them. Measured
+    # over seeds 0-2, at the 6 checkpoints of steps 175-300 of each (greedy replies to 32 held-out
+    # questions, native bf16), lowest stop rate / highest rep_3 / highest empty rate of the 18:
+    #   no limit 0.00 / 0.97 / 0.47;  32: 0.53 / 0.68 / 0.41;  24: 0.97 / 0.24 / 0.38;  16: 0.81 / 0.32 / 0.41.
+    "quick": dict(max_steps=300, max_examples_per_source=800, max_reply_tokens=24),
+    # 300 x 8 = 2,400 rows over 5 sources x <=500 examples: ~1 epoch
+    "conversational": dict(max_steps=300, max_examples_per_source=500),
+    # phase 1: 200 steps; phase 2: 100 steps on the domain (French offline: chatterbot_fr, wiki_fr)
+    "specialized": dict(max_steps=200, phase2_steps=100, max_examples_per_source=400),
+    # the smoke preset is already CPU-sized; only the steps shrink for the notebook tests
+    "smoke": dict(max_steps=6, max_examples_per_source=120),
+}
+CPU_COMMON: dict[str, Any] = dict(
+    num_gpus=1,          # one CPU process (notebook 03's NUM_PROCESSES)
+    batch_size=8, grad_accum=1,
+    max_seq_len=256,     # course rows: Q/A pairs are ~40-250 tokens; longer ones lose their oldest turns
+    eval_batches=4, keep_last=12, test_at=(),
+    precision="auto",    # bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32
+    # The schedule of a few hundred steps: 30 warmup steps (10 % of 300), cosine down to 5 % of the
+    # peak, so the last checkpoints move little (at 1e-3 -> 1e-4 the step-250 and step-300 models of
+    # one seed stopped in 0.25 and 0.93 of their replies).
+    warmup_steps=30, min_lr_ratio=0.05,
+    # 5 % of the conversations held out (~60 rows, was ~25): the val loss and the reply behaviour
+    # that choose the checkpoint (eval_replies greedy replies to val questions) need more than 25.
+    val_fraction=0.05, eval_replies=32,
+)
+# Checkpoints per phase on a CPU, every one kept (CPU_COMMON's keep_last), each evaluated (val loss,
+# 32 greedy replies, the probes: ~3 s) for the checkpoint choice. The demo's replies swing from one
+# checkpoint to the next (one seed: val-question stop rate 0.94, 0.69, 0.75 at steps 150, 200, 250), so
+# the choice needs candidates: 12 x 89 MB on disk for the demo base.
+CPU_CHECKPOINTS = 12
+# The demo base is 7.7M parameters trained for minutes: it needs a larger step than the plan's lr
+# (chosen for 124M). 1e-4 does not learn the end token within 150 steps. On quick's short answers 1e-3
+# does within ~50, but its replies swing between stopping and looping from one checkpoint to the next
+# (stop rate 0.93 at step 200, 0.25 at 250, natively); 5e-4 stopped in 0.81-0.86 of replies at steps
+# 200-300 of the same data. The conversational mix (ShareGPT's long answers) needs 1e-3: at 5e-4 its
+# held-out replies first stopped at step 175 of 300, and phase 1 of specialized (200 steps) never did.
+DEMO_LR: dict[str, float] = {"quick": 5e-4, "conversational": 1e-3, "specialized": 1e-3, "smoke": 1e-3}
+
+
 # What phase 2 of "specialized" trains on, per domain (online hub sources / offline registry ones).
 DOMAIN_SOURCES: dict[str, dict[str, dict[str, float]]] = {
     "code": {"hub": {"codealpaca": 1.0, "stackoverflow": 0.5},
@@ -233,11 +291,57 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"max_seq_len={cfg.max_seq_len}: the model's position table holds 1024")
 
 
-def make_config(strategy: str = "conversational", **overrides: Any) -> Config:
-    """The preset for `strategy`, with `overrides` applied and checked.
+def resolve_base(base: Union[str, Path, None] = "") -> Path:
+    """The base model a run starts from: "" (or None) -> the embedded demo base; else the given
+    checkpoint. Either is checked to exist, so a wrong path fails before any work starts."""
+    path = Path(base) if base else DEMO_BASE
+    if not path.exists():
+        hint = " (rebuild it: mambaft pretrain --out data/demo_base)" if not base else ""
+        raise FileNotFoundError(f"base model {path}: no such file or folder{hint}")
+    return path
+
+
+def _is_demo_base(base: Union[str, Path, None]) -> bool:
+    return Path(base or DEMO_BASE).resolve() == DEMO_BASE.resolve()
+
+
+def budget_layer(strategy: str, budget: str = "plan", base: Union[str, Path, None] = "") -> dict[str, tuple]:
+    """{key: (value, origin)}: what `budget` changes in the preset of `strategy`. "plan" changes
+    nothing; "cpu" applies CPU_COMMON and CPU_BUDGET[strategy], and DEMO_LR when `base` is the demo
+    base. (save_every / eval_every follow the final max_steps: make_config sets them.)"""
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget={budget!r}: expected one of {', '.join(BUDGETS)}")
+    if budget == "plan":
+        return {}
+    layer = {}
+    for k, v in {**CPU_COMMON, **CPU_BUDGET.get(strategy, {})}.items():
+        plan = PRESETS.get(strategy, {}).get(k)
+        layer[k] = (v, "CPU budget" + (f"; the plan's {plan!r} is sized for GPUs" if plan is not None else ""))
+    if _is_demo_base(base):
+        layer["lr"] = (DEMO_LR[strategy], "CPU budget: the 7.7M-parameter demo base needs a larger lr than 124M")
+    return layer
+
+
+def config_origins(strategy: str, budget: str = "plan", **overrides: Any) -> dict[str, str]:
+    """{key: where make_config(strategy, budget, **overrides) took its value}: "preset <strategy>",
+    the budget's reason, or "override"; keys left out hold the Config default (or a derived value)."""
+    origins = {k: f"preset {strategy}" for k in PRESETS.get(strategy, {})}
+    origins.update({k: origin for k, (_, origin) in budget_layer(strategy, budget, overrides.get("base")).items()})
+    if budget == "cpu":
+        for k in ("save_every", "eval_every"):
+            origins[k] = f"CPU budget: {CPU_CHECKPOINTS} checkpoints per run"
+    origins.update({k: "override" for k in overrides})
+    return origins
+
+
+def make_config(strategy: str = "conversational", budget: str = "plan", **overrides: Any) -> Config:
+    """The preset for `strategy`, then the `budget` layer ("plan" | "cpu", see budget_layer), then
+    `overrides`, checked. `config_origins` with the same arguments says where each value came from.
 
     >>> make_config("quick").global_batch     # 4 x 8 x 6
     192
+    >>> make_config("quick", budget="cpu").global_batch     # 8 x 1 x 1
+    8
     """
     if strategy not in PRESETS:
         raise ConfigError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -247,7 +351,14 @@ def make_config(strategy: str = "conversational", **overrides: Any) -> Config:
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(fields))})")
-    values: dict[str, Any] = {"strategy": strategy, **PRESETS[strategy], **overrides}
+    layer = {k: v for k, (v, _) in budget_layer(strategy, budget, overrides.get("base")).items()}
+    values: dict[str, Any] = {"strategy": strategy, **PRESETS[strategy], **layer, **overrides}
+    if budget == "cpu":
+        # CPU_CHECKPOINTS evaluated checkpoints, all kept: the checkpoint choice (mambaft.train.choice)
+        # picks among them.
+        for k in ("save_every", "eval_every"):
+            if k not in overrides:
+                values[k] = max(1, values["max_steps"] // CPU_CHECKPOINTS)
     if "strategy" in overrides and overrides["strategy"] != strategy:
         raise ConfigError(f"strategy={overrides['strategy']!r} conflicts with make_config({strategy!r})")
     checked = {k: _check_type(k, v, hints[k]) for k, v in values.items()}
@@ -280,11 +391,3 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = raw
     return out
-
-
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    c = make_config(args[0] if args else "conversational", **parse_overrides(args[1:]))
-    print(c.to_json())
-    print(f"global batch {c.global_batch} rows, <= {c.tokens_per_step:,} tokens/step, "
-          f"{c.rows_seen:,} rows over {c.max_steps:,} steps")

@@ -1,11 +1,8 @@
-"""`accelerate launch -m mambaft.finetune ...`: the plan's spelling of the fine-tuning entry point.
-
-Same as `mambaft finetune` and `accelerate launch -m mambaft.train.finetune` (see that module).
-"""
+"""`accelerate launch -m mambaft.finetune ...`: the plan's spelling of `mambaft finetune` (mambaft.cli.finetune)."""
 import sys
 
-from mambaft.train.finetune import main
+from mambaft.cli import run_command
+from mambaft.cli.finetune import main
 
 if __name__ == "__main__":
-    from mambaft.cli import run_command
     sys.exit(run_command("finetune", main, sys.argv[1:]))

@@ -4,11 +4,10 @@ Greedy decoding equals the original `generate(do_sample=False)` token for token,
 max_seq_len: the original crops its input to the last max_seq_len tokens (positions restart at 0
 inside the window), and `step` reproduces that by default.
 
-    python -m mambaft.generate --model PATH --prompt "The capital of France is" --new 20
+    mambaft generate --model PATH --prompt "The capital of France is" --new 20
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Callable, Optional, Sequence, Union
 
@@ -156,23 +155,3 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
     for b, (r, n) in enumerate(zip(rows, new)):
         out[b, :len(r) + len(n)] = torch.tensor(r + n)
     return out.to(input_ids.device)
-
-
-def main(argv=None) -> None:
-    from mambaft.checkpoint import load_checkpoint
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", default="The capital of France is")
-    p.add_argument("--new", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0)
-    a = p.parse_args(argv)
-    check_temperature(a.temperature)
-    model, meta = load_checkpoint(a.model)
-    tok = meta.tokenizer
-    ids = generate(model, [tok.encode(a.prompt)], a.new, temperature=a.temperature, seed=0)[0]
-    print(tok.decode(ids))
-
-
-if __name__ == "__main__":
-    main()

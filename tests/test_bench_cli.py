@@ -35,6 +35,7 @@ def _objects(capsys) -> list:
     return objs
 
 
+@pytest.mark.slow   # bench worker processes
 def test_train_bench_runs_both_sides_in_their_own_processes(capsys, tmp_path):
     out_file = tmp_path / "train.jsonl"
     assert main(["train", *TINY, "--batch", "2", "--seq", "16", "--steps", "2", "--warmup", "1",
@@ -64,6 +65,7 @@ def test_train_bench_runs_both_sides_in_their_own_processes(capsys, tmp_path):
     assert mf["trainable_params"] < orig["trainable_params"]  # the dead projections are frozen
 
 
+@pytest.mark.slow   # generates many tokens
 def test_generate_bench_in_process_reports_both_phases(capsys):
     assert main(["generate", *TINY, "--max-seq-len", "48", "--prompt", "20", "--new", "6",
                  "--original-new", "3", "--batches", "1,2", "--contexts", "5,60", "--probe", "3",
@@ -85,6 +87,7 @@ def test_generate_bench_in_process_reports_both_phases(capsys):
     assert all("speedup_vs_original" in o for o in objs if o["impl"] == "mambaft")
 
 
+@pytest.mark.slow   # a bench worker process
 def test_prepare_bench_one_side_alone_in_its_process(capsys, monkeypatch):
     # the worker inherits the parent's ISA caps, so `ATEN_CPU_CAPABILITY=avx2 python -m mambaft.bench`
     # measures what an AVX2-only CPU runs (benchmarks/README.md's emulated rows)
@@ -158,6 +161,7 @@ def test_flop_count_matches_torch_flop_counter():
     assert train_flops(1, 1025, 1024, 6, 50257, 2048) / 1024 == pytest.approx(586e6, rel=0.01)   # 586e6: the README's rounded figure
 
 
+@pytest.mark.slow   # training steps on every side
 def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
     """`epoch` on a prepared folder: four sides, the same trained tokens, padding and trained fractions
     that follow from the token counts, ratios from the recorded rates; clear errors for bad --data."""

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from mambaft.chat import ChatSession, ChatSettings
-from mambaft.chat.terminal import main as terminal_main, run_chat
+from mambaft.chat.terminal import run_chat
 from mambaft.chat.widgets import NO_KERNEL_LINE, chat_widget, render_transcript
+from mambaft.cli.chat import main as terminal_main
 from mambaft.template import DEFAULT_TEMPLATE
 from test_chat import EOS, GREEDY, TOK, ScriptedModel
 
@@ -246,6 +247,7 @@ def test_terminal_ends_at_end_of_input_and_keeps_multi_turn_history():
     assert "tokens in" not in out.getvalue() and out.getvalue().endswith("You: \n")
 
 
+@pytest.mark.slow   # a fresh interpreter
 def test_mambaft_chat_command_reads_stdin(small_gpt2_folder):
     settings = ChatSettings(temperature=0.0, max_new_tokens=8)
     expected = ChatSession.load(small_gpt2_folder, settings)
@@ -269,6 +271,7 @@ def test_terminal_refuses_bad_flags_by_name(small_gpt2_folder, capsys):
 
 
 # --- headless notebook (papermill: widget state is not saved, text and PNG outputs are) ----------
+@pytest.mark.slow   # runs a notebook
 @pytest.mark.notebooks
 def test_papermill_notebook_keeps_text_answers_and_the_final_plot(small_gpt2_folder, tmp_path):
     nbformat = pytest.importorskip("nbformat")

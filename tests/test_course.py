@@ -8,7 +8,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mambaft import course, course_runner
+from mambaft import course
+from mambaft.cli import course as course_cli
+from mambaft.course import runner as course_runner
 from mambaft.config import Config, make_config, parse_overrides
 
 
@@ -33,7 +35,7 @@ def test_cpu_budget_replaces_gpu_numbers_and_names_origins(cpu, small_gpt2_folde
 
 
 def test_demo_base_gets_demo_lr_and_max_steps_parameter_wins(cpu, monkeypatch, small_gpt2_folder):
-    monkeypatch.setattr(course, "DEMO_BASE", Path(small_gpt2_folder))
+    monkeypatch.setattr("mambaft.config.DEMO_BASE", Path(small_gpt2_folder))   # the one demo-base path
     values = course.course_overrides("conversational", "", max_steps=30)
     cfg = make_config("conversational", **values.overrides)
     assert cfg.lr == course.DEMO_LR["conversational"] == 1e-3 and "demo base" in values.origins["lr"]
@@ -102,7 +104,7 @@ def test_finetune_command_round_trips_the_config(cpu, small_gpt2_folder):
     cmd = course.finetune_command(cfg, cfg.base, "D", "O", num_processes=1)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "1" and "--cpu" in cmd
-    i = cmd.index("mambaft.train.finetune")
+    i = cmd.index("mambaft.finetune")
     assert cmd[i + 1:i + 9] == ["--strategy", "specialized", "--base", str(small_gpt2_folder),
                                 "--data", "D", "--out", "O"]
     sets = [cmd[j + 1] for j, a in enumerate(cmd) if a == "--set"]
@@ -197,6 +199,7 @@ def _failing_notebook(folder: Path) -> None:
     nbformat.write(nb, str(folder / "00_diagnosis.ipynb"))
 
 
+@pytest.mark.slow   # a notebook kernel
 def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
     src = tmp_path / "src"
     _failing_notebook(src)
@@ -210,7 +213,7 @@ def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
     assert "raise ValueError" in msg and str(tmp_path / "out" / "smoke" / "00_diagnosis.ipynb") in msg
     # the CLI prints the same message and exits 1
     monkeypatch.setattr(course_runner, "NOTEBOOK_DIR", src)
-    rc = course_runner.main(["--strategy", "smoke", "--out", str(tmp_path / "cli"), "--only", "00_diagnosis",
+    rc = course_cli.main(["--strategy", "smoke", "--out", str(tmp_path / "cli"), "--only", "00_diagnosis",
                              "--no-progress"])
     assert rc == 1
     assert "notebook 00_diagnosis failed in cell 4: ValueError" in capsys.readouterr().err

@@ -1,11 +1,12 @@
-"""mambaft.course_ranges on small synthetic run folders (the files `mambaft course` writes)."""
+"""mambaft.course.ranges (`mambaft ranges`) on small synthetic run folders (the files `mambaft course` writes)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from mambaft import course_ranges
+from mambaft.cli import ranges as ranges_cli
+from mambaft.course import ranges as course_ranges
 
 AVX512 = "AVX512 + bf16 (AMX/AVX512-BF16), auto precision bf16"
 AVX2 = "AVX2, auto precision fp32 (emulated: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)"
@@ -48,7 +49,7 @@ def test_ranges_are_min_max_per_strategy_and_cpu_class(tmp_path, capsys):
     assert not groups[("specialized", AVX512)]["all_meet_bounds"]
 
     out = tmp_path / "ranges.md"
-    assert course_ranges.main([str(r) for r in runs] + ["--markdown", str(out)]) == 0
+    assert ranges_cli.main([str(r) for r in runs] + ["--markdown", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"| quick | {AVX512} | 2 | 0.90-0.95 | 0.10-0.20 | 12.0-18.5 |" in text
     assert f"mambaft course --out {tmp_path} --run-name a0 --set SEED=0" in text
@@ -74,7 +75,7 @@ def test_bounds_are_inclusive_and_name_the_probes_per_strategy():
 
 
 def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
-    assert course_ranges.main([str(tmp_path)]) == 2
+    assert ranges_cli.main([str(tmp_path)]) == 2
     assert f"{tmp_path / 'course.json'}: missing" in capsys.readouterr().err
     d = _run(tmp_path, "x")
     s = json.loads((d / "04_evaluation" / "summary.json").read_text())

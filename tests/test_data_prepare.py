@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mambaft.cli.prepare import main
 from mambaft.config import make_config
 from mambaft.data import mix
 from mambaft.data.planner import plan_budget
-from mambaft.data.prepare import load_prepared, main, prepare, resolve_sources
+from mambaft.data.prepare import load_prepared, prepare, resolve_sources
 from mambaft.template import DEFAULT_TEMPLATE, IGNORE_INDEX, ChatTemplate
 from mambaft.tokenizer import load_tokenizer
 
@@ -156,6 +157,7 @@ def test_max_reply_tokens_drops_conversations_with_a_longer_trained_reply(tmp_pa
     assert stats["sources"]["messages"]["long_reply"] == 2
 
 
+@pytest.mark.slow   # prepares twice
 def test_deterministic(tmp_path):
     a = prepare(_cfg(), tmp_path / "a", sources=FIXTURE_SOURCES, progress=False)
     b = prepare(_cfg(), tmp_path / "b", sources=FIXTURE_SOURCES, progress=False)
@@ -163,6 +165,7 @@ def test_deterministic(tmp_path):
     assert a["totals"] == b["totals"]
 
 
+@pytest.mark.slow   # prepares several datasets
 def test_max_examples_per_source_and_last_assistant(tmp_path):
     stats = prepare(_cfg(max_examples_per_source=2, train_on="last_assistant", val_fraction=0.0),
                     tmp_path / "o", sources=FIXTURE_SOURCES, progress=False)
@@ -188,6 +191,7 @@ def _french_files(tmp_path):
     return fr, text
 
 
+@pytest.mark.slow   # prepares two phases
 def test_specialized_writes_two_phases_with_the_text_share(tmp_path):
     fr, text = _french_files(tmp_path)
     cfg = make_config("specialized", data_mode="offline", offline_sources={"alpaca": 1.0},
@@ -232,6 +236,7 @@ def _varied_french_docs(folder):
     return folder
 
 
+@pytest.mark.slow   # prepares two phases
 def test_specialized_phase2_replays_phase1_and_turns_text_into_conversations(tmp_path):
     fr, _ = _french_files(tmp_path)
     text = _varied_french_docs(tmp_path / "varied")
@@ -298,6 +303,7 @@ def test_resolve_sources_modes(capsys):
         resolve_sources(hub, off, {"nope": "x"}, "auto", check_hub=no_call)
 
 
+@pytest.mark.slow   # prepares through the CLI
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["--strategy", "quick", "--source", f"alpaca={HUB / 'alpaca_data.json'}",
@@ -335,11 +341,12 @@ def test_planner_on_prepared_stats(prepared):
 
 
 # --- optional: the real registry cache, if this machine has it ------------------------------------------
+@pytest.mark.slow   # the real registry data
 def test_smoke_preset_from_the_real_registry_cache(tmp_path):
     from mambaft.data.registry import cached_path
 
     if not (cached_path("wiki") and cached_path("chatterbot")):
-        pytest.skip("registry cache not warm (python -m mambaft.data.registry wiki chatterbot)")
+        pytest.skip("registry cache not warm (mambaft registry wiki chatterbot)")
     t0 = time.perf_counter()
     stats = prepare(make_config("smoke"), tmp_path / "smoke", progress=False)
     assert time.perf_counter() - t0 < 60

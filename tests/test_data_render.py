@@ -170,6 +170,7 @@ def _brute_force(conv, tok, max_len):
 
 @pytest.mark.parametrize("content", ["a sentence of ordinary English words, repeated for length. " * 4,
                                      "=" * 2000])   # ~32 characters per token: forces the second pass
+@pytest.mark.slow   # brute force over every cut
 def test_long_conversations_match_brute_force(tok, content):
     conv = [{"role": "system", "content": "Be helpful."}]
     for i in range(16):

@@ -12,6 +12,7 @@ from mambaft.model.decode_weights import (decode_autocast, decode_weight_bytes, 
 from tests.conftest import make_small_gpt2_model
 
 
+@pytest.mark.slow   # generates many tokens
 def test_bf16_copy_halves_the_bytes_a_step_reads_and_still_generates():
     model = make_small_gpt2_model().eval()
     fast = with_bf16_weights(model)
@@ -33,6 +34,7 @@ def test_bf16_copy_halves_the_bytes_a_step_reads_and_still_generates():
         generate(fast, prompt, max_new_tokens=2, temperature=0.0)
 
 
+@pytest.mark.slow   # generates many tokens
 def test_greedy_difference_counts_identical_and_diverging_continuations():
     model = make_small_gpt2_model().eval()
     same = greedy_difference(model, model, [[1, 2, 3], [4, 5]], new_tokens=5)
@@ -43,6 +45,7 @@ def test_greedy_difference_counts_identical_and_diverging_continuations():
     assert diff["identical_fraction"] < 1.0 and diff["mean_first_difference"] < 5.0
 
 
+@pytest.mark.slow   # bench worker processes
 def test_generate_bench_reports_the_bandwidth_fraction_and_the_bf16_difference(capsys):
     from mambaft.bench.__main__ import main
     assert main(["generate", "--impl", "mambaft", "--weights", "fp32,bf16", "--d-model", "32",

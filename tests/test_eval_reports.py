@@ -116,7 +116,7 @@ def heldout_text(tmp_path_factory):
 
 
 def _quick(folder, prepared_data, heldout_text, out, name=None, **kw):
-    from mambaft.evaluate.cli import evaluate_model
+    from mambaft.evaluate.suite import evaluate_model
     args = dict(data=prepared_data[0], out=out, name=name, max_new_tokens=6, bench_source=BENCH,
                 text_sets=[str(heldout_text)], text_tokens=200, progress=False, strict=True)
     return evaluate_model(folder, **{**args, **kw})
@@ -151,7 +151,7 @@ def test_evaluate_model_end_to_end(small_gpt2_folder, prepared_data, heldout_tex
 
 def test_missing_or_mismatched_model_files_are_clear_errors(tmp_path):
     from mambaft.checkpoint import CheckpointError
-    from mambaft.evaluate.cli import evaluate_model
+    from mambaft.evaluate.suite import evaluate_model
     with pytest.raises(FileNotFoundError, match="nope"):
         evaluate_model(tmp_path / "nope", progress=False)
     bad = tmp_path / "bad"
@@ -161,11 +161,12 @@ def test_missing_or_mismatched_model_files_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors"):
         evaluate_model(bad, progress=False)
     with pytest.raises(FileNotFoundError, match="prepared dataset"):
-        from mambaft.evaluate.cli import load_val_split
+        from mambaft.evaluate.suite import load_val_split
         load_val_split(tmp_path / "no-data")
 
 
 # --- comparison ------------------------------------------------------------------------------------
+@pytest.mark.slow   # evaluates several models
 def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result, tmp_path):
     from mambaft.evaluate.compare import compare_models
     a = json.loads(json.dumps(quick_result[0]))
@@ -191,6 +192,7 @@ def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result,
     assert row["ppl_instr"] == pytest.approx(a["perplexity"]["instruction"]["all"]["ppl"])   # copied, not recomputed
 
 
+@pytest.mark.slow   # evaluates through the CLI
 def test_cli_commands(small_gpt2_folder, prepared_data, tmp_path, capsys):
     from mambaft.cli import main
     rc = main(["evaluate", "--model", str(small_gpt2_folder), "--data", str(prepared_data[0]), "--out",

@@ -29,6 +29,7 @@ def test_batch_of_prompts_of_different_lengths(tiny_model, tiny_reference):
     assert out[1][:136] == tiny_reference["long_greedy_output"][0].tolist()
 
 
+@pytest.mark.slow   # a forward per position
 def test_step_logits_equal_full_forward_at_every_position(tiny_model, tiny_reference):
     ids = tiny_reference["input_ids"]                      # [2, 40]
     with torch.no_grad():

@@ -208,6 +208,7 @@ def test_generation_config_sampling_defaults_match_mambaft_greedy_with_penalty(d
     assert hf.generate(prompt, do_sample=False, max_new_tokens=30).tolist() == ours.tolist()
 
 
+@pytest.mark.slow   # generates past 1024 tokens
 @pytest.mark.numerics
 def test_demo_greedy_past_max_seq_len(demo):
     model, info, path = demo
@@ -261,6 +262,7 @@ def test_chat_template_ids_and_masks_equal_mambaft(demo, demo_tokenizer, name):
         assert tok.decode(tok("a<|endoftext|>b", add_special_tokens=False)["input_ids"]) == "a<|endoftext|>b"
 
 
+@pytest.mark.slow   # a transformers pipeline generates
 @pytest.mark.numerics
 def test_pipeline_answers_like_mambaft(demo):
     model, info, path = demo
@@ -292,6 +294,7 @@ def test_load_checkpoint_round_trips_bit_for_bit(which, request):
         assert info.tokenizer.tok.to_str() == got[1].tokenizer.tok.to_str()
 
 
+@pytest.mark.slow   # a transformers save and load
 def test_folder_resaved_by_transformers_comes_back(demo, demo_tokenizer, tmp_path):
     """What a Hub upload or a TRL run writes (save_pretrained) still loads into mambaft, bit for bit."""
     model, info, path = demo

@@ -66,6 +66,7 @@ def test_sum_reduction_counts_trained_tokens(tiny_model, tiny_reference):
     assert abs(summed["loss"].item() / 78 - mean.item()) < TINY_LOSS_PATHS_TOL
 
 
+@pytest.mark.slow   # builds the 124M model
 def test_real_config_has_the_124m_keys_and_parameter_count():
     keys = json.loads(fixture_path("mambaswelu_124m_keys.json").read_text())
     model = MambaSWELU(MambaSWELUConfig(**keys["constructor_kwargs"]))

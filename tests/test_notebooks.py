@@ -9,7 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mambaft import course, course_runner
+from mambaft import course
+from mambaft.course import runner as course_runner
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 

@@ -110,6 +110,7 @@ def test_packed_gradients_equal_the_sum_of_unpacked_ones(arch):
         torch.testing.assert_close(g, dict(model.named_parameters())[n].grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow   # fp64 gradients
 @pytest.mark.numerics
 def test_conv_and_scan_reset_at_boundaries_values_and_gradients_fp64():
     torch.manual_seed(0)
@@ -175,12 +176,13 @@ def test_row_stream_packs_the_same_rows_as_it_sorts():
             sum(count_trained_tokens(m["labels"]) for m in b.micro_batches)
 
 
+@pytest.mark.slow   # training runs
 def test_packed_finetune_trains_like_unpacked_and_resumes_exactly(tmp_path):
     """The loop with packing=True: the same losses as sorted batches (same trained tokens, same
     token-weighted gradient, fewer micro-batches), and a run stopped at step 3 then resumed equals an
     uninterrupted one with dropout 0.1 on (RNG and data position restored)."""
     from mambaft.checkpoint import save_checkpoint
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     from mambaft.train.metrics import read_metrics
     from tests.test_train_loop import QUIET, learnable_model, write_prepared
 

@@ -93,6 +93,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # a writer subprocess
 def test_follow_a_file_written_by_another_process(tmp_path):
     path, png = tmp_path / "metrics.jsonl", tmp_path / "loss.png"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "40"])
@@ -109,6 +110,7 @@ def test_follow_a_file_written_by_another_process(tmp_path):
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow   # a notebook kernel
 def test_notebook_display_updates_in_place_and_ends_with_the_final_figure(tmp_path):
     class Handle:
         def __init__(self, obj):

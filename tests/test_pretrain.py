@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mambaft import pretrain as pt
-from mambaft.pretrain_report import repeated_fraction
+from mambaft.cli import pretrain as pretrain_cli
+from mambaft.recipes import pretrain as pt
+from mambaft.recipes.pretrain_report import repeated_fraction
 from mambaft.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +69,10 @@ def test_bad_settings_are_named():
         pt.PretrainConfig(seq_len=2048).validate()
     with pytest.raises(ValueError, match="needs --init-from"):
         pt.PretrainConfig(architecture="selective").validate()
-    assert pt.main(["--seq-len", "0"]) == 2
+    assert pretrain_cli.main(["--seq-len", "0"]) == 2
 
 
+@pytest.mark.slow   # pretraining runs
 def test_tiny_run_end_to_end(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT * 60)
@@ -78,7 +80,7 @@ def test_tiny_run_end_to_end(tmp_path):
     argv = ["--text-file", str(text), "--out", str(out), "--d-model", "16", "--dense-hidden-dim", "32",
             "--n-layers", "2", "--max-seq-len", "64", "--seq-len", "64", "--batch-size", "2", "--steps", "12",
             "--warmup-steps", "2", "--lr", "1e-2", "--val-fraction", "0", "--log-every", "1", "--threads", "1"]
-    assert pt.main(argv) == 0
+    assert pretrain_cli.main(argv) == 0
     s = json.loads((out / "pretrain_summary.json").read_text())
     losses = [json.loads(line)["loss"] for line in (out / "pretrain_log.jsonl").read_text().splitlines()
               if "loss" in line]
@@ -98,7 +100,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert s["command"] in card and "as given by the user" in card
     # continued pretraining of the selective upgrade (the context repair) starts where the base was
     sel = tmp_path / "sel"
-    assert pt.main(["--text-file", str(text), "--out", str(sel), "--init-from", str(out), "--architecture",
+    assert pretrain_cli.main(["--text-file", str(text), "--out", str(sel), "--init-from", str(out), "--architecture",
                     "selective", "--d-state", "4", "--seq-len", "64", "--batch-size", "2", "--steps", "3",
                     "--warmup-steps", "1", "--val-fraction", "0", "--log-every", "1", "--threads", "1",
                     "--no-card"]) == 0

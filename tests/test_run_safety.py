@@ -20,7 +20,7 @@ from mambaft.config import ConfigError, make_config
 from mambaft.data.schema import BadRows, FormatError
 from mambaft.errors import DataError, RunLockError
 from mambaft.train import checkpoints as ck
-from mambaft.train.finetune import finetune
+from mambaft.train import finetune
 from mambaft.train.metrics import TrainingDiverged
 from tests.test_train_loop import QUIET, learnable_model, run_env, train_losses, write_prepared
 
@@ -85,6 +85,7 @@ def _ids(path: Path) -> list:
     return sorted(list(dd["train"]["id"]) + list(dd["val"]["id"]))
 
 
+@pytest.mark.slow   # a killed subprocess
 def test_prepare_killed_while_overwriting_leaves_the_previous_output(tmp_path):
     out = tmp_path / "data"
     p = _prepare_cli(out, 2)
@@ -125,6 +126,7 @@ def test_every_checkpoint_file_and_folder_is_fsynced_before_the_rename(tmp_path,
     assert ck.verify(step) == []
 
 
+@pytest.mark.slow   # training runs
 def test_damaged_newest_checkpoints_fall_back_to_the_newest_intact_one_and_are_kept(tmp_path, data, base, capsys):
     out = tmp_path / "run"
     ref = finetune(tiny(6), base, data, out, **QUIET)["losses"]     # checkpoints 2, 4, 6
@@ -233,6 +235,7 @@ def test_result_json_is_strict_json_and_a_nan_val_loss_is_never_best(tmp_path, d
     assert res["best_val_loss"] is None and res["best_checkpoint"] is None
 
 
+@pytest.mark.slow   # a fresh interpreter
 def test_generate_refuses_a_nonsensical_temperature(small_gpt2_folder):
     from mambaft.generate import check_temperature, generate
     model, _ = load_checkpoint(small_gpt2_folder)
@@ -395,6 +398,7 @@ def test_a_missing_local_path_is_an_error_never_a_hub_lookup(tmp_path, monkeypat
 
 
 # --- 8. one-line CLI errors; bad model config values -------------------------------------------------------
+@pytest.mark.slow   # fresh interpreters
 def test_known_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path, data):
     p = mambaft_cli("info", str(tmp_path / "nope"))
     assert p.returncode == 2 and p.stderr == f"mambaft info: error: {tmp_path / 'nope'}: no such checkpoint file or model folder\n"
@@ -409,8 +413,8 @@ def test_known_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp
     bad.write_bytes(b"not a checkpoint")
     p = mambaft_cli("generate", "--model", str(bad))
     assert p.returncode == 2 and p.stderr.startswith("mambaft generate: error: ") and len(p.stderr.splitlines()) == 1
-    # python -m mambaft.train.finetune (what accelerate launch runs) prints the same one line
-    p = subprocess.run([sys.executable, "-m", "mambaft.train.finetune", "--strategy", "smoke", "--data", str(data),
+    # python -m mambaft.finetune (what accelerate launch runs) prints the same one line
+    p = subprocess.run([sys.executable, "-m", "mambaft.finetune", "--strategy", "smoke", "--data", str(data),
                         "--out", str(tmp_path / "r"), "--set", "lr=-1"], env=run_env(), capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.splitlines() == ["mambaft finetune: error: lr=-1.0: must be > 0"]
 

@@ -25,6 +25,7 @@ def test_auto_is_fp32_when_aten_reports_a_cpu_below_avx512(monkeypatch, capabili
 
 @pytest.mark.parametrize("env", [{"ATEN_CPU_CAPABILITY": "default"}, {"ATEN_CPU_CAPABILITY": "avx2"},
                                  {"ONEDNN_MAX_CPU_ISA": "AVX2"}])
+@pytest.mark.slow   # a fresh interpreter per case
 def test_each_avx2_emulation_resolves_auto_to_fp32(env):
     """Each variable alone (they are read once, at process start: hence a child process)."""
     code = ("import torch; from mambaft.runtime import resolve_precision; "

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mambaft.cli.context import main
 from mambaft.evaluate.context import (PROBE_NAMES, TRAIN_NAMES, ContextReport, log_bins,
-                                      loss_by_position, main, make_recall_items, measure_context,
+                                      loss_by_position, make_recall_items, measure_context,
                                       paired_advantage, recall_probe, summarize_curve, text_windows,
                                       token_stream)
-from mambaft.evaluate.context_demo import recall_batch, repeat_batch
 from mambaft.model import upgrade_to_selective
+from mambaft.recipes.context_repair import recall_batch, repeat_batch
 from mambaft.tokenizer import load_tokenizer
 from tests.conftest import make_small_gpt2_model
 
@@ -198,9 +199,10 @@ def test_reach_is_the_conv_reach_for_the_original_and_opens_with_the_gates():
         assert (ab[0] != 0.0) == moved, ab
 
 
+@pytest.mark.slow   # a training run
 def test_demo_with_frozen_original_trains_only_the_new_path(tmp_path):
     from mambaft.checkpoint import load_checkpoint
-    from mambaft.evaluate.context_demo import run_demo
+    from mambaft.recipes.context_repair import run_demo
     text = tmp_path / "texts"                    # a folder of documents: ~5 % of them are held out
     text.mkdir()
     for i in range(100):

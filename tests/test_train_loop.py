@@ -21,7 +21,7 @@ from mambaft.generate import generate
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
 from mambaft.train import checkpoints as ck
-from mambaft.train.finetune import finetune
+from mambaft.train import finetune
 from mambaft.train.metrics import read_metrics
 from tests.conftest import ROOT, make_small_gpt2_model
 
@@ -75,7 +75,7 @@ def learnable_model(seed: int = 0, dropout: float = 0.0):
 
 
 def cli(*args: str) -> list:
-    return [sys.executable, "-m", "mambaft.train.finetune", *args, "--threads", "1", "--heldout", "none",
+    return [sys.executable, "-m", "mambaft.finetune", *args, "--threads", "1", "--heldout", "none",
             "--no-probes", "--no-progress", "--no-eval-at-start"]
 
 
@@ -97,6 +97,7 @@ EOS_ID = 50256
 QUIET = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
 
 
+@pytest.mark.slow   # trains until the model learns
 def test_tiny_model_learns_answers_and_the_end_token(tmp_path):
     data = write_prepared(tmp_path / "data")
     base = save_checkpoint(learnable_model(), tmp_path / "base")
@@ -125,6 +126,7 @@ def test_tiny_model_learns_answers_and_the_end_token(tmp_path):
     assert exact == len(QA), f"{exact}/{len(QA)} answers reproduced with the end token"
 
 
+@pytest.mark.slow   # training subprocesses
 def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     """Dropout 0.1 is on, so equal losses also prove every RNG and the data position were restored."""
     data = write_prepared(tmp_path / "data")
@@ -173,6 +175,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow   # two training processes
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = write_prepared(tmp_path / "data")
     base = save_checkpoint(learnable_model(seed=2), tmp_path / "base")
@@ -209,6 +212,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         torch.testing.assert_close(p2, p1, rtol=1e-4, atol=1e-6, msg=n)   # as the losses: 6 steps of lr 3e-3
 
 
+@pytest.mark.slow   # trains two phases, twice
 def test_specialized_runs_two_phases_and_a_rerun_resumes_instead_of_retraining(tmp_path):
     from mambaft.train import finetune as finetune_via_package     # the package spelling works too
     data = tmp_path / "data"

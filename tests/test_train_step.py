@@ -25,6 +25,7 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow   # many backward passes
 @pytest.mark.numerics
 def test_gradient_is_the_same_however_the_global_batch_is_split():
     ids, labels = _batch()

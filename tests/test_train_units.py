@@ -68,6 +68,7 @@ def _save(out, step, model, val_loss):
                      training_meta={"val_loss": val_loss}, export_original=False)
 
 
+@pytest.mark.slow   # a training run
 def test_rotation_keeps_exactly_the_newest_k_plus_the_best(tmp_path):
     model = make_small_gpt2_model(d_model=16, dense_hidden_dim=16)
     vals = {2: 3.0, 4: 1.5, 6: 2.0, 8: None, 10: 2.5, 12: 1.9}   # best: step 4
@@ -86,6 +87,7 @@ def test_rotation_keeps_exactly_the_newest_k_plus_the_best(tmp_path):
     assert ck.best_checkpoint(ck.list_checkpoints(tmp_path)).step == 14
 
 
+@pytest.mark.slow   # training runs
 def test_half_written_checkpoints_never_count_and_are_cleaned(tmp_path):
     model = make_small_gpt2_model(d_model=16, dense_hidden_dim=16)
     _save(tmp_path, 5, model, 2.0)
@@ -139,9 +141,10 @@ def test_metrics_truncate_after_resume_and_nonfinite_as_null(tmp_path):
     assert not (tmp_path / "other.jsonl").exists()
 
 
+@pytest.mark.slow   # training runs
 def test_nan_steps_are_skipped_logged_and_repeated_ones_stop_the_run(tmp_path, monkeypatch):
     from mambaft.train import loop
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     data = write_prepared(tmp_path / "data")
     from mambaft.checkpoint import save_checkpoint
     base = save_checkpoint(learnable_model(), tmp_path / "base")
@@ -251,7 +254,7 @@ def test_preflight_reports_what_it_finds():
 
 
 def test_cli_refuses_unknown_keys_and_missing_data(tmp_path):
-    from mambaft.train.finetune import main
+    from mambaft.cli.finetune import main
     with pytest.raises(ConfigError, match="unknown config key.*bogus"):
         main(["--strategy", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "bogus=1"])
     with pytest.raises(FileNotFoundError, match="nowhere: no such data folder"):
@@ -259,6 +262,7 @@ def test_cli_refuses_unknown_keys_and_missing_data(tmp_path):
               "--out", str(tmp_path / "o"), "--no-progress"])
 
 
+@pytest.mark.slow   # six short training runs
 def test_lr_sweep_writes_curves_and_a_plot(tmp_path):
     from mambaft.checkpoint import save_checkpoint
     from mambaft.train.sweep import lr_sweep
@@ -273,11 +277,12 @@ def test_lr_sweep_writes_curves_and_a_plot(tmp_path):
     assert json.loads((tmp_path / "sweep" / "lr_sweep.json").read_text())["best_lr"] == 3e-3
 
 
+@pytest.mark.slow   # two training runs
 def test_bf16_autocast_run_tracks_the_fp32_run(tmp_path):
     """precision=bf16 goes through mambaft.runtime.autocast (matmuls in bf16, SWELU and the loss's
     softmax in fp32): the first losses agree with fp32 to bf16 accuracy."""
     from mambaft.checkpoint import save_checkpoint
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     data = write_prepared(tmp_path / "data")
     base = save_checkpoint(learnable_model(seed=6), tmp_path / "base")
     quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
@@ -296,11 +301,12 @@ def test_bf16_autocast_run_tracks_the_fp32_run(tmp_path):
     assert start["event"] == "start" and start["precision"] == "bf16"
 
 
+@pytest.mark.slow   # a training run
 def test_selective_architecture_upgrades_the_base_first(tmp_path):
     """cfg.architecture="selective" on an original base: upgrade_to_selective, then train; the saved
     model is selective, and export_original is skipped (the original code cannot load it)."""
     from mambaft.checkpoint import load_checkpoint, save_checkpoint
-    from mambaft.train.finetune import finetune
+    from mambaft.train import finetune
     data = write_prepared(tmp_path / "data")
     base = save_checkpoint(learnable_model(seed=7), tmp_path / "base")
     quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)

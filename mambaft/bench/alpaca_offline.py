@@ -6,16 +6,11 @@ is a real human instruction and a real model answer, which is what an Alpaca rec
 left empty (as in 60% of Alpaca). The lengths differ from Alpaca's (ShareGPT answers are longer), so
 the bench reports the length distribution it measured on, never Alpaca's.
 
-    python -m mambaft.bench.alpaca_offline --rows 3000 --out outputs/alpaca_offline.json
+    mambaft alpaca-offline --rows 3000 --out outputs/alpaca_offline.json
     mambaft prepare --strategy quick --source alpaca=outputs/alpaca_offline.json \\
         --set data_mode=offline --set 'offline_sources={"alpaca": 1.0}' --out outputs/data_alpaca
 """
 from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
 
 
 def alpaca_records(rows: int) -> list[dict]:
@@ -34,19 +29,3 @@ def alpaca_records(rows: int) -> list[dict]:
         if len(out) >= rows:
             break
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mambaft.bench.alpaca_offline", description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=3000, help="records to write")
-    p.add_argument("--out", required=True, help="the .json file to write")
-    a = p.parse_args(argv)
-    recs = alpaca_records(a.rows)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(recs, ensure_ascii=False, indent=0), encoding="utf-8")
-    print(f"wrote {len(recs)} Alpaca-format records (ShareGPT V3 first exchanges) to {a.out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

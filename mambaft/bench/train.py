@@ -94,7 +94,7 @@ class TrainRunner:
             cfg = MambaSWELUConfig(vocab_size=d["vocab"], d_model=d["d_model"], n_layers=d["n_layers"],
                                    max_seq_len=max_len, dense_hidden_dim=d["dense"], dropout=a["dropout"])
             self.model = MambaSWELU(cfg).to(dev).train()
-            frozen = self.model.freeze_dead()                 # as mambaft.train.finetune does
+            frozen = self.model.freeze_dead()                 # as mambaft.train.run does
             self.opt = build_optimizer(self.model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
             self.precision = runtime.resolve_precision(opts.get("precision", "auto"), dev)
             self.fwd = torch.compile(self.model) if opts.get("compile") else self.model

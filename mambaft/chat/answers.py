@@ -7,11 +7,10 @@ A saved notebook opened without a kernel cannot run the chat widget; this table 
                          ["What is the capital of France?", "Write a haiku about rain."])
     table            # an HTML table in Jupyter; print(table) for text; table.records() for JSON
 
-    python -m mambaft.chat.answers --model base=PATH --model tuned=PATH "What is 2+2?"
+    mambaft answers --model base=PATH --model tuned=PATH "What is 2+2?"
 """
 from __future__ import annotations
 
-import argparse
 import html
 import textwrap
 from dataclasses import dataclass, field
@@ -117,23 +116,3 @@ def answer_table(models: Mapping[str, ModelSpec], prompts: Sequence[str],
         columns.append(replies)
     rows: list = [[columns[j][i] for j in range(len(names))] for i in range(len(prompts))]
     return AnswerTable(prompts, names, rows)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Several models answer fixed prompts (greedy).")
-    p.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
-    p.add_argument("prompts", nargs="+")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    a = p.parse_args(argv)
-    models = {}
-    for spec in a.model:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).name, spec
-        models[name] = path
-    print(answer_table(models, a.prompts, ChatSettings(temperature=0.0, max_new_tokens=a.max_new_tokens)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,11 +13,10 @@ first; the stop string is cut off. History keeps whole turns: when the next prom
 For the original architecture the report also says how many prompt tokens the model can actually
 use: its receptive field, 1 + 6 x 3 = 19 tokens (docs/mambaswelu.md).
 
-    python -m mambaft.chat.session --model PATH "What is the capital of France?"
+    mambaft ask --model PATH "What is the capital of France?"
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import queue
 import threading
@@ -328,22 +327,3 @@ class ChatSession:
         if rf is not None:
             s += f"; original architecture: each answer token depends on the last {rf} tokens only"
         return s
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Answer one message with a model's chat template.")
-    p.add_argument("--model", required=True, help="original .pt or mambaft model folder")
-    p.add_argument("message", nargs="+")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    a = p.parse_args(argv)
-    session = ChatSession.load(a.model, ChatSettings(temperature=a.temperature,
-                                                     max_new_tokens=a.max_new_tokens))
-    for delta in session.stream(" ".join(a.message)):
-        print(delta, end="", flush=True)
-    print(f"\n[{session.last.stats()}; {session.last.context.note()}]")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,7 +14,7 @@ characters such as "ç" (bytes C3 A7) across tokens (" \\xc3" + "\\xa7"), and on
 decode to text. Decoding 512 ids takes about 70 us here, against tens of ms per generated token for
 the 124M model, so the simple way costs under 1%.
 
-    python -m mambaft.chat.text      # show the deltas of a reply that splits "ça" across two tokens
+    mambaft stream      # show the deltas of a reply that splits "ça" across two tokens
 """
 from __future__ import annotations
 
@@ -119,19 +119,3 @@ class ReplyDecoder:
     def reply(self) -> str:
         """The final reply (after `close`), or what has been shown so far."""
         return self._final if self._final is not None else self.emitted
-
-
-if __name__ == "__main__":
-    from mambaft.template import DEFAULT_TEMPLATE
-    from mambaft.tokenizer import load_tokenizer
-
-    tok = load_tokenizer()
-    ids = tok.encode(" Oui, ça va.\nUser: et toi?")
-    dec = ReplyDecoder(tok, (*DEFAULT_TEMPLATE.stop_strings, DEFAULT_TEMPLATE.end_of_turn))
-    for i in ids:
-        delta = dec.push(i)
-        print(f"{i:>6} {tok.decode([i])!r:>12} -> delta {delta!r}" + ("   [stop]" if dec.done else ""))
-        if dec.done:
-            break
-    dec.close()
-    print("reply:", repr(dec.reply), "stopped by", repr(dec.stopped_by))

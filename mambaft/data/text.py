@@ -12,7 +12,7 @@ scores text the demo base trained on (split="train", the default). split="all" r
 Long texts are cut at paragraph boundaries into chunks of about 8,000 characters (~2,000 GPT-2
 tokens), so a play or a manual is many documents and the held-out slice samples all of them.
 
-    python -m mambaft.data.text wiki_fr 3 heldout        # print 3 held-out documents
+    mambaft text wiki_fr 3 heldout        # print 3 held-out documents
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
@@ -261,14 +260,3 @@ def load_text_documents(name: Union[str, Path], limit: Optional[int] = None, *, 
         if limit is not None and len(docs) >= limit:
             break
     return docs
-
-
-if __name__ == "__main__":
-    a = sys.argv[1:]
-    if not a:
-        for s in TEXT_SOURCES.values():
-            print(f"{s.name:<12} {s.lang}  {'offline' if s.offline else 'hub    '}  {s.license:<28} {s.what}")
-        sys.exit(0)
-    docs = load_text_documents(a[0], int(a[1]) if len(a) > 1 else 3, split=a[2] if len(a) > 2 else "train")
-    for d in docs:
-        print(f"--- {d['id']} [{d['lang']}, {d['license']}] {len(d['text'])} chars\n{d['text'][:400]}")

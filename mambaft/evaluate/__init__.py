@@ -6,7 +6,7 @@ Submodules load only when used (nothing heavy happens on import):
     mambaft.evaluate.metrics      perplexity, degeneration, BLEU/chrF
     mambaft.evaluate.benchmarks   HellaSwag / ARC-Easy / PIQA by log-likelihood
     mambaft.evaluate.diagnosis    receptive field, dead parameters, end token, symptoms
-    mambaft.evaluate.cli          evaluate_model, `mambaft evaluate`
+    mambaft.evaluate.suite        evaluate_model (`mambaft evaluate`)
     mambaft.evaluate.compare      compare_models, `mambaft compare`
     mambaft.evaluate.reference    SmolLM2-135M-Instruct reference row
 """

@@ -11,11 +11,10 @@ Data (validation splits; never trained on):
     hub      the same datasets from the hub when online (ids in BENCHMARKS)
     a path   any folder written by `save_to_disk` in the same format (the tests' fixtures)
 
-    python -m mambaft.evaluate.benchmarks --model PATH --limit 100 [--source offline|hub|auto]
+    mambaft benchmarks --model PATH --limit 100 [--source offline|hub|auto]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from dataclasses import dataclass, field
@@ -185,21 +184,3 @@ def run_benchmarks(lm, names: Sequence[str] = tuple(BENCHMARKS), limit: Optional
         res.pop("predictions")
         out[name] = res
     return out
-
-
-def main(argv: Optional[list] = None) -> None:
-    from .lm import load_lm
-
-    p = argparse.ArgumentParser(description="Multiple-choice benchmarks by log-likelihood.")
-    p.add_argument("--model", required=True, help="checkpoint path, or 'smollm2' for the reference")
-    p.add_argument("--bench", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
-    p.add_argument("--limit", type=int, default=200)
-    p.add_argument("--source", default="auto")
-    a = p.parse_args(argv)
-    lm = load_lm(a.model)
-    for name, r in run_benchmarks(lm, a.bench, a.limit, a.source, progress=True).items():
-        print(f"{name:<10} acc {r['acc']:.3f}  acc_norm {r['acc_norm']:.3f}  (n={r['n']}, chance {r['chance']:.3f})")
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .cli import RESULTS_FILE, build_parser, evaluate_model, kwargs_from_args
+from .suite import RESULTS_FILE, evaluate_model
 
 def _get(d: dict, *keys):
     """d[k1][k2]... or None when any level is missing."""
@@ -325,25 +325,3 @@ def compare_models(models: Sequence[Union[str, Path, dict]], out_dir: Union[str,
     files["html"].write_text(html_report(results, rows, plots), encoding="utf-8")
     return {"results": results, "rows": rows, "files": {**{k: str(v) for k, v in files.items()},
                                                         "plots": [str(p) for p in plots]}}
-
-
-def main(argv: Optional[list] = None) -> int:
-    p = build_parser("mambaft compare", one_model=False)
-    p.description = "Compare several models side by side (table, plots, markdown + HTML report)."
-    p.add_argument("models", nargs="+", help="checkpoints, model folders or results.json files")
-    p.add_argument("--names", nargs="*", help="one label per model")
-    a = p.parse_args(argv)
-    if not a.out:
-        p.error("--out DIR is required")
-    from ..runtime import seed_everything, set_threads
-    set_threads(a.threads)
-    seed_everything(a.seed)
-    res = compare_models(a.models, a.out, names=a.names, reference=a.reference, **kwargs_from_args(a))
-    print(markdown_table(res["rows"]))
-    for k, v in res["files"].items():
-        print(f"{k}: {v}")
-    return 1 if any(r.get("errors") for r in res["results"]) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

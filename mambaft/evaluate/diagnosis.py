@@ -11,15 +11,13 @@ Measured, not read from the config:
     symptoms          fixed prompts (EN + FR): loops, off-topic answers, invented names
 
     mambaft diagnose --model PATH [--out DIR]
-    python -m mambaft.evaluate.diagnosis --model PATH --out runs/diagnosis
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -225,27 +223,3 @@ def write_report(d: dict, out: Path) -> list:
     (out / "diagnosis.json").write_text(json.dumps(d, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "diagnosis.md").write_text(to_markdown(d), encoding="utf-8")
     return [out / "diagnosis.json", out / "diagnosis.md"]
-
-
-def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="mambaft diagnose", description="Diagnose a base model.")
-    p.add_argument("--model", required=True, help="original .pt checkpoint or mambaft model folder")
-    p.add_argument("--out", help="folder for diagnosis.json and diagnosis.md")
-    p.add_argument("--max-new", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trials", type=int, default=3, help="random sequences for the receptive field")
-    p.add_argument("--threads", type=int)
-    a = p.parse_args(argv)
-    from ..runtime import seed_everything, set_threads
-    set_threads(a.threads)
-    seed_everything(a.seed)
-    d = diagnose(a.model, max_new_tokens=a.max_new, seed=a.seed, trials=a.trials)
-    print(d["verdict"])
-    if a.out:
-        for f in write_report(d, Path(a.out)):
-            print(f"wrote {f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,11 +12,10 @@ An evaluation LM provides:
     token_logprobs(rows)          -> per row a float tensor [len-1]: log p(row[i+1] | row[:i+1])
     replies(histories, ...)       -> list[Reply] (see mambaft.evaluate.replies)
 
-    python -m mambaft.evaluate.lm --model PATH "The capital of France is"   # print per-token log-probs
+    mambaft logprobs --model PATH "The capital of France is"   # print per-token log-probs
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -161,18 +160,3 @@ def load_lm(path_or_model, name: Optional[str] = None, device: Union[str, torch.
     label = name or (path.name if path.suffix != ".pt" else f"{path.parent.name}/{path.stem}")
     return MambaLM(model, info.tokenizer, info.template, name=label, precision=precision, info=info,
                    **kwargs)
-
-
-def main(argv: Optional[list] = None) -> None:
-    p = argparse.ArgumentParser(description="Per-token log-probabilities of a text under a model.")
-    p.add_argument("--model", required=True)
-    p.add_argument("text")
-    a = p.parse_args(argv)
-    lm = load_lm(a.model)
-    ids = lm.encode(a.text)
-    for t, lp in zip(ids[1:], lm.token_logprobs([ids])[0].tolist()):
-        print(f"{lm.decode([t])!r:>20}  {lp:8.3f}")
-
-
-if __name__ == "__main__":
-    main()

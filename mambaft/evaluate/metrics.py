@@ -6,13 +6,12 @@ and the SmolLM2 reference. Perplexities also come as bits per byte (`bpb` = tota
 bytes of the scored text): token perplexities of models with different tokenizers are not
 comparable, bits per byte are.
 
-    python -m mambaft.evaluate.metrics "the cat sat on the mat the cat sat on the mat"   # rep/distinct
+    mambaft repetition "the cat sat on the mat the cat sat on the mat"   # rep/distinct
 """
 from __future__ import annotations
 
 import math
 import statistics
-import sys
 from collections import Counter, defaultdict
 from typing import Iterable, Optional, Sequence
 
@@ -249,9 +248,3 @@ def answer_scores(lm, pairs: Sequence[tuple], max_new_tokens: int = 64, seed: in
     replies = lm.replies([h for h, _ in pairs], max_new_tokens=max_new_tokens, seed=seed, progress=progress)
     scores = reference_scores([r.answer for r in replies], [ref for _, ref in pairs])
     return scores, replies
-
-
-if __name__ == "__main__":
-    text = " ".join(sys.argv[1:]) or "the cat sat on the mat the cat sat on the mat"
-    print({f"rep_{n}": repeated_ngram_rate(text, n) for n in (1, 2, 3, 4)},
-          {f"distinct_{n}": distinct_n([text], n) for n in (1, 2)})

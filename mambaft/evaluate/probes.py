@@ -17,12 +17,11 @@ Kinds (one English and one French probe each, except where noted):
 `Probe.check(answer)` applies the text rule to the cleaned answer. The `stops` probes also need the
 way generation ended (`requires_end_token`), which `run_probes` records for every probe.
 
-    python -m mambaft.evaluate.probes                 # print every probe and its rule
-    python -m mambaft.evaluate.probes --model PATH    # run them greedily and print pass/fail
+    mambaft probes                 # print every probe and its rule
+    mambaft probes --model PATH    # run them greedily and print pass/fail
 """
 from __future__ import annotations
 
-import argparse
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -282,24 +281,3 @@ def summarize_probes(results: Sequence[dict]) -> dict:
                         for lang in sorted({r["lang"] for r in results})},
             "by_kind": {kind: rate(r for r in results if r["kind"] == kind)
                         for kind in dict.fromkeys(r["kind"] for r in results)}}
-
-
-def main(argv: Optional[list] = None) -> None:
-    p = argparse.ArgumentParser(description="Print the probes, or run them on a model.")
-    p.add_argument("--model")
-    p.add_argument("--new", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    a = p.parse_args(argv)
-    if not a.model:
-        for pr in PROBES:
-            print(f"[{pr.id}] {pr.question}\n    rule: {pr.rule}")
-        return
-    from ..checkpoint import load_checkpoint
-    model, info = load_checkpoint(a.model)
-    results = run_probes(model, info.tokenizer, info.template, max_new_tokens=a.new)
-    for r in results:
-        print(f"[{'PASS' if r['passed'] else 'fail'}] {r['id']}: {r['answer'][:100]!r} ({r['stopped_by']})")
-    print(summarize_probes(results))
-
-
-if __name__ == "__main__":
-    main()

@@ -8,11 +8,10 @@ package in the cache, so later loads take seconds. It has its own tokenizer (voc
 own ChatML template with `<|im_end|>` as end of turn: perplexities are therefore compared in bits
 per byte, not per token.
 
-    python -m mambaft.evaluate.reference "What is the capital of France?"
+    mambaft reference "What is the capital of France?"
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -173,17 +172,3 @@ def load_reference(name: Optional[str] = None, cache=None, threads: Optional[int
         tok.save_pretrained(tmp)
         tmp.rename(converted)   # complete copies only: a crash leaves the .tmp folder, never a half copy
     return HFChatLM(model, tok, name=name or "SmolLM2-135M-Instruct (reference)")
-
-
-def main(argv: Optional[list] = None) -> None:
-    p = argparse.ArgumentParser(description="Greedy replies from the SmolLM2 reference model.")
-    p.add_argument("questions", nargs="+")
-    p.add_argument("--new", type=int, default=48)
-    a = p.parse_args(argv)
-    lm = load_reference()
-    for q, r in zip(a.questions, lm.replies([[{"role": "user", "content": q}] for q in a.questions], a.new)):
-        print(f"User: {q}\nAssistant: {r.answer}   [{r.stopped_by}, {r.n_new} tokens]")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,11 +4,10 @@ HOW each reply ended (end token, the template's next-turn marker, or the token l
 Used by the probes, the degeneration metrics and the diagnosis. Greedy by default, so replies are
 deterministic; with temperature > 0 the `seed` fixes them.
 
-    python -m mambaft.evaluate.replies --model PATH "What is the capital of France?"
+    mambaft answers --model PATH "What is the capital of France?"      # greedy replies, as a table
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -73,22 +72,3 @@ def generate_replies(model, tokenizer, template, histories: Sequence[Sequence[di
             out.append(Reply(prompt_ids=list(p), new_ids=gen_ids, text=text,
                              answer=template.clean_reply(text), stopped_by=_REASONS[r.stop_reason]))
     return out
-
-
-def main(argv: Optional[list] = None) -> None:
-    from ..checkpoint import load_checkpoint
-
-    p = argparse.ArgumentParser(description="Greedy chat replies to single-turn questions.")
-    p.add_argument("--model", required=True)
-    p.add_argument("--new", type=int, default=64)
-    p.add_argument("questions", nargs="+")
-    a = p.parse_args(argv)
-    model, info = load_checkpoint(a.model)
-    replies = generate_replies(model, info.tokenizer, info.template,
-                               [[{"role": "user", "content": q}] for q in a.questions], a.new)
-    for q, r in zip(a.questions, replies):
-        print(f"User: {q}\nAssistant: {r.answer}   [{r.stopped_by}, {r.n_new} tokens]\n")
-
-
-if __name__ == "__main__":
-    main()

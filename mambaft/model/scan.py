@@ -36,7 +36,7 @@ Measured here (scan alone, forward + backward, 1 x 512 x 1536 x 16, 2 shared cor
 cache). We deliberately do not use the cumsum-of-log-decay (parallel) form: in fp32 exp(+cumsum)
 overflows unless each chunk is capped by its decay, and the loop is exact.
 
-    python -m mambaft.model.scan        # check against the reference loop and time both
+    mambaft scan        # check against the reference loop and time both
 """
 from __future__ import annotations
 
@@ -190,33 +190,3 @@ def selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: to
         return y.transpose(1, 2), last
     return _ChunkedScan.apply(x.contiguous(), delta.contiguous(), A, Bm.contiguous(), Cm.contiguous(),
                               D, budget, None if keep is None else keep.to(x.dtype).contiguous())
-
-
-def _bench(Bsz: int = 1, L: int = 512, E: int = 1536, N: int = 16, repeats: int = 3) -> None:
-    """Values/gradients vs the reference, then training-step time (forward + backward) of both."""
-    import time
-
-    torch.manual_seed(0)
-    x = torch.randn(Bsz, L, E, requires_grad=True)
-    delta = torch.nn.functional.softplus(torch.randn(Bsz, L, E) - 3).requires_grad_()
-    A = (-torch.rand(E, N) * 4).requires_grad_()
-    Bm, Cm = torch.randn(Bsz, L, N, requires_grad=True), torch.randn(Bsz, L, N, requires_grad=True)
-    D = torch.ones(E, requires_grad=True)
-    args = (x, delta, A, Bm, Cm, D)
-    for name, fn in (("reference loop (autograd)", selective_scan_ref), ("chunked Function", selective_scan)):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            y, h = fn(*args)
-            (y.square().mean() + h.mean()).backward()
-            times.append(time.perf_counter() - t0)
-            for a in args:
-                a.grad = None
-        med = sorted(times)[len(times) // 2]
-        print(f"{name:28s} {med * 1e3:8.1f} ms/step  {Bsz * L / med:8.0f} tok/s  (B={Bsz} L={L} E={E} N={N})")
-
-
-if __name__ == "__main__":
-    from mambaft.runtime import set_threads
-    set_threads()
-    _bench()

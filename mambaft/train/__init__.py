@@ -1,6 +1,6 @@
 """Fine-tuning: the step (step.py), optimizer and schedule (optim.py), batches (batches.py), the loop
 (loop.py), checkpoints (checkpoints.py), evaluation (evaluation.py), the plan printout (plan.py),
-pre-flight (preflight.py), lr sweep (sweep.py) and the entry point (finetune.py).
+pre-flight (preflight.py), lr sweep (sweep.py) and one whole run (run.py: `finetune`).
 
 Public API (imported lazily: `import mambaft.train` loads neither accelerate nor datasets):
     finetune(cfg, base, data_dir, out_dir, *, resume=True, progress=True, ...) -> dict
@@ -8,14 +8,14 @@ Public API (imported lazily: `import mambaft.train` loads neither accelerate nor
     preflight(num_processes=0) -> PreflightReport
     micro_step(...), optimizer_step(...)                  the exact training step (benchmarks)
 
-    mambaft finetune --strategy smoke --base PATH --data DIR --out DIR
+    mambaft finetune --strategy smoke --base PATH --data DIR --out DIR      (mambaft.cli.finetune)
 """
 from __future__ import annotations
 
 import importlib
 
 _LAZY = {
-    "finetune": "mambaft.train.finetune",
+    "finetune": "mambaft.train.run",
     "lr_sweep": "mambaft.train.sweep",
     "preflight": "mambaft.train.preflight",
     "micro_step": "mambaft.train.step",

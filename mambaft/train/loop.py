@@ -8,7 +8,7 @@
         NaN/inf -> skip; clip 1.0; AdamW step   mambaft.train.step.optimizer_step
         log to metrics.jsonl; every eval_every: evaluate; every save_every: checkpoint (atomic)
 
-Run through `mambaft.train.finetune` (the entry point); this module holds no CLI.
+Run through `mambaft.train.run.finetune` (`mambaft finetune`); this module holds no CLI.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from .step import count_trained_tokens, micro_step, optimizer_step
 
 @dataclass
 class PhaseInputs:
-    """Everything one phase needs besides the config (built by mambaft.train.finetune)."""
+    """Everything one phase needs besides the config (built by mambaft.train.run)."""
     model: torch.nn.Module               # on CPU, not yet wrapped; loaded from base or checkpoint
     template: object
     tokenizer: object

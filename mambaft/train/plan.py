@@ -10,12 +10,11 @@ Warnings where the plan's numbers look wrong: more than 3 epochs of a source (qu
 1.92M rows of a 52k-row Alpaca = 37 epochs; recipes use 1-3), and an lr outside 5e-5..1e-4 for a model
 of about 100M parameters (1e-5 is a value for multi-billion-parameter models).
 
-    python -m mambaft.train.plan quick      # the plan of a preset, without data
+    mambaft plan quick      # the plan of a preset, without data
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections import Counter
 from typing import Optional
 
@@ -119,10 +118,3 @@ def plan_lines(cfg: Config, *, world_size: int, train_sources: Optional[list] = 
             warnings.append(f"lr {cfg.lr:g} for a {n_params / 1e6:.0f}M-parameter model: {hint}; "
                             f"small-model recipes use {lo:g}..{hi:g}")
     return lines, warnings
-
-
-if __name__ == "__main__":
-    c = make_config(sys.argv[1] if len(sys.argv) > 1 else "conversational")
-    lines, warns = plan_lines(c, world_size=c.num_gpus, n_params=124_104_719)
-    print("\n".join(lines))
-    print("\n".join(f"WARNING: {w}" for w in warns))

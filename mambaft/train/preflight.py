@@ -5,13 +5,11 @@ all-reduces on multi-GPU boxes; the standard workaround is `NCCL_P2P_DISABLE=1` 
 memory; about 10-20% slower for a 124M model, but correct). The check copies a tensor between every
 pair of GPUs and compares it, and advises that setting when a copy fails or P2P is unavailable.
 
-    python -m mambaft.train.preflight --num-processes 6        # exit status 1 when a check fails
+    mambaft preflight --num-processes 6        # exit status 1 when a check fails
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -107,17 +105,3 @@ def preflight(num_processes: int = 0, min_free_gb: float = MIN_FREE_GB) -> Prefl
             rep.advice.append("export NCCL_P2P_DISABLE=1 before `accelerate launch` (RTX 40xx boxes: "
                               "P2P is often reported but hangs or corrupts NCCL all-reduces)")
     return rep
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Check GPUs, memory and NCCL peer-to-peer before a launch.")
-    p.add_argument("--num-processes", type=int, default=0, help="GPUs the launch will use (0: all)")
-    p.add_argument("--min-free-gb", type=float, default=MIN_FREE_GB)
-    a = p.parse_args(argv)
-    rep = preflight(a.num_processes, a.min_free_gb)
-    print(rep.text())
-    return 0 if rep.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

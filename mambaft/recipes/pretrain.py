@@ -19,12 +19,10 @@ The loop is one flat loop: set lr, evaluate, forward/backward (bf16 autocast on 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shlex
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +31,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from mambaft.pretrain_report import model_card, symptom_check
+from mambaft.recipes.pretrain_report import model_card, symptom_check
 
 # Plain-text sources of mambaft.data.text (registry packages; licences travel with the documents).
 # The weight is an up/down-sampling factor of the source's own rows per epoch (1.0 = every row once).
@@ -392,63 +390,6 @@ def pretrain(cfg: PretrainConfig, argv: Optional[list] = None, write_card: bool 
     return summary
 
 
-def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
-    d = PretrainConfig()
-    p = argparse.ArgumentParser(prog="mambaft pretrain", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--source", action="append", default=None, metavar="NAME=WEIGHT",
-                   help=f"plain-text source and its weight (default: {DEFAULT_SOURCES})")
-    p.add_argument("--text-file", action="append", default=[], help="a local UTF-8 text file")
-    p.add_argument("--max-docs-per-source", type=int, default=None)
-    for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
-                 "seq_len", "batch_size", "warmup_steps", "threads", "seed", "eval_every",
-                 "eval_batches", "log_every", "d_state"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    p.add_argument("--steps", type=int, default=d.max_steps)
-    p.add_argument("--minutes", type=float, default=0.0,
-                   help="time budget: choose --steps from the speed of the first steps")
-    for name in ("dropout", "lr", "min_lr_ratio", "weight_decay", "grad_clip", "val_fraction"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--precision", default=d.precision, choices=["auto", "bf16", "fp32"])
-    p.add_argument("--save-dtype", default=d.save_dtype, choices=["bf16", "fp32"])
-    p.add_argument("--init-from", default="")
-    p.add_argument("--architecture", default="original", choices=["original", "selective"])
-    p.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
-    a = p.parse_args(argv)
-    sources = dict(DEFAULT_SOURCES)
-    if a.source is not None or a.text_file:
-        sources = {}
-        for item in a.source or []:
-            name, _, w = item.partition("=")
-            try:
-                sources[name] = float(w) if w else 1.0
-            except ValueError:
-                p.error(f"--source {item!r}: expected NAME=WEIGHT with a number")
-    cfg = PretrainConfig(out=a.out, sources=sources, text_files=tuple(a.text_file),
-                         max_docs_per_source=a.max_docs_per_source, max_steps=a.steps, minutes=a.minutes,
-                         precision=a.precision, save_dtype=a.save_dtype, init_from=a.init_from,
-                         architecture=a.architecture,
-                         **{k: getattr(a, k) for k in ("d_model", "n_layers", "d_conv", "expand",
-                                                       "dense_hidden_dim", "max_seq_len", "seq_len",
-                                                       "batch_size", "warmup_steps", "threads", "seed",
-                                                       "eval_every", "eval_batches", "log_every",
-                                                       "d_state", "dropout", "lr", "min_lr_ratio",
-                                                       "weight_decay", "grad_clip", "val_fraction")})
-    return cfg, not a.no_card
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg, card = parse_args(argv)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        print(f"mambaft pretrain: {e}", file=sys.stderr)
-        return 2
-    summary = pretrain(cfg, argv=argv, write_card=card)
-    return 0 if summary else 1
-
-
 def rebuild_command(argv: list, steps: int) -> str:
     """The command that rebuilds this run: a time budget (--minutes) becomes the steps it chose."""
     out, skip = [], False
@@ -463,7 +404,3 @@ def rebuild_command(argv: list, steps: int) -> str:
             continue
         out.append(a)
     return "mambaft pretrain " + " ".join(shlex.quote(x) for x in out + ["--steps", str(steps)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

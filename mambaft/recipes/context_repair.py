@@ -7,7 +7,7 @@ whose names are never the probe's, + `--copy-rows` text segments that come back)
 `upgrade_to_selective` ("selective"); or, with `--freeze-original`, only the upgraded copy's new
 parameters, so the base itself is the control. Measures every model with `mambaft.evaluate.context`.
 
-    python -m mambaft.evaluate.context demo --base data/demo_base --text wiki_en --freeze-original \
+    mambaft context demo --base data/demo_base --text wiki_en --freeze-original \
         --continue-steps 1000        # the run shipped in data/demo_base/context_repair (30 min, 2 cores)
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
     from mambaft.checkpoint import save_checkpoint
     for name, model in (("base", base),) + runs:
         save_checkpoint(model, Path(out) / "models" / name, tokenizer=tok,
-                        training={"demo": "mambaft.evaluate.context_demo", "phase": name})
+                        training={"demo": "mambaft.recipes.context_repair", "phase": name})
     measured = {"base": base} if freeze_original else {"base": base, f"original+{continue_steps}": original}
     measured[f"selective+{continue_steps}"] = selective
     rep = measure_context(measured, tok, heldout, length=length, windows=windows,

@@ -1,6 +1,6 @@
 """What a pretraining run reports: the base model's symptoms (loops, no end token) and its model card.
 
-`mambaft.pretrain` calls both at the end of a run; the card is written from the run's own numbers.
+`mambaft.recipes.pretrain` calls both at the end of a run; the card is written from the run's own numbers.
 """
 from __future__ import annotations
 

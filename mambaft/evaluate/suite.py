@@ -10,7 +10,6 @@ Library call for the notebooks: `evaluate_model(path_or_model, ...) -> dict`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -180,58 +179,3 @@ def format_summary(res: dict) -> str:
     for k, v in res.get("errors", {}).items():
         lines.append(f"ERROR in {k}: {v}")
     return "\n".join(lines)
-
-
-def build_parser(prog: str = "mambaft evaluate", one_model: bool = True) -> argparse.ArgumentParser:
-    """The evaluation options, shared by `mambaft evaluate` (--model) and `mambaft compare`."""
-    p = argparse.ArgumentParser(prog=prog, description="Evaluate one model and write results.json.")
-    if one_model:
-        p.add_argument("--model", required=True, help="original .pt, mambaft model folder, or 'smollm2'")
-    p.add_argument("--data", help="prepared dataset folder (its 'val' split)")
-    p.add_argument("--out", help="folder for results.json")
-    p.add_argument("--name", help="label in reports (default: the folder/file name)")
-    p.add_argument("--limit", type=int, help="cap every part at N items (quick runs)")
-    p.add_argument("--max-new", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens per generated answer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bench", nargs="*", default=list(BENCHMARKS), help=f"benchmarks ({', '.join(BENCHMARKS)}); none: skip")
-    p.add_argument("--bench-limit", type=int, default=200, help="items per benchmark")
-    p.add_argument("--bench-source", default="auto", help="auto | offline | hub")
-    p.add_argument("--text", nargs="*", default=list(TEXT_SETS), help="held-out text sources; none: skip")
-    p.add_argument("--text-split", default="heldout", choices=["heldout", "train", "all"])
-    p.add_argument("--no-probes", action="store_true")
-    p.add_argument("--reference", action="store_true", help="also evaluate SmolLM2-135M-Instruct")
-    p.add_argument("--device")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--threads", type=int)
-    p.add_argument("--strict", action="store_true", help="stop at the first failing part")
-    return p
-
-
-def kwargs_from_args(a) -> dict:
-    return dict(data=a.data, limit=a.limit, max_new_tokens=a.max_new, seed=a.seed, probes=not a.no_probes,
-                benchmarks=a.bench, bench_limit=a.bench_limit, bench_source=a.bench_source, text_sets=a.text,
-                text_split=a.text_split,
-                device=a.device, precision=a.precision, strict=a.strict)
-
-
-def main(argv: Optional[list] = None) -> int:
-    a = build_parser().parse_args(argv)
-    from ..runtime import seed_everything, set_threads
-    set_threads(a.threads)
-    seed_everything(a.seed)
-    kw = kwargs_from_args(a)
-    out = Path(a.out) if a.out else None
-    res = evaluate_model(a.model, out=out, name=a.name, **kw)
-    print(format_summary(res))
-    failed = bool(res["errors"])
-    if a.reference:
-        ref = evaluate_model("smollm2", out=out / "reference" if out else None, **kw)
-        print(format_summary(ref))
-        failed = failed or bool(ref["errors"])
-    if out:
-        print(f"wrote {out / RESULTS_FILE}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

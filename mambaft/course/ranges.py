@@ -1,8 +1,8 @@
 """The measured ranges of demo course runs: min-max over run folders of what notebook 04 calls
 "fine-tuned", grouped by strategy and CPU class, each run listed with its command.
 
-    python -m mambaft.course_ranges outputs/runs/*                 # print the table and the ranges
-    python -m mambaft.course_ranges outputs/runs/* --markdown ranges.md
+    mambaft ranges outputs/runs/*                 # print the table and the ranges
+    mambaft ranges outputs/runs/* --markdown ranges.md
 
 A run folder is what `mambaft course --out DIR --run-name NAME` writes: course.json (parameters,
 command, CPU class, times), 04_evaluation/summary.json (the models' numbers and the chosen
@@ -12,11 +12,9 @@ probes alone.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 MODEL = "fine-tuned"
 MIN_STOP, MAX_REP3 = 0.85, 0.25      # issue 18's bounds on the fine-tuned model
@@ -121,31 +119,3 @@ def markdown(records: Sequence[dict]) -> str:
                      f"{f(r['stop_rate'])}, rep_3 {f(r['rep_3'])}, {f(r['mean_new_tokens'], 1)} tokens/reply, "
                      f"val loss {f(r['val_loss'], 3)}; `{r['command']}`")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mambaft.course_ranges", description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="run folders written by `mambaft course`")
-    p.add_argument("--markdown", help="also write the table to this file")
-    p.add_argument("--json", help="also write the records and ranges to this file")
-    a = p.parse_args(argv)
-    try:
-        records = [read_run(r) for r in a.runs]
-    except (RunFolderError, json.JSONDecodeError) as e:
-        print(f"course_ranges: {e}", file=sys.stderr)
-        return 2
-    text = markdown(records)
-    print(text, end="")
-    if a.markdown:
-        Path(a.markdown).write_text(text, encoding="utf-8")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"runs": records, "ranges": ranges(records)}, indent=2) + "\n",
-                                encoding="utf-8")
-    bad = [r["run"] for r in records if not r["meets_bounds"]]
-    if bad:
-        print(f"outside the bounds (stop >= {MIN_STOP}, rep_3 <= {MAX_REP3}): {', '.join(bad)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,156 @@
+"""What the notebooks record (RUN_DIR/<notebook>/summary.json, asserted by the tests) and the tables
+and plots they print from it."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional, Sequence
+
+from mambaft.course import PathLike, phase_dirs
+from mambaft.course.models import checkpoints
+
+
+def diagnosis_summary(d: dict) -> dict:
+    """The numbers of notebook 00 (from mambaft.evaluate.diagnosis.diagnose)."""
+    sym, deg = d["symptoms"], d["symptoms"]["degeneration"]
+    return {"model": d["model"], "receptive_field": d["receptive_field"]["receptive_field"],
+            "receptive_field_saturated": d["receptive_field"]["saturated"],
+            "parameters": d["facts"].get("parameters"), "dead_parameters": d["facts"].get("dead_parameters"),
+            "p_end_mean": d["end_token"]["mean"], "p_end_above_half": d["end_token"]["above_half"],
+            "prompts": len(sym["replies"]), "loop_rate": sym["rates"]["loop"],
+            "no_stop_rate": sym["rates"]["no_stop"], "off_topic_rate": sym["rates"]["off_topic"],
+            "end_token_rate": deg["end_token_rate"], "mean_new_tokens": deg["mean_new_tokens"],
+            "replies": [{k: r[k] for k in ("id", "answer", "stopped_by", "loop", "rep_3")} for r in sym["replies"]]}
+
+
+def plot_receptive_field(rf: dict, path: Optional[PathLike] = None):
+    """Relative change of the last logits when the token k positions back changes (log scale)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ks = list(range(1, len(rf["rel_change"]) + 1))
+    ax.semilogy(ks, [max(c, 1e-18) for c in rf["rel_change"]], marker="o", ms=3)
+    ax.axvline(rf["receptive_field"] - 0.5, color="grey", ls="--", lw=1)
+    ax.set(xlabel="k: position of the changed token, counted back from the last one",
+           ylabel="relative change of the logits",
+           title=f"Measured reach: {rf['receptive_field']} tokens (below 1e-12 = no effect at all)")
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def data_summary(stats: dict, plan_course: dict, plan_gpu: dict) -> dict:
+    """The numbers of notebook 01: rows, tokens, trained share, epochs under both plans."""
+    phases = stats["phases"] if "phases" in stats else {"main": stats}
+    out: dict = {"strategy": stats.get("strategy"), "phases": {}}
+    for name, st in phases.items():
+        t = st["totals"]
+        out["phases"][name] = {
+            "mode": st.get("mode"), "train_rows": t["train_rows"], "val_rows": t["val_rows"],
+            "train_tokens": t["train_tokens"], "trained_tokens": t["train_trained_tokens"],
+            "trained_fraction": t["train_trained_tokens"] / max(1, t["train_tokens"]),
+            "truncated": t["truncated"], "bad_rows": t["bad_rows"],
+            "sources": {s: v["train_rows"] for s, v in st["sources"].items()}}
+    out["epochs_course"] = plan_course["epochs_per_source"]
+    out["epochs_plan"] = plan_gpu["epochs_per_source"]
+    out["warnings_course"] = plan_course["warnings"]
+    out["warnings_plan"] = plan_gpu["warnings"]
+    return out
+
+
+def smoke_summary(res: dict, sweep: Optional[dict], table) -> dict:
+    losses = res.get("losses") or []
+    return {"steps": res.get("steps"), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "losses": losses, "final": res.get("final"),
+            "val_loss": res.get("val_loss"),
+            "best_lr": sweep["best_lr"] if sweep else None, "sweep_scores": sweep["scores"] if sweep else None,
+            "generations": table.records()}
+
+
+def finetune_summary(cfg, run: PathLike, result: dict, cmd: Sequence[str], num_processes: int) -> dict:
+    """The numbers of notebook 03, and whether this kernel touched CUDA (it must not)."""
+    torch = sys.modules.get("torch")
+    cuda = bool(torch is not None and torch.cuda.is_initialized())
+    losses = result.get("losses") or []
+    phases = {}
+    for d in phase_dirs(cfg, run):
+        if (d / "result.json").is_file():
+            r = json.loads((d / "result.json").read_text(encoding="utf-8"))
+            phases[d.name] = {k: r.get(k) for k in ("steps", "val_loss", "best_val_loss", "final")}
+    return {"steps": result.get("steps"), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "val_loss": result.get("val_loss"),
+            "best_checkpoint": result.get("best_checkpoint"), "final": result.get("final"),
+            "checkpoints": [str(p) for _, p in checkpoints(cfg, run)], "phases": phases,
+            "num_processes": num_processes, "command": " ".join(map(str, cmd)),
+            "torch_in_kernel": torch is not None, "cuda_in_kernel": cuda}
+
+
+def choice_note(choice) -> str:
+    """What notebook 04 prints about the checkpoint it evaluates, and why (one line per candidate)."""
+    lines = [f'"fine-tuned" is the step-{choice.step} checkpoint ({choice.rule}): {choice.reason}']
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines += [f"  step {t['step']:>6}: val loss {fmt(t['val_loss'])}  stop {fmt(t['stop'])}  rep_3 {fmt(t['rep_3'])}"
+              f"  empty {fmt(t['empty'])}  score {fmt(t['score'])}{'  <- chosen' if t['step'] == choice.step else ''}"
+              for t in choice.table]
+    return "\n".join(lines)
+
+
+def probe_behaviour_by_lang(results: Sequence[dict]) -> dict:
+    """{lang: {"stop_rate", "rep_3", "pass_rate", "n"}} over the probe replies of one language (the
+    specialized course is held to its bounds on the EN and on the FR probes separately)."""
+    import statistics
+
+    from mambaft.evaluate.metrics import repeated_ngram_rate
+    out = {}
+    for lang in sorted({r.get("lang") for r in results if r.get("lang")}):
+        rs = [r for r in results if r.get("lang") == lang]
+        reps = [x for x in (repeated_ngram_rate(r.get("answer") or "", 3) for r in rs) if x is not None]
+        out[lang] = {"stop_rate": 1.0 - sum(bool(r.get("hit_limit")) for r in rs) / len(rs),
+                     "rep_3": statistics.fmean(reps) if reps else 0.0,
+                     "pass_rate": sum(bool(r.get("passed")) for r in rs) / len(rs), "n": len(rs)}
+    return out
+
+
+def behaviour_table(rows: dict) -> str:
+    """One line per model: how its replies end and loop, overall and on each language's probes."""
+    f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    lines = []
+    for name, r in rows.items():
+        langs = "  ".join(f"{lang}: stop {f(b['stop_rate'])} rep_3 {f(b['rep_3'])} pass {f(b['pass_rate'])}"
+                          for lang, b in (r.get("probes_by_lang") or {}).items())
+        lines.append(f"{name:>14}: stop {f(r['stop_rate'])}  rep_3 {f(r['rep_3'])}  tokens {f(r['mean_new_tokens'], 1)}"
+                     f"  end token {f(r['end_token_rate'])}  probes {f(r['probe_pass_rate'])}  | probes {langs}")
+    return "\n".join(lines)
+
+
+def evaluation_summary(results: Sequence[dict]) -> dict:
+    """Per model: how replies ended, p(end), probe pass rates, loops, BLEU, perplexities."""
+    rows = {}
+    for r in results:
+        deg, probes = r.get("degeneration") or {}, (r.get("probes") or {}).get("summary") or {}
+        ans, ppl = r.get("answers") or {}, r.get("perplexity") or {}
+        limit = deg.get("limit_rate")
+        rows[r["name"]] = {
+            "end_token_rate": deg.get("end_token_rate"), "stop_string_rate": deg.get("stop_string_rate"),
+            "limit_rate": limit, "stop_rate": None if limit is None else 1.0 - limit,
+            "mean_new_tokens": deg.get("mean_new_tokens"), "rep_3": deg.get("rep_3"),
+            "p_end_mean": (r.get("end_token") or {}).get("mean"),
+            "probe_pass_rate": probes.get("pass_rate"), "probe_by_kind": probes.get("by_kind"),
+            "bleu": ans.get("bleu"), "chrf": ans.get("chrf"),
+            "probes_by_lang": probe_behaviour_by_lang((r.get("probes") or {}).get("results") or []),
+            "text_ppl": {k: v.get("ppl") for k, v in (ppl.get("text") or {}).items() if isinstance(v, dict)},
+            "errors": r.get("errors") or {}}
+    return rows
+
+
+def final_summary(rows: dict, table, context, files: dict, choice=None) -> dict:
+    """The numbers of notebook 04: per model, the headline comparisons, and which checkpoint is
+    "fine-tuned" and why."""
+    pick = lambda key: {name: r[key] for name, r in rows.items()}  # noqa: E731
+    chosen = None if choice is None else {"step": choice.step, "path": str(choice.path), "rule": choice.rule,
+                                          "reason": choice.reason, "candidates": choice.table}
+    return {"models": rows, "chosen": chosen, "stop_rate": pick("stop_rate"), "rep_3": pick("rep_3"),
+            "mean_new_tokens": pick("mean_new_tokens"), "end_token_rate": pick("end_token_rate"),
+            "probe_pass_rate": pick("probe_pass_rate"), "p_end_mean": pick("p_end_mean"),
+            "bleu": pick("bleu"), "answers": table.records(),
+            "context": context.summary if context is not None else None, "files": files}
