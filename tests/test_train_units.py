@@ -12,7 +12,7 @@ import torch
 from mambaft.config import ConfigError, make_config
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
-from mambaft.train import checkpoints as ck
+from mambaft.train import run_state as ck
 from mambaft.train.batches import RowStream, collate
 from mambaft.train.evaluation import heldout_perplexity, probe_answers, summarize_val, write_probe_answers
 from mambaft.train.metrics import DivergenceGuard, MetricsLog, TrainingDiverged, read_metrics

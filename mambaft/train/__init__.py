@@ -1,5 +1,5 @@
 """Fine-tuning: the step (step.py), optimizer and schedule (optim.py), batches (batches.py), the loop
-(loop.py), checkpoints (checkpoints.py), evaluation (evaluation.py), the plan printout (plan.py),
+(loop.py), checkpoints (run_state.py), evaluation (evaluation.py), the plan printout (plan.py),
 pre-flight (preflight.py), lr sweep (sweep.py) and the entry point (finetune.py).
 
 Public API (imported lazily: `import mambaft.train` loads neither accelerate nor datasets):

@@ -29,7 +29,7 @@ from mambaft import runtime
 from mambaft.config import Config, ConfigError, make_config, parse_overrides
 from mambaft.errors import DataError
 
-from . import checkpoints as ck
+from . import run_state as ck
 from .evaluation import load_heldout_texts, load_probes
 from .loop import PhaseInputs, run_phase, write_final
 from .plan import plan_lines
@@ -107,7 +107,7 @@ def _heldout_names(cfg: Config) -> list:
     return names
 
 
-RUN_FILES = ("metrics.jsonl", "result.json", "final_model.pt", "config.json")
+RUN_FILES = ("metrics.jsonl", "result.json", "final_model.pt", ck.CONFIG_FILE)
 RUN_DIRS = (ck.CKPT_DIRNAME, "probes", "final")
 
 
@@ -189,7 +189,7 @@ def _locked_phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accele
     template = _chat_template(data_dir, info, say)
     tokenizer = info.tokenizer
     if accelerator.is_main_process:
-        (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+        (out_dir / ck.CONFIG_FILE).write_text(cfg.to_json() + "\n", encoding="utf-8")
     stats = None
     if (data_dir / "stats.json").is_file():
         stats = json.loads((data_dir / "stats.json").read_text(encoding="utf-8"))

@@ -28,7 +28,7 @@ from mambaft import durable, runtime
 from mambaft.config import Config, ConfigError
 from mambaft.faults import inject as _fault
 
-from . import checkpoints as ck
+from . import run_state as ck
 from .batches import RowStream
 from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, summarize_val, val_loss_sums,
                          val_rows, write_probe_answers)
