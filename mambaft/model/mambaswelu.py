@@ -40,8 +40,7 @@ from torch import nn
 from .conv import causal_depthwise_conv
 from .loss import linear_cross_entropy
 from .swelu import SWELU
-
-IGNORE_INDEX = -100
+from ..template import IGNORE_INDEX
 
 
 @dataclass
