@@ -206,18 +206,21 @@ def test_val_summary_is_token_weighted():
 def test_heldout_perplexity_equals_exp_of_the_mean_token_loss():
     model = make_small_gpt2_model(seed=4).eval()
     tok = load_tokenizer()
-    texts = {"t": ["The cat sat on the mat. " * 6, "A second document follows here."]}
-    res = heldout_perplexity(model, texts, tok, seq_len=16, max_tokens=40, device=torch.device("cpu"))
-    ids = (tok.encode(texts["t"][0]) + tok.encode(texts["t"][1]))[:40]
+    texts = {"t": ["The cat sat on the mat. " * 3, "A second document follows here.", "A third one."]}
+    res = heldout_perplexity(model, texts, tok, window=16, max_tokens=26, device=torch.device("cpu"))
+    # each document cut on its own (no window spans two), every token but a window's first scored,
+    # at most 26 scored tokens: 22 tokens -> windows of 16 + 6 (15 + 5 scored), 6 (5), then 4 cut to 2 (1)
+    docs = [tok.encode(t) for t in texts["t"]]
+    assert [len(d) for d in docs] == [22, 6, 4]
     total, n = 0.0, 0
-    for s in range(0, 40, 16):
-        w = torch.tensor([ids[s:s + 16]])
+    for w in (docs[0][:16], docs[0][16:], docs[1], docs[2][:2]):
+        w = torch.tensor([w])
         with torch.no_grad():
             out = model(w, labels=w, loss_reduction="sum")
         total, n = total + float(out["loss"]), n + out["n_tokens"]
-    assert n == 15 + 15 + 7
-    # the same fp32 forwards summed in another order (37 token losses, each < 12): exp turns the mean's
-    # absolute error 2 x 36 u x 12 = 5.2e-5 / 37 per token into a relative 1.4e-6 of the ppl; 1e-5 is 7x that
+    assert n == 15 + 5 + 5 + 1
+    # the same fp32 forwards summed in another order (26 token losses, each < 12): exp turns the mean's
+    # absolute error 2 x 25 u x 12 = 3.6e-5 / 26 per token into a relative 1.4e-6 of the ppl; 1e-5 is 7x that
     assert res["heldout_ppl/t"] == pytest.approx(math.exp(total / n), rel=1e-5)
     assert res["heldout_ppl"] == res["heldout_ppl/t"]
 

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from mambaft.evaluate.metrics import HELDOUT_WINDOW, text_windows
+
 from .batches import collate
 
 
@@ -76,12 +78,11 @@ def summarize_val(sums: dict) -> dict:
 
 
 @torch.no_grad()
-def heldout_perplexity(model, texts: dict, tokenizer, *, seq_len: int, max_tokens: int,
-                       device: torch.device, autocast_ctx=None, batch_size: int = 4) -> dict:
-    """Perplexity on plain text the run never trains on (forgetting watch).
-
-    Each source's documents are tokenized and concatenated (no separator, as in pretraining), cut
-    into non-overlapping windows of `seq_len` tokens, at most `max_tokens` tokens per source.
+def heldout_perplexity(model, texts: dict, tokenizer, *, max_tokens: int, device: torch.device,
+                       autocast_ctx=None, batch_size: int = 4, window: int = HELDOUT_WINDOW) -> dict:
+    """Perplexity on plain text the run never trains on (forgetting watch): the held-out perplexity
+    of mambaft.evaluate.metrics (`text_windows`: each document on its own, windows of 256 tokens, at
+    most `max_tokens` scored tokens per source), scored by the model's own summed loss.
     Returns {"heldout_ppl": exp(token-weighted mean NLL over all sources), "heldout_ppl/<name>": ...}."""
     was_training = model.training
     model.eval()
@@ -90,14 +91,8 @@ def heldout_perplexity(model, texts: dict, tokenizer, *, seq_len: int, max_token
     grand, grand_n = 0.0, 0
     try:
         for name in sorted(texts):
-            stream: list[int] = []
-            for doc in texts[name]:
-                stream.extend(tokenizer.encode(doc))
-                if len(stream) >= max_tokens:
-                    break
-            stream = stream[:max_tokens]
-            windows = [stream[i:i + seq_len] for i in range(0, len(stream), seq_len)]
-            windows = [w for w in windows if len(w) >= 2]
+            windows = text_windows((tokenizer.encode(doc) for doc in texts[name]),
+                                   min(window, model.config.max_seq_len), max_tokens)
             total, n = 0.0, 0
             for s in range(0, len(windows), batch_size):
                 rows = [{"input_ids": w, "labels": w} for w in windows[s:s + batch_size]]

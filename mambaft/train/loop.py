@@ -155,7 +155,6 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
                                            inp.template, max_new_tokens=inp.probe_tokens))
             if inp.heldout_texts:
                 row.update(heldout_perplexity(raw, inp.heldout_texts, inp.tokenizer,
-                                              seq_len=min(cfg.max_seq_len, raw.config.max_seq_len),
                                               max_tokens=inp.heldout_tokens, device=device,
                                               autocast_ctx=make_ctx(), batch_size=cfg.batch_size))
             if inp.probes:
