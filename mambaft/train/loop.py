@@ -33,7 +33,7 @@ from .batches import RowStream
 from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, summarize_val, val_loss_sums,
                          val_rows, write_probe_answers)
 from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
-from .optim import build_optimizer, lr_at
+from .optim import lr_at, run_optimizer
 from .step import count_trained_tokens, micro_step, optimizer_step
 
 
@@ -92,8 +92,7 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
     raw.train()
     model = acc.prepare(raw)                              # moves to the device; DDP when W > 1
     raw = acc.unwrap_model(model)
-    opt = build_optimizer(raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
-                          new_lr_mult=cfg.selective_lr_mult)
+    opt = run_optimizer(raw, cfg)
     # fp16 always with a loss scaler (its 5.96e-8 floor underflows small gradients to 0 otherwise)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     guard = DivergenceGuard(max_bad=inp.max_bad_steps)
