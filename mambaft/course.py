@@ -47,7 +47,7 @@ CPU_COMMON: dict[str, Any] = dict(
     num_gpus=1,          # one CPU process (notebook 03's NUM_PROCESSES)
     batch_size=8, grad_accum=1,
     max_seq_len=256,     # course rows: Q/A pairs are ~40-250 tokens; longer ones lose their oldest turns
-    eval_batches=4, keep_last=12, test_at=(),
+    eval_batches=4, keep_last=12,
     precision="auto",    # bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32
     # The schedule of a few hundred steps: 30 warmup steps (10 % of 300), cosine down to 5 % of the
     # peak, so the last checkpoints move little (at 1e-3 -> 1e-4 the step-250 and step-300 models of

@@ -309,7 +309,7 @@ def test_selective_architecture_upgrades_the_base_first(tmp_path):
     quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
     common = dict(max_steps=2, batch_size=4, save_every=2, eval_every=2, lr=3e-3, warmup_steps=1)
     orig = finetune(make_config("smoke", **common), base, data, tmp_path / "orig", **quiet)
-    sel = finetune(make_config("smoke", architecture="selective", d_state=4, export_original=True, **common),
+    sel = finetune(make_config("smoke", architecture="selective", ssm_state=4, export_original=True, **common),
                    base, data, tmp_path / "sel", **quiet)
     # the upgrade starts as the same function: the first step's loss is the original model's
     # (a + 0 * y: the same fp32 function, so the same loss up to the loss kernels' summation order)

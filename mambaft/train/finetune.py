@@ -26,7 +26,7 @@ from typing import Optional, Union
 import torch
 
 from mambaft import runtime
-from mambaft.config import Config, ConfigError, make_config, parse_overrides
+from mambaft.config import Config, ConfigError, make_config, parse_overrides, saved_config_dict
 from mambaft.errors import DataError
 
 from . import run_state as ck
@@ -74,8 +74,8 @@ def load_base(base: Path, cfg: Config, say) -> tuple:
     model, info = load_checkpoint(base)
     if cfg.architecture == "selective" and model.config.architecture == "original":
         from mambaft.model.selective import upgrade_to_selective
-        model = upgrade_to_selective(model, d_state=cfg.d_state)
-        say(f"upgraded {base} to the selective architecture (d_state {cfg.d_state})")
+        model = upgrade_to_selective(model, d_state=cfg.ssm_state)
+        say(f"upgraded {base} to the selective architecture (ssm_state {cfg.ssm_state})")
     return model, info
 
 
@@ -179,7 +179,7 @@ def _locked_phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accele
             say(f"no complete checkpoint in {out_dir}: starting from the base (old metrics.jsonl replaced)")
     accelerator.wait_for_everyone()
     if latest is not None:
-        saved = json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8"))
+        saved = saved_config_dict(json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8")))
         changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
                    if k in saved and json.dumps(saved[k]) != json.dumps(v)}
         if changed:
