@@ -178,7 +178,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 
 def degeneration(replies: Sequence) -> dict:
-    """Loops and stopping over a set of `Reply`: mean repeated n-gram rate (n = 2, 3, 4, over
+    """Loops and stopping over a set of `EvalReply`: mean repeated n-gram rate (n = 2, 3, 4, over
     replies that have such n-grams), distinct-1/2, and how replies ended (end token / next-turn
     marker / token limit)."""
     texts = [r.text for r in replies]

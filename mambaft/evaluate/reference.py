@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..template import IGNORE_INDEX, pad_ids
-from .replies import STOP_END, STOP_LIMIT, Reply
+from .replies import STOP_END, STOP_LIMIT, EvalReply
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED = "smollm2-135m-instruct-fp32"   # folder name of the converted copy, inside the cache
@@ -130,7 +130,7 @@ class HFChatLM:
                 else:
                     stopped = STOP_LIMIT
                 text = self.tok.decode(new, skip_special_tokens=True)
-                out.append(Reply(prompt_ids=p, new_ids=new, text=text, answer=text.strip(), stopped_by=stopped))
+                out.append(EvalReply(prompt_ids=p, new_ids=new, text=text, answer=text.strip(), stopped_by=stopped))
         return out
 
     def describe(self) -> dict:

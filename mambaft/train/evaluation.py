@@ -149,12 +149,12 @@ def probe_answers(model, probes: Sequence, tokenizer, template, *, max_new_token
 
     Returns one dict per probe: id, lang, prompt, answer (cleaned), raw, passed, stopped (end token or
     stop string before the limit), end_token, new_tokens."""
-    from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, generate_replies
+    from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, eval_replies
 
     was_training = model.training
     model.eval()
     try:
-        replies = generate_replies(model, tokenizer, template, [p.messages for p in probes],
+        replies = eval_replies(model, tokenizer, template, [p.messages for p in probes],
                                    max_new_tokens=max_new_tokens, batch_size=max(1, len(probes)))
     finally:
         model.train(was_training)
@@ -191,7 +191,7 @@ def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, 
         val_reply_tokens  mean new tokens per reply
     Validation questions, not the probes: notebook 04 then reports the probes untouched by the choice."""
     from mambaft.evaluate.metrics import degeneration, validation_pairs
-    from mambaft.evaluate.replies import generate_replies
+    from mambaft.evaluate.replies import eval_replies
 
     pairs = validation_pairs(val_ds.select(list(indices))) if len(indices) else []
     if not pairs:
@@ -199,7 +199,7 @@ def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, 
     was_training = model.training
     model.eval()
     try:
-        replies = generate_replies(model, tokenizer, template, [h for h, _ in pairs],
+        replies = eval_replies(model, tokenizer, template, [h for h, _ in pairs],
                                    max_new_tokens=max_new_tokens, batch_size=len(pairs))
     finally:
         model.train(was_training)
