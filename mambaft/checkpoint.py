@@ -43,7 +43,6 @@ FOLDER_FORMAT = "mambaft-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-ORIGINAL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "max_seq_len", "tie_embeddings")
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 

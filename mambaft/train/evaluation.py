@@ -12,11 +12,14 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
-from mambaft.evaluate.metrics import HELDOUT_WINDOW, text_windows
+from mambaft.data.text import load_text_documents
+from mambaft.evaluate.metrics import HELDOUT_WINDOW, degeneration, text_windows, validation_pairs
+from mambaft.evaluate.probes import PROBES
+from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, eval_replies
 
 from .batches import collate
 
@@ -112,21 +115,14 @@ def heldout_perplexity(model, texts: dict, tokenizer, *, max_tokens: int, device
     return row
 
 
-def load_probes() -> tuple[Optional[list], str]:
-    """The fixed probe set (mambaft.evaluate.probes.PROBES), or (None, why not)."""
-    try:
-        from mambaft.evaluate.probes import PROBES
-    except ImportError as e:
-        return None, f"no probe set yet (mambaft.evaluate.probes: {e}); probes skipped"
+def load_probes() -> tuple[list, str]:
+    """The fixed probe set (mambaft.evaluate.probes.PROBES) and a line saying so."""
     return list(PROBES), f"{len(PROBES)} probes from mambaft.evaluate.probes"
 
 
 def load_heldout_texts(names: Sequence[str], max_docs: int = 200) -> tuple[dict, str]:
-    """Held-out plain text per source name from mambaft.data.text, or ({}, why not)."""
-    try:
-        from mambaft.data.text import load_text_documents
-    except ImportError as e:
-        return {}, f"no held-out text loader yet (mambaft.data.text: {e}); held-out perplexity skipped"
+    """Held-out plain text per source name from mambaft.data.text (a source that cannot be read is
+    skipped and named in the note), and a line saying what was loaded."""
     texts, notes = {}, []
     for name in names:
         try:
@@ -149,8 +145,6 @@ def probe_answers(model, probes: Sequence, tokenizer, template, *, max_new_token
 
     Returns one dict per probe: id, lang, prompt, answer (cleaned), raw, passed, stopped (end token or
     stop string before the limit), end_token, new_tokens."""
-    from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, eval_replies
-
     was_training = model.training
     model.eval()
     try:
@@ -190,8 +184,6 @@ def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, 
         val_empty_rate    share of replies that stopped with nothing to show
         val_reply_tokens  mean new tokens per reply
     Validation questions, not the probes: notebook 04 then reports the probes untouched by the choice."""
-    from mambaft.evaluate.metrics import degeneration, validation_pairs
-    from mambaft.evaluate.replies import eval_replies
 
     pairs = validation_pairs(val_ds.select(list(indices))) if len(indices) else []
     if not pairs:
