@@ -35,7 +35,7 @@ import torch
 
 from .errors import UserError
 from .model import MambaSWELUConfig, build_model
-from .model.swelu import LAM_FORMULAS
+from .model.kernels.swelu import LAM_FORMULAS
 from .template import DEFAULT_TEMPLATE, TEMPLATE_FILE, ChatTemplate
 from .tokenizer import TextTokenizer, load_tokenizer
 

@@ -8,7 +8,7 @@ import torch
 from mambaft.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambaft.generate import generate
 from mambaft.model import MambaSWELUConfig, build_model, upgrade_to_selective
-from mambaft.model.scan import (HAS_MAMBA_SSM, chunk_length, selective_scan, selective_scan_ref,
+from mambaft.model.kernels.scan import (HAS_MAMBA_SSM, chunk_length, selective_scan, selective_scan_ref,
                                 selective_step)
 from mambaft.model.selective import SelectiveMambaSWELU
 from tests.numerics import FP32_FORWARD_TOL, STEP_TOL, TINY_LOSS_PATHS_TOL

@@ -25,7 +25,7 @@ Deliberate differences from the original code (none change a number in fp32):
       sequence for every new token. Past max_seq_len both give the same tokens (see `step`).
     * Packed rows (`forward(ids, positions=[B, L])`, several conversations per row, positions
       restarting at 0 at each): the conv (and the selective scan) never reach across a restart, so
-      each conversation gets the logits it gets alone (conv.py, scan.py; tests/test_packing.py).
+      each conversation gets the logits it gets alone (kernels/conv.py, kernels/scan.py; tests/test_packing.py).
 """
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import causal_depthwise_conv
-from .loss import linear_cross_entropy
+from .kernels.conv import causal_depthwise_conv
+from .kernels.loss import linear_cross_entropy
 from .ssm import SELECTIVE_KEY, SelectiveSSM, dt_rank
-from .swelu import SWELU
+from .kernels.swelu import SWELU
 from ..template import IGNORE_INDEX, pad_ids
 
 ARCHITECTURES = ("original", "selective")

@@ -15,7 +15,7 @@ Glossary (code name -> Mamba paper symbol), beyond mambaswelu.py's:
     A_log        [E, N]: A = -exp(A_log), initialised to -(1..N) per channel (S4D-real)
     D            [E]: skip term, init 1
     gate         [E]: per-channel gate g, init 0
-    y            [B, L, E] scan output (scan.py): h_t = exp(Delta_t A) h_{t-1} + Delta_t a_t B_t,
+    y            [B, L, E] scan output (kernels/scan.py): h_t = exp(Delta_t A) h_{t-1} + Delta_t a_t B_t,
                  y_t = C_t . h_t + D a_t
 
 Mixer:  original  out_proj(a * sigmoid(z))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scan import selective_scan, selective_step
+from .kernels.scan import selective_scan, selective_step
 
 SELECTIVE_KEY = ".selective."
 

@@ -36,7 +36,7 @@ Measured here (scan alone, forward + backward, 1 x 512 x 1536 x 16, 2 shared cor
 cache). We deliberately do not use the cumsum-of-log-decay (parallel) form: in fp32 exp(+cumsum)
 overflows unless each chunk is capped by its decay, and the loop is exact.
 
-    python -m mambaft.model.scan        # check against the reference loop and time both
+    python -m mambaft.model.kernels.scan        # check against the reference loop and time both
 """
 from __future__ import annotations
 
