@@ -29,8 +29,7 @@ Deliberate differences from the original code (none change a number in fp32):
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
