@@ -99,7 +99,7 @@ def check_memory(dev: str, dry: bool, tmp: Path) -> dict:
 def check_scan(dev: str, dry: bool) -> dict:
     import torch
 
-    from mambaft.model import scan
+    from mambaft.model.kernels import scan
     B, L, E, N = (1, 16, 8, 4) if dry else (2, 1024, 2048, 16)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, L, E, generator=g)

@@ -34,7 +34,7 @@ import torch
 
 from .errors import UserError
 from .model import MambaSWELUConfig, build_model
-from .model.swelu import LAM_FORMULAS
+from .model.kernels.swelu import LAM_FORMULAS
 from .template import DEFAULT_TEMPLATE, TEMPLATE_FILE, ChatTemplate
 from .tokenizer import TextTokenizer, load_tokenizer
 
@@ -42,7 +42,6 @@ FOLDER_FORMAT = "mambaft-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-ORIGINAL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "max_seq_len", "tie_embeddings")
 PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 

@@ -30,7 +30,7 @@ class Config:
     strategy: str = "conversational"
     base: str = ""                 # original .pt or mambaft model folder; "" = the embedded demo base
     architecture: Literal["original", "selective"] = "original"  # "selective": the context repair
-    d_state: int = 16              # SSM state size of the selective upgrade (ignored for "original")
+    ssm_state: int = 16            # SSM state size N of the selective upgrade (ignored for "original")
     selective_lr_mult: float = 10.0  # lr x this for the upgrade's new parameters (gates start at 0)
 
     # --- data ----------------------------------------------------------------------------------
@@ -74,7 +74,6 @@ class Config:
     keep_last: int = 5             # plus the best by validation loss
     eval_every: int = 1000
     eval_batches: int = 50
-    test_at: tuple = (5000, 10_000, 15_000, 20_000)  # the plan's full probe sessions
     eval_replies: int = 16         # held-out val questions answered greedily at each evaluation (0 = off)
     # Which checkpoint the course evaluates as "fine-tuned" (mambaft.train.choice): "behaviour" (stop
     # rate - rep_3 - empty rate of those replies), "val_loss" (lowest) or "last".
@@ -139,7 +138,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_examples_per_source=400, max_seq_len=256,
         lr=1e-3, weight_decay=0.0, warmup_steps=10, max_steps=60,
         batch_size=4, grad_accum=1, num_gpus=1, precision="fp32",
-        save_every=20, keep_last=2, eval_every=20, eval_batches=4, test_at=(),
+        save_every=20, keep_last=2, eval_every=20, eval_batches=4,
     ),
 }
 
@@ -174,7 +173,7 @@ CPU_COMMON: dict[str, Any] = dict(
     num_gpus=1,          # one CPU process (notebook 03's NUM_PROCESSES)
     batch_size=8, grad_accum=1,
     max_seq_len=256,     # course rows: Q/A pairs are ~40-250 tokens; longer ones lose their oldest turns
-    eval_batches=4, keep_last=12, test_at=(),
+    eval_batches=4, keep_last=12,
     precision="auto",    # bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32
     # The schedule of a few hundred steps: 30 warmup steps (10 % of 300), cosine down to 5 % of the
     # peak, so the last checkpoints move little (at 1e-3 -> 1e-4 the step-250 and step-300 models of
@@ -271,7 +270,7 @@ def _validate(cfg: Config) -> None:
     if cfg.domain is not None and cfg.domain not in DOMAINS:
         raise ConfigError(f"domain={cfg.domain!r}: expected one of {', '.join(DOMAINS)}")
     positive = ("lr", "max_steps", "batch_size", "grad_accum", "num_gpus", "max_seq_len",
-                "save_every", "keep_last", "eval_every", "d_state")
+                "save_every", "keep_last", "eval_every", "ssm_state")
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be > 0")
@@ -348,6 +347,9 @@ def make_config(strategy: str = "conversational", budget: str = "plan", **overri
     fields = {f.name: f for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     unknown = sorted(set(overrides) - set(fields))
+    renamed = [f"{k} is now {RENAMED[k]}" for k in unknown if k in RENAMED]
+    if renamed:
+        raise ConfigError(f"renamed config key(s): {'; '.join(renamed)}")
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(fields))})")
@@ -373,9 +375,31 @@ def make_config(strategy: str = "conversational", budget: str = "plan", **overri
     return cfg
 
 
+# Keys an older mambaft saved under another name (old -> new). `d_state` was the selective state size;
+# the model config's `d_state` is the width of the dead x_proj, so the run config says `ssm_state`,
+# as the model config does for the same number.
+RENAMED = {"d_state": "ssm_state"}
+# Keys an older mambaft saved that no longer exist (nothing ever read them).
+RETIRED = ("test_at",)
+
+
+def saved_config_dict(d: dict) -> dict:
+    """A config dict as saved by any mambaft version -> today's key names (RENAMED, RETIRED)."""
+    d = {k: v for k, v in d.items() if k not in RETIRED}
+    for old, new in RENAMED.items():
+        if old in d:
+            value = d.pop(old)
+            if new in d and d[new] != value:
+                raise ConfigError(f"saved config has {old}={value!r} and {new}={d[new]!r}: {old} is the old "
+                                  f"name of {new}; remove one")
+            d.setdefault(new, value)
+    return d
+
+
 def config_from_dict(d: dict) -> Config:
-    """Rebuild a config saved with `Config.to_dict()` (inside checkpoints and run folders)."""
-    d = dict(d)
+    """Rebuild a config saved with `Config.to_dict()` (inside checkpoints and run folders), by this
+    or an older mambaft (see `saved_config_dict`)."""
+    d = saved_config_dict(d)
     return make_config(d.pop("strategy", "conversational"), **d)
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from mambaft.template import pad_ids
 
 def _apply_repetition_penalty(logits: torch.Tensor, seen: list, penalty: float, exempt: frozenset) -> None:
     """CTRL-style: divide positive logits (multiply negative ones) of tokens already in the row,
@@ -150,8 +151,4 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]], max
     if not as_tensor:
         return [r + n for r, n in zip(rows, new)]
     pad = pad_token_id if pad_token_id is not None else (min(stops) if stops else 0)
-    width = max(len(n) for n in new)
-    out = torch.full((len(rows), len(rows[0]) + width), pad, dtype=torch.long)
-    for b, (r, n) in enumerate(zip(rows, new)):
-        out[b, :len(r) + len(n)] = torch.tensor(r + n)
-    return out.to(input_ids.device)
+    return pad_ids([r + n for r, n in zip(rows, new)], pad).to(input_ids.device)

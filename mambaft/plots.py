@@ -22,10 +22,11 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
+
+from mambaft.train.metrics import read_metrics
 
 TRAIN_KEYS = ("loss", "lr", "tokens_per_s")
 EVAL_KEYS = ("val_loss", "heldout_ppl")
@@ -141,19 +142,6 @@ class MetricsReader:
         return new
 
 
-def read_metrics(path: Union[str, Path]) -> Metrics:
-    """Every complete record of a metrics file (and a final line without newline, if it parses)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics file (training writes OUT/metrics.jsonl)")
-    reader = MetricsReader(path)
-    reader.poll(final=True)
-    if reader.bad_lines:
-        line, why = reader.bad_lines[0]
-        warnings.warn(f"{path}: skipped {len(reader.bad_lines)} unreadable line(s), first: line {line} ({why})")
-    return reader.metrics
-
-
 # --- drawing -------------------------------------------------------------------------------------
 def _ema(values: list, beta: float = 0.9) -> list:
     """Bias-corrected exponential moving average (the trend under a noisy per-step loss)."""
@@ -171,7 +159,7 @@ def plot_metrics(source: Union[str, Path, Metrics], out_png: Union[str, Path, No
     Uses a bare matplotlib Figure (no pyplot): no global state, works headless."""
     from matplotlib.figure import Figure
 
-    metrics = source if isinstance(source, Metrics) else read_metrics(source)
+    metrics = source if isinstance(source, Metrics) else Metrics(read_metrics(source))
     fig = Figure(figsize=(11, 7), layout="constrained")
     ax_loss, ax_lr, ax_tps, ax_ppl = fig.subplots(2, 2).ravel()
     steps, loss = metrics.series("loss")

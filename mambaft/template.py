@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100   # the label of an untrained position (F.cross_entropy's default ignore_index)
 ROLES = ("system", "user", "assistant")
 TEMPLATE_FILE = "chat_template.json"
 
@@ -157,3 +157,19 @@ def show_trained(ids: Sequence[int], labels: Sequence[int], tokenizer) -> str:
         text = tokenizer.decode(run)
         out.append(f"[{text}]" if run_trained else text)
     return "".join(out)
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], value: int, width: int = 0, left: bool = False):
+    """Token lists -> a [len(seqs), max(longest, width)] long tensor, each row filled with `value` past
+    its end (before its start when `left`). The one padding helper: rows are always masked BY LENGTH
+    (labels padded with IGNORE_INDEX, attention masks from the lengths), never by the pad id, since
+    GPT-2 has no pad token and pads with its end token, which the template trains."""
+    import torch   # here, not at the top: rendering and the template file need no torch
+
+    L = max([width] + [len(s) for s in seqs])
+    out = torch.full((len(seqs), L), value, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        if len(s):   # (an empty row is all padding; out[b, L - 0:] would be the whole row)
+            (out[b, L - len(s):] if left else out[b, :len(s)]).copy_(torch.as_tensor(list(s), dtype=torch.long))
+    return out
+

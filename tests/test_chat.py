@@ -164,7 +164,7 @@ def test_the_chat_defaults_never_give_an_empty_reply_by_the_end_token_alone():
     # The demo fine-tune puts ~9% on the end token as the first reply token (16% after T=0.7, top-k,
     # top-p): here it is the argmax, " Paris" a close second. The chat's min_new_tokens=1 skips it;
     # evaluation (min_new_tokens=0) still sees the empty reply the model would give.
-    from mambaft.evaluate.replies import generate_replies as eval_replies
+    from mambaft.evaluate.replies import eval_replies
     model = ScriptedModel([EOS, *TOK.encode("."), EOS], top=2.0, runner_up=(TOK.encode(" Paris")[0], 1.9),
                           max_seq_len=256)
     s = ChatSession(model, TOK, DEFAULT_TEMPLATE, ChatSettings(temperature=0.0))

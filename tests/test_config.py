@@ -13,7 +13,7 @@ def test_plan_hyperparameters():
     assert (c.lr, c.weight_decay, c.warmup_steps, c.max_steps, c.batch_size, c.grad_accum, c.max_seq_len) == \
         (5e-6, 0.05, 1000, 25_000, 2, 16, 1024)
     assert c.tokens_per_step == 2 * 16 * 6 * 1024
-    assert c.keep_last == 5 and c.test_at == (5000, 10_000, 15_000, 20_000)
+    assert c.keep_last == 5
     s = make_config("specialized", domain="code")
     assert s.lr == c.lr and 15_000 <= s.phase2_steps <= 30_000 and "codealpaca" in s.phase2_sources
 
@@ -43,3 +43,16 @@ def test_round_trip_and_cli_overrides():
     assert config_from_dict(c.to_dict()) == c
     assert parse_overrides(["lr=1e-4", "data_mode=offline", "test_at=[1,2]"]) == \
         {"lr": 1e-4, "data_mode": "offline", "test_at": [1, 2]}
+
+
+def test_configs_saved_with_the_old_key_names_still_load():
+    """Before issue 13 the run config called the selective state size `d_state` (the model config's
+    d_state is the dead x_proj's width) and carried an unused `test_at`: saved runs still load."""
+    old = make_config("smoke", architecture="selective", ssm_state=8).to_dict()
+    old["d_state"] = old.pop("ssm_state")
+    old["test_at"] = [5000, 10_000]
+    assert config_from_dict(old) == make_config("smoke", architecture="selective", ssm_state=8)
+    with pytest.raises(ConfigError, match="d_state is now ssm_state"):
+        make_config("smoke", d_state=8)
+    with pytest.raises(ConfigError, match="d_state=8 and ssm_state=4"):
+        config_from_dict({**old, "d_state": 8, "ssm_state": 4})

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from mambaft.data.render import longest_reply, pack_text, pad_batch, render_batch, render_conversations
+from mambaft.data.render import longest_reply, pack_text, render_batch, render_conversations
 from mambaft.template import DEFAULT_TEMPLATE, IGNORE_INDEX
 from mambaft.tokenizer import load_tokenizer
+from mambaft.train.batches import collate
 
 EOT = 50256
 
@@ -132,8 +134,9 @@ def test_padding_is_masked_by_length_not_by_id(tok):
     a = render_conversations([[U("Hi"), A("Hello")]], tok)[0]
     b = render_conversations([[U("Tell me more please"), A("Sure, here is more.")]], tok)[0]
     rows = [{"input_ids": a.input_ids, "labels": a.labels}, {"input_ids": b.input_ids, "labels": b.labels}]
-    batch = pad_batch(rows, pad_id=EOT, pad_to=40)
-    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    batch = collate(rows, pad_id=EOT, pad_to=40)
+    ids, labels = batch["input_ids"], batch["labels"]
+    mask = (torch.arange(40) < batch["lengths"][:, None]).long()   # what a model's attention mask would be
     assert ids.shape == labels.shape == mask.shape == (2, 40)
     for i, r in enumerate((a, b)):
         n = len(r.input_ids)

@@ -16,7 +16,7 @@ from mambaft.evaluate.lm import MambaLM
 from mambaft.evaluate.metrics import (COMPLETE_ANSWERS, degeneration, distinct_n, end_token_probability,
                                       instruction_perplexity, masked_nll, reference_scores,
                                       repeated_ngram_rate, text_perplexity, validation_pairs)
-from mambaft.evaluate.replies import Reply
+from mambaft.evaluate.replies import EvalReply
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
 from tests.numerics import FP64_U, log_softmax_abs_error
@@ -146,10 +146,10 @@ def test_repetition_and_distinct_known_texts():
 
 
 def test_degeneration_over_replies():
-    rs = [Reply([], [1] * 6, "a b c a b c", "a b c a b c", "limit"),
-          Reply([], [1] * 3, "x y z", "x y z", "end_token"),
-          Reply([], [1] * 3, "p q", "p q", "stop_string"),
-          Reply([], [1] * 4, "u v w u", "u v w u", "end_token")]
+    rs = [EvalReply([], [1] * 6, "a b c a b c", "a b c a b c", "limit"),
+          EvalReply([], [1] * 3, "x y z", "x y z", "end_token"),
+          EvalReply([], [1] * 3, "p q", "p q", "stop_string"),
+          EvalReply([], [1] * 4, "u v w u", "u v w u", "end_token")]
     d = degeneration(rs)
     assert d["rep_3"] == pytest.approx((0.25 + 0 + 0) / 3)     # "p q" has no trigram
     assert d["rep_2"] == pytest.approx((2 / 5 + 0 + 0 + 0) / 4)

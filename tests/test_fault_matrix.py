@@ -24,8 +24,8 @@ import pytest
 
 from mambaft.checkpoint import save_checkpoint
 from mambaft.config import make_config
-from mambaft.train import checkpoints as ck
 from mambaft.train import finetune
+from mambaft.train import run_state as ck
 from tests.test_run_safety import _ids, _prepare_cli, mount_tmpfs
 from tests.test_train_loop import QUIET, learnable_model, run_env, train_losses, write_prepared
 

@@ -131,7 +131,7 @@ def test_04_exports_the_fine_tuned_model_for_transformers(run):
     from mambaft.checkpoint import load_checkpoint
     run_dir, _ = run
     folder = run_dir / "04_evaluation" / course.HF_DIRNAME
-    from mambaft.train.checkpoints import MODEL_DIRNAME
+    from mambaft.train.run_state import MODEL_DIRNAME
     chosen = json.loads((run_dir / "04_evaluation" / course.SUMMARY_FILE).read_text())["chosen"]["path"]
     ours, _ = load_checkpoint(Path(chosen) / MODEL_DIRNAME)
     back, info = load_checkpoint(folder)

@@ -9,8 +9,8 @@ import pytest
 
 from mambaft.config import make_config
 from mambaft.model import upgrade_to_selective
-from mambaft.model.conv import causal_depthwise_conv
-from mambaft.model.scan import selective_scan, selective_scan_ref
+from mambaft.model.kernels.conv import causal_depthwise_conv
+from mambaft.model.kernels.scan import selective_scan, selective_scan_ref
 from mambaft.train.batches import RowStream, collate, collate_packed, pack
 from mambaft.train.step import count_trained_tokens
 from tests.conftest import make_small_gpt2_model

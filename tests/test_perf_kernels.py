@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambaft.model.conv import causal_depthwise_conv
-from mambaft.model.loss import linear_cross_entropy
-from mambaft.model.swelu import SWELU, swelu, swelu_gate, swelu_reference
+from mambaft.model.kernels.conv import causal_depthwise_conv
+from mambaft.model.kernels.loss import linear_cross_entropy
+from mambaft.model.kernels.swelu import SWELU, swelu, swelu_gate, swelu_reference
 from tests.numerics import assert_within_dot_bound
 
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from mambaft.plots import (Metrics, MetricsReader, NotebookSink, TextSink, follow_metrics, plot_metrics,
-                           read_metrics)
+from mambaft.plots import Metrics, MetricsReader, NotebookSink, TextSink, follow_metrics, plot_metrics
+from mambaft.train.metrics import read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

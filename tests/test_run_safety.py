@@ -19,8 +19,8 @@ from mambaft.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambaft.config import ConfigError, make_config
 from mambaft.data.schema import BadRows, FormatError
 from mambaft.errors import DataError, RunLockError
-from mambaft.train import checkpoints as ck
 from mambaft.train import finetune
+from mambaft.train import run_state as ck
 from mambaft.train.metrics import TrainingDiverged
 from tests.test_train_loop import QUIET, learnable_model, run_env, train_losses, write_prepared
 

@@ -8,7 +8,7 @@ import torch
 from mambaft.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mambaft.generate import generate
 from mambaft.model import MambaSWELUConfig, build_model, upgrade_to_selective
-from mambaft.model.scan import (HAS_MAMBA_SSM, chunk_length, selective_scan, selective_scan_ref,
+from mambaft.model.kernels.scan import (HAS_MAMBA_SSM, chunk_length, selective_scan, selective_scan_ref,
                                 selective_step)
 from mambaft.model.selective import SelectiveMambaSWELU
 from tests.numerics import FP32_FORWARD_TOL, STEP_TOL, TINY_LOSS_PATHS_TOL
@@ -295,3 +295,19 @@ def test_optimizer_groups_for_an_upgraded_model(tiny_model):
     sel(ids, labels=ids)["loss"].backward()
     optimizer_step(sel, opt, lr=2e-4, grad_clip=1.0)
     assert sorted({g["lr"] for g in opt.param_groups}) == [2e-4, 2e-3]
+
+
+def test_the_loop_and_the_lr_sweep_build_the_same_groups_from_the_config(tiny_model):
+    """run_optimizer (the loop's and lr_sweep's one builder) carries cfg.selective_lr_mult: the sweep
+    once built its optimizer without it and so measured other lrs than the run would use."""
+    import inspect
+
+    from mambaft.config import make_config
+    from mambaft.train import loop, sweep
+    from mambaft.train.optim import run_optimizer
+    sel = upgrade_to_selective(tiny_model)
+    cfg = make_config("smoke", architecture="selective", selective_lr_mult=7.0, lr=1e-3)
+    assert sorted({g["lr_mult"] for g in run_optimizer(sel, cfg).param_groups}) == [1.0, 7.0]
+    assert sorted({g["lr"] for g in run_optimizer(sel, cfg, lr=2e-4).param_groups}) == [2e-4, 1.4e-3]
+    for mod in (loop, sweep):
+        assert "run_optimizer(" in inspect.getsource(mod) and "build_optimizer(" not in inspect.getsource(mod)

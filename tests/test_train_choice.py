@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mambaft.train.checkpoints import CheckpointRecord
+from mambaft.train.run_state import CheckpointRecord
 from mambaft.train.choice import behaviour_score, choose_checkpoint
 
 
@@ -64,7 +64,7 @@ def test_course_reads_the_choice_from_a_run_folder(tmp_path):
     """chosen_checkpoint + evaluation_models on a synthetic run folder (the files finetune writes)."""
     from mambaft import course
     from mambaft.config import make_config
-    from mambaft.train import checkpoints as ck
+    from mambaft.train import run_state as ck
     run = tmp_path / "run"
     for step, vl in ((100, 6.5), (200, 6.4), (300, 6.3)):
         d = run / ck.CKPT_DIRNAME / ck.step_dirname(step)

@@ -20,8 +20,8 @@ from mambaft.data.prepare import mark_complete
 from mambaft.generate import generate
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
-from mambaft.train import checkpoints as ck
 from mambaft.train import finetune
+from mambaft.train import run_state as ck
 from mambaft.train.metrics import read_metrics
 from tests.conftest import ROOT, make_small_gpt2_model
 

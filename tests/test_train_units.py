@@ -12,7 +12,7 @@ import torch
 from mambaft.config import ConfigError, make_config
 from mambaft.template import DEFAULT_TEMPLATE
 from mambaft.tokenizer import load_tokenizer
-from mambaft.train import checkpoints as ck
+from mambaft.train import run_state as ck
 from mambaft.train.batches import RowStream, collate
 from mambaft.train.evaluation import heldout_perplexity, probe_answers, summarize_val, write_probe_answers
 from mambaft.train.metrics import DivergenceGuard, MetricsLog, TrainingDiverged, read_metrics
@@ -209,18 +209,21 @@ def test_val_summary_is_token_weighted():
 def test_heldout_perplexity_equals_exp_of_the_mean_token_loss():
     model = make_small_gpt2_model(seed=4).eval()
     tok = load_tokenizer()
-    texts = {"t": ["The cat sat on the mat. " * 6, "A second document follows here."]}
-    res = heldout_perplexity(model, texts, tok, seq_len=16, max_tokens=40, device=torch.device("cpu"))
-    ids = (tok.encode(texts["t"][0]) + tok.encode(texts["t"][1]))[:40]
+    texts = {"t": ["The cat sat on the mat. " * 3, "A second document follows here.", "A third one."]}
+    res = heldout_perplexity(model, texts, tok, window=16, max_tokens=26, device=torch.device("cpu"))
+    # each document cut on its own (no window spans two), every token but a window's first scored,
+    # at most 26 scored tokens: 22 tokens -> windows of 16 + 6 (15 + 5 scored), 6 (5), then 4 cut to 2 (1)
+    docs = [tok.encode(t) for t in texts["t"]]
+    assert [len(d) for d in docs] == [22, 6, 4]
     total, n = 0.0, 0
-    for s in range(0, 40, 16):
-        w = torch.tensor([ids[s:s + 16]])
+    for w in (docs[0][:16], docs[0][16:], docs[1], docs[2][:2]):
+        w = torch.tensor([w])
         with torch.no_grad():
             out = model(w, labels=w, loss_reduction="sum")
         total, n = total + float(out["loss"]), n + out["n_tokens"]
-    assert n == 15 + 15 + 7
-    # the same fp32 forwards summed in another order (37 token losses, each < 12): exp turns the mean's
-    # absolute error 2 x 36 u x 12 = 5.2e-5 / 37 per token into a relative 1.4e-6 of the ppl; 1e-5 is 7x that
+    assert n == 15 + 5 + 5 + 1
+    # the same fp32 forwards summed in another order (26 token losses, each < 12): exp turns the mean's
+    # absolute error 2 x 25 u x 12 = 3.6e-5 / 26 per token into a relative 1.4e-6 of the ppl; 1e-5 is 7x that
     assert res["heldout_ppl/t"] == pytest.approx(math.exp(total / n), rel=1e-5)
     assert res["heldout_ppl"] == res["heldout_ppl/t"]
 
@@ -312,7 +315,7 @@ def test_selective_architecture_upgrades_the_base_first(tmp_path):
     quiet = dict(progress=False, threads=1, heldout_texts={}, probes=[], eval_at_start=False)
     common = dict(max_steps=2, batch_size=4, save_every=2, eval_every=2, lr=3e-3, warmup_steps=1)
     orig = finetune(make_config("smoke", **common), base, data, tmp_path / "orig", **quiet)
-    sel = finetune(make_config("smoke", architecture="selective", d_state=4, export_original=True, **common),
+    sel = finetune(make_config("smoke", architecture="selective", ssm_state=4, export_original=True, **common),
                    base, data, tmp_path / "sel", **quiet)
     # the upgrade starts as the same function: the first step's loss is the original model's
     # (a + 0 * y: the same fp32 function, so the same loss up to the loss kernels' summation order)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from mambaft import runtime
+from mambaft.template import IGNORE_INDEX
 
 from .harness import timed
 from .train import _dims
@@ -158,7 +159,7 @@ class EpochRunner:
             for mb in mbs:             # pad to max_seq_len: the same rows, a fixed shape
                 B, L = mb["input_ids"].shape
                 mb["input_ids"] = torch.nn.functional.pad(mb["input_ids"], (0, self.max_len - L), value=PAD_ID)
-                mb["labels"] = torch.nn.functional.pad(mb["labels"], (0, self.max_len - L), value=-100)
+                mb["labels"] = torch.nn.functional.pad(mb["labels"], (0, self.max_len - L), value=IGNORE_INDEX)
         return mbs
 
     def step(self, first_row: int) -> dict:

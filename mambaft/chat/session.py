@@ -77,8 +77,9 @@ class ChatSettings:
 
 
 @dataclass
-class ContextReport:
-    """What the model was shown for one reply."""
+class PromptReport:
+    """What prompt the model was shown for one reply: turns kept, dropped or cropped to fit
+    (evaluate.context.ContextReport is another thing: the context-length experiment's results)."""
     prompt_tokens: int           # ids fed to the model (after dropping turns / cropping)
     budget: int                  # max_seq_len - max_new_tokens: the most the prompt may use
     kept_turns: int              # earlier user/assistant turns still in the prompt
@@ -120,7 +121,7 @@ class Reply:
     token_ids: list              # generated ids, end token included when it stopped on it
     stop_reason: str             # "end_token" | "stop_string" | "max_new_tokens" | "cancelled"
     seconds: float
-    context: Optional[ContextReport] = None
+    context: Optional[PromptReport] = None
 
     @property
     def note(self) -> str:
@@ -248,7 +249,7 @@ class ChatSession:
         system = [{"role": "system", "content": self.settings.system}] if self.settings.system else []
         return system + history + [{"role": "user", "content": text}]
 
-    def build_prompt(self, text: str) -> tuple[list, list, ContextReport]:
+    def build_prompt(self, text: str) -> tuple[list, list, PromptReport]:
         """(prompt ids, the history kept, report) for a new user message, within the budget."""
         budget = self.max_seq_len - self.settings.max_new_tokens
         if budget < 1:
@@ -266,7 +267,7 @@ class ChatSession:
         if cropped:  # even the newest message alone is too long: keep its end, as the original crops
             ids = ids[cropped:]
         kept = sum(m["role"] == "user" for m in history)
-        report = ContextReport(len(ids), budget, kept, dropped, cropped, self.receptive_field)
+        report = PromptReport(len(ids), budget, kept, dropped, cropped, self.receptive_field)
         return ids, history, report
 
     # --- replying -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from mambaft.checkpoint import load_checkpoint, save_checkpoint
-from mambaft.model.swelu import LAM_FORMULAS
+from mambaft.model.kernels.swelu import LAM_FORMULAS
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from mambaft.plots import APPEAR_TIMEOUT_S, _wait_for_file, follow_metrics, plot_metrics, read_metrics
+from mambaft.plots import APPEAR_TIMEOUT_S, Metrics, _wait_for_file, follow_metrics, plot_metrics
+from mambaft.train.metrics import read_metrics
 
 
 def main(argv=None) -> int:
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     if a.follow:
         m = follow_metrics(a.metrics, None, png, interval=a.interval, timeout=a.timeout, mode="text")
     else:
-        m = read_metrics(a.metrics)
+        m = Metrics(read_metrics(a.metrics))
         plot_metrics(m, png)
         print(m.summary())
     print(f"wrote {png} ({len(m.records)} records)")

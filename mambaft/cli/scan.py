@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from mambaft.model.scan import selective_scan, selective_scan_ref
+from mambaft.model.kernels.scan import selective_scan, selective_scan_ref
 
 
 def _bench(Bsz: int = 1, L: int = 512, E: int = 1536, N: int = 16, repeats: int = 3) -> None:

@@ -1,9 +1,8 @@
-"""Conversations -> (input_ids, labels) with the ONE template, batched; text -> packed rows; padding.
+"""Conversations -> (input_ids, labels) with the ONE template, batched; text -> packed rows.
 
     render_conversations(convs, tok, train_on, max_seq_len) -> list[Rendered]
     render_batch(batch, tok, train_on, max_seq_len)          the same, as a `datasets.map` function
     pack_text(docs, tok, max_seq_len) -> rows                continued-pretraining rows, labels = ids
-    pad_batch(rows, pad_id) -> {input_ids, labels, attention_mask}   [B, T] tensors
 
 Rendering goes through `mambaft.template.DEFAULT_TEMPLATE.segments()`: each segment is tokenized on
 its own and concatenated, exactly as `ChatTemplate.render` does (the tests check equality token by
@@ -197,23 +196,3 @@ def pack_text(docs: Sequence[dict], tok, max_seq_len: int, source: str) -> list[
              "n_trained": len(ids), "dropped_messages": 0}
             for i, (doc, lang, ids) in enumerate(rows)]
 
-
-def pad_batch(rows: Sequence[dict], pad_id: int, pad_to: Optional[int] = None):
-    """Right-pad to the longest row (or `pad_to`). Padding is masked BY LENGTH: labels are -100 and
-    attention_mask 0 at positions >= the row's length, whatever the pad id. GPT-2 has no pad token,
-    so pad_id is usually the end token, and masking by id would also hide the real, trained end
-    tokens. Returns LongTensors [B, T]."""
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    width = max(width, pad_to or 0)
-    b = len(rows)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        input_ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
-        labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
-        mask[i, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}

@@ -10,7 +10,7 @@ An evaluation LM provides:
                                      and the end token, -100 elsewhere (its own chat template)
     prompt_ids(messages)          -> ids ready for generation (history ends with a user turn)
     token_logprobs(rows)          -> per row a float tensor [len-1]: log p(row[i+1] | row[:i+1])
-    replies(histories, ...)       -> list[Reply] (see mambaft.evaluate.replies)
+    replies(histories, ...)       -> list[EvalReply] (see mambaft.evaluate.replies)
 
     mambaft logprobs --model PATH "The capital of France is"   # print per-token log-probs
 """
@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..runtime import autocast
-from .replies import generate_replies
+from .replies import eval_replies
 
 LOGPROB_CHUNK = 256  # positions per lm_head chunk: B x 256 x 50257 fp32 = 51 MB per row
 
@@ -120,7 +120,7 @@ class MambaLM:
     # --- generation ------------------------------------------------------------------------------
     def replies(self, histories, max_new_tokens: int = 64, seed: int = 0, progress: bool = False,
                 **gen_kwargs) -> list:
-        return generate_replies(self.model, self.tokenizer, self.template, histories,
+        return eval_replies(self.model, self.tokenizer, self.template, histories,
                                 max_new_tokens=max_new_tokens, seed=seed, progress=progress, **gen_kwargs)
 
     def describe(self) -> dict:

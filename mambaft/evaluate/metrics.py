@@ -96,17 +96,22 @@ def instruction_perplexity(lm, dataset, limit: Optional[int] = None, progress: b
     return out
 
 
-def text_perplexity(lm, texts: Iterable[str], window: int = 256, max_tokens: Optional[int] = None,
-                    progress: bool = False) -> dict:
-    """Perplexity of plain texts: each text tokenized on its own and cut into non-overlapping
-    windows of `window` tokens; every token but each window's first is scored. For a model that
-    sees 19 tokens, a window of 256 changes nothing past position 19; for others it bounds context.
-    `max_tokens` caps the scored tokens (quick runs)."""
-    window = min(window, lm.max_len)
+# Held-out perplexity, THE definition (training's heldout_ppl and evaluation's text perplexity alike):
+# exp(token-weighted mean NLL) over `text_windows`. For a model that sees 19 tokens, a window of 256
+# changes nothing past position 19; for others it bounds context.
+HELDOUT_WINDOW = 256
+
+
+def text_windows(token_lists: Iterable[Sequence[int]], window: int = HELDOUT_WINDOW,
+                 max_tokens: Optional[int] = None) -> list:
+    """Documents' token ids -> the windows a held-out perplexity scores: each document cut on its own
+    (no window spans two documents: predicting one text's start from another's end scores nothing
+    the model could know) into non-overlapping windows of `window` tokens; every token but each
+    window's first is scored. `max_tokens` caps the SCORED tokens (the last window is cut to fit)."""
     rows = []
     budget = max_tokens if max_tokens is not None else math.inf
-    for text in texts:
-        ids = lm.encode(text)
+    for ids in token_lists:
+        ids = list(ids)
         for s in range(0, len(ids) - 1, window):
             piece = ids[s:s + window]
             if len(piece) < 2 or budget <= 0:
@@ -114,9 +119,18 @@ def text_perplexity(lm, texts: Iterable[str], window: int = 256, max_tokens: Opt
             if len(piece) - 1 > budget:
                 piece = piece[:int(budget) + 1]
             budget -= len(piece) - 1
-            rows.append((piece, [IGNORE_INDEX] + piece[1:]))
+            rows.append(piece)
         if budget <= 0:
             break
+    return rows
+
+
+def text_perplexity(lm, texts: Iterable[str], window: int = HELDOUT_WINDOW, max_tokens: Optional[int] = None,
+                    progress: bool = False) -> dict:
+    """Held-out perplexity of plain texts (`text_windows` of each text, tokenized on its own, scored
+    through `lm`). `max_tokens` caps the scored tokens (quick runs)."""
+    windows = text_windows((lm.encode(t) for t in texts), min(window, lm.max_len), max_tokens)
+    rows = [(piece, [IGNORE_INDEX] + piece[1:]) for piece in windows]
     out = masked_nll(lm, rows, progress=progress)["all"]
     out["windows"] = len(rows)
     return out
@@ -163,7 +177,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 
 
 def degeneration(replies: Sequence) -> dict:
-    """Loops and stopping over a set of `Reply`: mean repeated n-gram rate (n = 2, 3, 4, over
+    """Loops and stopping over a set of `EvalReply`: mean repeated n-gram rate (n = 2, 3, 4, over
     replies that have such n-grams), distinct-1/2, and how replies ended (end token / next-turn
     marker / token limit)."""
     texts = [r.text for r in replies]

@@ -27,7 +27,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from .replies import STOP_END, Reply, generate_replies
+from .replies import STOP_END, EvalReply, eval_replies
 
 DEFAULT_MAX_NEW_TOKENS = 64   # probe answers are one short sentence; 64 GPT-2 tokens ~ 45 words
 
@@ -244,7 +244,7 @@ PROBES: list = [
 
 
 # --- running and scoring ---------------------------------------------------------------------------
-def score_probes(probes: Sequence[Probe], replies: Sequence[Reply]) -> list:
+def score_probes(probes: Sequence[Probe], replies: Sequence[EvalReply]) -> list:
     """Pair each probe with its reply (same order) -> one result dict per probe."""
     if len(probes) != len(replies):
         raise ValueError(f"{len(probes)} probes but {len(replies)} replies")
@@ -264,7 +264,7 @@ def run_probes(model, tokenizer, template, probes: Sequence[Probe] = PROBES,
     template's end token or stop strings -> list of dicts:
         {id, lang, kind, question, answer, raw, stopped_by, n_new_tokens, hit_limit, text_ok, passed, rule}
     """
-    replies = generate_replies(model, tokenizer, template, [p.messages for p in probes],
+    replies = eval_replies(model, tokenizer, template, [p.messages for p in probes],
                                max_new_tokens=max_new_tokens, seed=seed, **gen_kwargs)
     return score_probes(probes, replies)
 

@@ -18,7 +18,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .replies import STOP_END, STOP_LIMIT, Reply
+from ..template import IGNORE_INDEX, pad_ids
+from .replies import STOP_END, STOP_LIMIT, EvalReply
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED = "smollm2-135m-instruct-fp32"   # folder name of the converted copy, inside the cache
@@ -86,7 +87,7 @@ class HFChatLM:
             answer = self.encode(answer_text[:cut] if cut >= 0 else answer_text) + [self.end_id]
             rest = self.encode(answer_text[cut + len("<|im_end|>"):]) if cut >= 0 else []
             ids += ctx + answer + rest
-            labels += [-100] * len(ctx) + answer + [-100] * len(rest)
+            labels += [IGNORE_INDEX] * len(ctx) + answer + [IGNORE_INDEX] * len(rest)
             done = through
         return ids, labels
 
@@ -96,14 +97,11 @@ class HFChatLM:
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            L = max(len(rows[i]) for i in idx)
-            ids = torch.full((len(idx), L), self.pad_id, dtype=torch.long)
-            mask = torch.zeros(len(idx), L, dtype=torch.long)
-            for b, i in enumerate(idx):
+            for i in idx:
                 if len(rows[i]) > self.max_len:
                     raise ValueError(f"row {i}: {len(rows[i])} tokens > {self.max_len}")
-                ids[b, :len(rows[i])] = torch.tensor(list(rows[i]))
-                mask[b, :len(rows[i])] = 1
+            ids = pad_ids([rows[i] for i in idx], self.pad_id)
+            mask = pad_ids([[1] * len(rows[i]) for i in idx], 0)
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()   # [B, L, V]
             lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             for b, i in enumerate(idx):
@@ -119,12 +117,9 @@ class HFChatLM:
         prompts = [self.prompt_ids(h) for h in histories]
         for s in range(0, len(prompts), self.batch_size):
             chunk = prompts[s:s + self.batch_size]
-            L = max(map(len, chunk))
-            ids = torch.full((len(chunk), L), self.pad_id, dtype=torch.long)
-            mask = torch.zeros(len(chunk), L, dtype=torch.long)
-            for b, p in enumerate(chunk):
-                ids[b, L - len(p):] = torch.tensor(p)
-                mask[b, L - len(p):] = 1
+            ids = pad_ids(chunk, self.pad_id, left=True)
+            mask = pad_ids([[1] * len(p) for p in chunk], 0, left=True)
+            L = ids.shape[1]
             gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, eos_token_id=self.end_id, pad_token_id=self.pad_id)
             for b, p in enumerate(chunk):
@@ -134,7 +129,7 @@ class HFChatLM:
                 else:
                     stopped = STOP_LIMIT
                 text = self.tok.decode(new, skip_special_tokens=True)
-                out.append(Reply(prompt_ids=p, new_ids=new, text=text, answer=text.strip(), stopped_by=stopped))
+                out.append(EvalReply(prompt_ids=p, new_ids=new, text=text, answer=text.strip(), stopped_by=stopped))
         return out
 
     def describe(self) -> dict:

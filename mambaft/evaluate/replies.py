@@ -20,9 +20,11 @@ STOP_LIMIT = "limit"        # it ran to max_new_tokens without stopping
 
 
 @dataclass
-class Reply:
-    """One generated reply. `text` is the decoded new tokens (end token excluded); `answer` is the
-    text cut at the template's stop strings and stripped (what a user would see)."""
+class EvalReply:
+    """One generated reply as the evaluations score it (built from the chat layer's `Reply`, which
+    carries timing and the live context instead). `text` is the decoded new tokens (end token
+    excluded); `answer` is the text cut at the template's stop strings and stripped (what a user
+    would see); `stopped_by` uses the evaluation reports' words (STOP_*)."""
     prompt_ids: list
     new_ids: list
     text: str
@@ -43,12 +45,12 @@ class Reply:
 _REASONS = {"end_token": STOP_END, "stop_string": STOP_STRING, "max_new_tokens": STOP_LIMIT}
 
 
-def generate_replies(model, tokenizer, template, histories: Sequence[Sequence[dict]],
+def eval_replies(model, tokenizer, template, histories: Sequence[Sequence[dict]],
                      max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16,
                      progress: bool = False, temperature: float = 0.0, top_k: Optional[int] = None,
                      top_p: Optional[float] = None, repetition_penalty: float = 1.0,
                      no_repeat_ngram_size: int = 0) -> list:
-    """Histories (each a list of messages ending with a user turn) -> list[Reply], same order.
+    """Histories (each a list of messages ending with a user turn) -> list[EvalReply], same order.
 
     Generation goes through the chat layer (`mambaft.chat.generate_replies`: one batched `generate`
     per chunk), so evaluation and chat stop the same way: on the template's end token (by id) or as
@@ -69,6 +71,6 @@ def generate_replies(model, tokenizer, template, histories: Sequence[Sequence[di
         for p, r in zip(chunk, chat_replies(model, tokenizer, template, chunk, settings, seed=seed + start)):
             gen_ids = list(r.token_ids[:-1] if r.stop_reason == "end_token" else r.token_ids)
             text = tokenizer.decode(gen_ids)
-            out.append(Reply(prompt_ids=list(p), new_ids=gen_ids, text=text,
+            out.append(EvalReply(prompt_ids=list(p), new_ids=gen_ids, text=text,
                              answer=template.clean_reply(text), stopped_by=_REASONS[r.stop_reason]))
     return out

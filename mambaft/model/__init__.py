@@ -1,8 +1,8 @@
 """The MambaSWELU model layer: the as-trained architecture, its loss, and its facts."""
-from .loss import linear_cross_entropy
+from .kernels.loss import linear_cross_entropy
 from .mambaswelu import (DecodeState, MambaSWELU, MambaSWELUConfig, count_parameters,
                          model_facts)
-from .swelu import LAM_FORMULAS, SWELU, swelu
+from .kernels.swelu import LAM_FORMULAS, SWELU, swelu
 
 
 def upgrade_to_selective(model, d_state: int = 16):

@@ -25,23 +25,24 @@ Deliberate differences from the original code (none change a number in fp32):
       sequence for every new token. Past max_seq_len both give the same tokens (see `step`).
     * Packed rows (`forward(ids, positions=[B, L])`, several conversations per row, positions
       restarting at 0 at each): the conv (and the selective scan) never reach across a restart, so
-      each conversation gets the logits it gets alone (conv.py, scan.py; tests/test_packing.py).
+      each conversation gets the logits it gets alone (kernels/conv.py, kernels/scan.py; tests/test_packing.py).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import causal_depthwise_conv
-from .loss import linear_cross_entropy
-from .swelu import SWELU
+from .kernels.conv import causal_depthwise_conv
+from .kernels.loss import linear_cross_entropy
+from .ssm import SELECTIVE_KEY, SelectiveSSM, dt_rank
+from .kernels.swelu import SWELU
+from ..template import IGNORE_INDEX, pad_ids
 
-IGNORE_INDEX = -100
+ARCHITECTURES = ("original", "selective")
 
 
 @dataclass
@@ -87,8 +88,10 @@ class MambaSWELUConfig:
 
 
 class SimplifiedMamba(nn.Module):
-    """The fallback mixer that actually ran: in_proj -> causal depthwise conv -> SWELU x sigmoid gate.
-    No selective scan, no recurrence, no SSM state."""
+    """The mixer. As trained (architecture "original"), the fallback that actually ran: in_proj ->
+    causal depthwise conv -> SWELU x sigmoid gate; no selective scan, no recurrence, no SSM state.
+    With architecture "selective" it also carries the gated selective path (`self.selective`,
+    mambaft.model.ssm; else None): the same conv and gate, the scan output added before the gate."""
 
     def __init__(self, cfg: MambaSWELUConfig):
         super().__init__()
@@ -100,35 +103,55 @@ class SimplifiedMamba(nn.Module):
         self.dt_proj = nn.Linear(E, E, bias=True)              # dead: never used by forward
         self.ssm_activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
+        self.selective = (SelectiveSSM(E, cfg.ssm_state, dt_rank(cfg.d_model))
+                          if cfg.architecture == "selective" else None)
 
     def conv(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs).
-        Same numbers as self.conv1d on the transposed input, 3-4x faster on CPU (see conv.py).
+        Same numbers as self.conv1d on the transposed input, 3-4x faster on CPU (see kernels/conv.py).
         positions [B, L] (packed rows): no tap reaches into the previous conversation."""
         return causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, positions)
 
-    def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """SWELU(conv x) * sigmoid(z) -> out_proj. `u` (the mixer input) is unused here; the selective
-        upgrade adds its scan output at this point."""
-        return self.out_proj(self.ssm_activation.gate(x_conv, z))   # SWELU_s(x_conv) * sigmoid(z)
-
-    def forward(self, u: torch.Tensor, cache: Optional[list] = None,
-                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """u: [B, L, D] -> [B, L, D]. If `cache` is a list, the pre-conv x [B, L, E] is appended to it
-        (prefill needs its last K-1 columns). positions [B, L]: packed rows (see `conv`)."""
-        x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, L, E] each
-        if cache is not None:
-            cache.append(x)
-        return self.gate_out(self.conv(x, positions), z, u)
-
-    def step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state=None):
-        """One token. u: [B, D]; conv_state: [B, E, K-1] (the last K-1 pre-conv columns, oldest first).
-        Returns (out [B, D], new conv_state, ssm_state)."""
-        x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, E] each
+    def conv_step(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv at one new column. x: [B, E]; conv_state: [B, E, K-1] (the last K-1 pre-conv
+        columns, oldest first). Returns (x_conv [B, E], the next conv_state [B, E, K-1])."""
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, E, K]
         w = self.conv1d.weight.squeeze(1)                       # [E, K]
         x_conv = (window * w.to(window.dtype)).sum(-1) + self.conv1d.bias.to(window.dtype)  # [B, E]
-        return self.gate_out(x_conv, z, u), window[..., 1:], ssm_state
+        return x_conv, window[..., 1:]
+
+    def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, scan=None):
+        """out_proj(SWELU_s(x_conv) * sigmoid(z)) as trained (fused: kernels/swelu.py). With the
+        selective path, a = SWELU_s(x_conv) also feeds `scan(a) -> (y, ssm state)` and the output is
+        out_proj((a + g * y) * sigmoid(z)). Returns (out [.., D], the scan's state or None)."""
+        if self.selective is None:
+            return self.out_proj(self.ssm_activation.gate(x_conv, z)), None
+        a = self.ssm_activation(x_conv)                           # [.., E] fp32
+        y, state = scan(a)
+        return self.out_proj(self.selective.mix(a, y) * torch.sigmoid(z)), state
+
+    def forward(self, u: torch.Tensor, cache: Optional[list] = None,
+                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """u: [B, L, D] -> [B, L, D]. If `cache` is a list (a `PrefillCache`), the pre-conv x [B, L, E]
+        is appended to it (prefill needs its last K-1 columns), then, with the selective path, the
+        last SSM state [B, E, N] (the cache's `mask` [B, L] marks the real tokens of padded rows).
+        positions [B, L]: packed rows (conv window and scan state restart at every position 0)."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, L, E] each
+        if cache is not None:
+            cache.append(x)
+        out, last = self.gate_out(self.conv(x, positions), z, lambda a: self.selective(
+            a, mask=getattr(cache, "mask", None), positions=positions))
+        if cache is not None and last is not None:
+            cache.append(last)
+        return out
+
+    def step(self, u: torch.Tensor, conv_state: torch.Tensor, ssm_state: Optional[torch.Tensor] = None):
+        """One token. u: [B, D]; conv_state: [B, E, K-1]; ssm_state: [B, E, N] (selective) or None.
+        Returns (out [B, D], conv_state, ssm_state): O(1) in the sequence length."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)                 # [B, E] each
+        x_conv, conv_state = self.conv_step(x, conv_state)
+        out, new_ssm = self.gate_out(x_conv, z, lambda a: self.selective.step(a, ssm_state))
+        return out, conv_state, (ssm_state if self.selective is None else new_ssm)
 
 
 class MambaBlock(nn.Module):
@@ -162,14 +185,30 @@ class DecodeState:
     tail: torch.Tensor         # [B, W] the last W tokens (for the window recompute past max_seq_len)
 
 
+class PrefillCache(list):
+    """What prefill hands each block's mixer: it collects [x] or [x, last SSM state]; `mask` [B, L]
+    marks the real tokens of right-padded rows (the scan must not run over the padding)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.mask = mask
+
+
 class MambaSWELU(nn.Module):
+    """The model; its mixers are picked by `config.architecture` ("original": as trained;
+    "selective": with the gated selective path, see mambaft.model.selective)."""
+
     def __init__(self, cfg: MambaSWELUConfig):
         super().__init__()
+        if cfg.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={cfg.architecture!r}: expected one of {', '.join(ARCHITECTURES)}")
+        if cfg.architecture == "selective" and cfg.ssm_state <= 0:
+            raise ValueError(f"ssm_state={cfg.ssm_state}: must be > 0")
         self.config = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.mamba_stack = MambaStack(cfg)
+        self.mamba_stack = MambaStack(replace(cfg, architecture="original"))
         H = cfg.dense_hidden_dim
         self.dense1 = nn.Linear(cfg.d_model, H)
         self.swelu1 = SWELU(lam_formula=cfg.swelu_lam_formula)
@@ -183,6 +222,14 @@ class MambaSWELU(nn.Module):
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
+        if cfg.architecture == "selective":
+            # The selective mixers are built after everything else and initialised on their own: the
+            # original's init for the original parts, Mamba's for the new ones (gate = 0). This is the
+            # order the random numbers were always drawn in, so a seed still gives the same weights.
+            for layer in self.mamba_stack.layers:
+                layer.mamba = SimplifiedMamba(cfg)
+                layer.mamba.apply(self._init_weights)
+                layer.mamba.selective.reset_parameters()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -261,51 +308,66 @@ class MambaSWELU(nn.Module):
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
         return self.lm_head(f).float()
 
+    @property
+    def keeps_state(self) -> bool:
+        """How decoding goes past max_seq_len. The original crops its input to the last max_seq_len
+        tokens, positions restarting at 0 (reproduced by an O(RF) window recompute, see `step`).
+        The selective model keeps its recurrent state and clamps the position at max_seq_len-1
+        (mambaft.model.selective): a state cannot be cropped in O(1)."""
+        return self.config.architecture == "selective"
+
+    def clamped_positions(self, L: int, device=None) -> torch.Tensor:
+        """Positions 0..L-1 clamped at max_seq_len-1: what decoding uses past the position table."""
+        return torch.arange(L, device=device).clamp(max=self.config.max_seq_len - 1)
+
     @torch.no_grad()
     def prefill(self, rows: list) -> tuple[torch.Tensor, DecodeState]:
         """Run prompts (a list of B id lists, lengths may differ) in parallel.
-        Returns (next-token logits [B, V], state). Prompts longer than max_seq_len are cropped to their
-        last max_seq_len tokens, positions restarting at 0, as the original generate does."""
+        Returns (next-token logits [B, V], state: conv [B, E, K-1] and, selective, ssm [B, E, N] per
+        block). Past max_seq_len (see `keeps_state`): the original crops each prompt to its last
+        max_seq_len tokens, positions restarting at 0, as the original generate does; the selective
+        model feeds it whole, positions clamped."""
         cfg, dev = self.config, self.token_embedding.weight.device
-        M, K, W = cfg.max_seq_len, cfg.d_conv, self.decode_window
+        K, W = cfg.d_conv, 0 if self.keeps_state else self.decode_window
         if any(len(r) == 0 for r in rows):
             raise ValueError("every prompt needs at least one token")
-        lengths = torch.tensor([len(r) for r in rows], device=dev)
-        cropped = [list(r[-M:]) for r in rows]
-        Lc = max(len(r) for r in cropped)
-        ids = torch.zeros(len(rows), Lc, dtype=torch.long, device=dev)  # right-padded: causal,
-        for b, r in enumerate(cropped):                                    # so padding never leaks
-            ids[b, :len(r)] = torch.tensor(r, device=dev)
-        caches: list = [[] for _ in self.mamba_stack.layers]
-        f = self.features(ids, caches=caches)                   # [B, Lc, D]
-        last = torch.tensor([len(r) - 1 for r in cropped], device=dev)
-        logits = self._logits(f[torch.arange(len(rows), device=dev), last])  # [B, V]
+        fed = rows if self.keeps_state else [list(r[-cfg.max_seq_len:]) for r in rows]
+        ids = pad_ids(fed, 0).to(dev)          # [B, Lf] right-padded: causal, so padding never leaks
+        lengths = torch.tensor([len(r) for r in fed], device=dev)
+        mask = torch.arange(ids.shape[1], device=dev)[None] < lengths[:, None]   # [B, Lf]
+        caches = [PrefillCache(mask) for _ in self.mamba_stack.layers]
+        positions = self.clamped_positions(ids.shape[1], dev) if self.keeps_state else None
+        f = self.features(ids, positions=positions, caches=caches)             # [B, Lf, D]
+        last = lengths - 1
+        logits = self._logits(f[torch.arange(len(rows), device=dev), last])    # [B, V]
         # Conv state: the K-1 pre-conv columns before each row's next position (zeros before 0).
         conv = []
-        for (x,) in caches:                                      # x: [B, Lc, E]
-            xp = F.pad(x, (0, 0, K - 1, 0))                      # [B, Lc+K-1, E]
+        for x, *_ in caches:                                     # x: [B, Lf, E]
+            xp = F.pad(x, (0, 0, K - 1, 0))                      # [B, Lf+K-1, E]
             idx = last[:, None] + 1 + torch.arange(K - 1, device=dev)[None]  # [B, K-1] in xp coords
             cols = xp.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))  # [B, K-1, E]
             conv.append(cols.transpose(1, 2).contiguous())       # [B, E, K-1]
-        tail = torch.zeros(len(rows), W, dtype=torch.long, device=dev)
-        for b, r in enumerate(rows):
-            t = list(r[-W:])
-            tail[b, W - len(t):] = torch.tensor(t, device=dev)
-        return logits, DecodeState(conv=conv, ssm=[None] * len(conv), pos=lengths.clone(), tail=tail)
+        ssm = [c[1] if len(c) > 1 else None for c in caches]
+        tail = pad_ids([r[len(r) - W:] for r in rows], 0, width=W, left=True).to(dev)  # [B, W]
+        pos = torch.tensor([len(r) for r in rows], device=dev)
+        return logits, DecodeState(conv=conv, ssm=ssm, pos=pos, tail=tail)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed one token per row (tokens [B]) and return the next-token logits [B, V].
 
-        Within max_seq_len: one column through each block, using the rolling conv state (O(1)).
-        Past it the original crops its input to the last max_seq_len tokens, so every position shifts
-        and the new token sits at position max_seq_len-1. The last output depends only on the last RF
-        tokens, so we recompute exactly those, at positions M-W..M-1: still O(RF) per token."""
-        cfg = self.config
-        M = cfg.max_seq_len
-        state.tail = torch.cat([state.tail[:, 1:], tokens[:, None]], dim=1)
+        One column through each block, rolling the conv (and SSM) state: O(1) per token. Past
+        max_seq_len (`keeps_state` False: the original) the original crops its input to the last
+        max_seq_len tokens, so every position shifts and the new token sits at position
+        max_seq_len-1. The last output depends only on the last RF tokens, so we recompute exactly
+        those, at positions M-W..M-1: still O(RF) per token. The selective model clamps instead."""
+        M = self.config.max_seq_len
         pos = state.pos
-        inside = pos < M
+        if self.keeps_state:
+            inside = torch.ones_like(pos, dtype=torch.bool)
+        else:
+            state.tail = torch.cat([state.tail[:, 1:], tokens[:, None]], dim=1)
+            inside = pos < M
         logits = None
         if bool(inside.any()):  # rows past max_seq_len never use the conv state again: skip them all
             h = self.token_embedding(tokens) + self.position_embedding(pos.clamp(max=M - 1))  # [B, D]
@@ -325,6 +387,16 @@ class MambaSWELU(nn.Module):
                 logits[over] = window_logits
         state.pos = pos + 1
         return logits
+
+    # --- the selective path's parameters ----------------------------------------------------------
+    def new_parameter_names(self) -> list:
+        """Names of the parameters the selective upgrade added (for a separate learning rate)."""
+        return [n for n, _ in self.named_parameters() if SELECTIVE_KEY in n]
+
+    def gates(self) -> torch.Tensor:
+        """[n_layers, E] the per-channel gates of the selective path (0 at upgrade; how far training
+        opened it)."""
+        return torch.stack([layer.mamba.selective.gate.detach() for layer in self.mamba_stack.layers])
 
     # --- facts for the diagnosis ----------------------------------------------------------------
     def dead_parameters(self) -> list:

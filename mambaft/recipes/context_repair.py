@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from mambaft.template import IGNORE_INDEX, pad_ids
 from mambaft.evaluate.context import (INTRO, PROBE_NAMES, QUESTION, TRAIN_NAMES, ContextReport, load_texts,
                                       measure_context, token_stream)
 
@@ -65,13 +66,8 @@ def repeat_batch(stream: torch.Tensor, batch: int, gen: torch.Generator, seg: in
 def right_pad(rows: list, trained: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows of different lengths -> (ids, labels) [len(rows), longest], right-padded, with only
     each row's last `trained` tokens as labels (-100 elsewhere; the model shifts them inside)."""
-    L = max(map(len, rows))
-    ids = torch.zeros(len(rows), L, dtype=torch.long)
-    labels = torch.full((len(rows), L), -100, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r)
-        labels[b, len(r) - trained:len(r)] = ids[b, len(r) - trained:len(r)]
-    return ids, labels
+    labels = [[IGNORE_INDEX] * (len(r) - trained) + list(r[len(r) - trained:]) for r in rows]
+    return pad_ids(rows, 0), pad_ids(labels, IGNORE_INDEX)
 
 
 def train_lm(model, make_batches, steps: int, *, lr: float, warmup: int, seed: int, precision: str = "auto",

@@ -1,6 +1,6 @@
 """Fine-tuning: the step (step.py), optimizer and schedule (optim.py), batches (batches.py), the loop
-(loop.py), checkpoints (checkpoints.py), evaluation (evaluation.py), the plan printout (plan.py),
-pre-flight (preflight.py), lr sweep (sweep.py) and one whole run (run.py: `finetune`).
+(loop.py), a run's resumable state (run_state.py), evaluation (evaluation.py), the plan printout
+(plan.py), pre-flight (preflight.py), lr sweep (sweep.py) and one whole run (run.py: `finetune`).
 
 Public API (imported lazily: `import mambaft.train` loads neither accelerate nor datasets):
     finetune(cfg, base, data_dir, out_dir, *, resume=True, progress=True, ...) -> dict

@@ -32,11 +32,11 @@ from typing import Optional, Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from mambaft.template import IGNORE_INDEX, pad_ids
 
 
-def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None) -> dict:
-    """Right-pad rows to the batch's longest one.
+def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None, pad_to: int = 0) -> dict:
+    """Right-pad rows to the batch's longest one (or to `pad_to`, when longer).
 
     Args:
         rows: dicts with `input_ids` and `labels` (equal-length int lists; labels -100 where untrained).
@@ -53,14 +53,9 @@ def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None) ->
         if max_len is not None and lengths[i] > max_len:
             raise ValueError(f"row {r.get('id', i)!r}: {lengths[i]} tokens, longer than max_seq_len "
                              f"{max_len} (prepare the data with the same max_seq_len as the model)")
-    L = max(lengths)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), L), IGNORE_INDEX, dtype=torch.long)
-    for b, r in enumerate(rows):
-        n = lengths[b]
-        ids[b, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
-        labels[b, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
-    return {"input_ids": ids, "labels": labels, "lengths": torch.tensor(lengths, dtype=torch.long)}
+    return {"input_ids": pad_ids([r["input_ids"] for r in rows], pad_id, pad_to),
+            "labels": pad_ids([r["labels"] for r in rows], IGNORE_INDEX, pad_to),
+            "lengths": torch.tensor(lengths, dtype=torch.long)}
 
 
 def pack(rows: Sequence[dict], capacity: int) -> list[list[dict]]:
@@ -106,12 +101,8 @@ def collate_packed(bins: Sequence[Sequence[dict]], pad_id: int, max_len: Optiona
         joined.append({"id": b, "input_ids": ids, "labels": labels, "positions": pos})
     out = collate(joined, pad_id)
     L = out["input_ids"].shape[1]
-    positions = torch.zeros(len(joined), L, dtype=torch.long)
-    for b, j in enumerate(joined):
-        n = len(j["positions"])
-        positions[b, :n] = torch.as_tensor(j["positions"], dtype=torch.long)
-        positions[b, n:] = torch.arange(L - n)   # padding: a segment of its own (labels -100)
-    out["positions"] = positions
+    # padding: a segment of its own (positions 0, 1, ..; labels -100)
+    out["positions"] = pad_ids([j["positions"] + list(range(L - len(j["positions"]))) for j in joined], 0)
     out["n_rows"] = sum(len(rows) for rows in bins)
     return out
 

@@ -12,9 +12,14 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
+
+from mambaft.data.text import load_text_documents
+from mambaft.evaluate.metrics import HELDOUT_WINDOW, degeneration, text_windows, validation_pairs
+from mambaft.evaluate.probes import PROBES
+from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, eval_replies
 
 from .batches import collate
 
@@ -76,12 +81,11 @@ def summarize_val(sums: dict) -> dict:
 
 
 @torch.no_grad()
-def heldout_perplexity(model, texts: dict, tokenizer, *, seq_len: int, max_tokens: int,
-                       device: torch.device, autocast_ctx=None, batch_size: int = 4) -> dict:
-    """Perplexity on plain text the run never trains on (forgetting watch).
-
-    Each source's documents are tokenized and concatenated (no separator, as in pretraining), cut
-    into non-overlapping windows of `seq_len` tokens, at most `max_tokens` tokens per source.
+def heldout_perplexity(model, texts: dict, tokenizer, *, max_tokens: int, device: torch.device,
+                       autocast_ctx=None, batch_size: int = 4, window: int = HELDOUT_WINDOW) -> dict:
+    """Perplexity on plain text the run never trains on (forgetting watch): the held-out perplexity
+    of mambaft.evaluate.metrics (`text_windows`: each document on its own, windows of 256 tokens, at
+    most `max_tokens` scored tokens per source), scored by the model's own summed loss.
     Returns {"heldout_ppl": exp(token-weighted mean NLL over all sources), "heldout_ppl/<name>": ...}."""
     was_training = model.training
     model.eval()
@@ -90,14 +94,8 @@ def heldout_perplexity(model, texts: dict, tokenizer, *, seq_len: int, max_token
     grand, grand_n = 0.0, 0
     try:
         for name in sorted(texts):
-            stream: list[int] = []
-            for doc in texts[name]:
-                stream.extend(tokenizer.encode(doc))
-                if len(stream) >= max_tokens:
-                    break
-            stream = stream[:max_tokens]
-            windows = [stream[i:i + seq_len] for i in range(0, len(stream), seq_len)]
-            windows = [w for w in windows if len(w) >= 2]
+            windows = text_windows((tokenizer.encode(doc) for doc in texts[name]),
+                                   min(window, model.config.max_seq_len), max_tokens)
             total, n = 0.0, 0
             for s in range(0, len(windows), batch_size):
                 rows = [{"input_ids": w, "labels": w} for w in windows[s:s + batch_size]]
@@ -117,21 +115,14 @@ def heldout_perplexity(model, texts: dict, tokenizer, *, seq_len: int, max_token
     return row
 
 
-def load_probes() -> tuple[Optional[list], str]:
-    """The fixed probe set (mambaft.evaluate.probes.PROBES), or (None, why not)."""
-    try:
-        from mambaft.evaluate.probes import PROBES
-    except ImportError as e:
-        return None, f"no probe set yet (mambaft.evaluate.probes: {e}); probes skipped"
+def load_probes() -> tuple[list, str]:
+    """The fixed probe set (mambaft.evaluate.probes.PROBES) and a line saying so."""
     return list(PROBES), f"{len(PROBES)} probes from mambaft.evaluate.probes"
 
 
 def load_heldout_texts(names: Sequence[str], max_docs: int = 200) -> tuple[dict, str]:
-    """Held-out plain text per source name from mambaft.data.text, or ({}, why not)."""
-    try:
-        from mambaft.data.text import load_text_documents
-    except ImportError as e:
-        return {}, f"no held-out text loader yet (mambaft.data.text: {e}); held-out perplexity skipped"
+    """Held-out plain text per source name from mambaft.data.text (a source that cannot be read is
+    skipped and named in the note), and a line saying what was loaded."""
     texts, notes = {}, []
     for name in names:
         try:
@@ -154,12 +145,10 @@ def probe_answers(model, probes: Sequence, tokenizer, template, *, max_new_token
 
     Returns one dict per probe: id, lang, prompt, answer (cleaned), raw, passed, stopped (end token or
     stop string before the limit), end_token, new_tokens."""
-    from mambaft.evaluate.replies import STOP_END, STOP_LIMIT, generate_replies
-
     was_training = model.training
     model.eval()
     try:
-        replies = generate_replies(model, tokenizer, template, [p.messages for p in probes],
+        replies = eval_replies(model, tokenizer, template, [p.messages for p in probes],
                                    max_new_tokens=max_new_tokens, batch_size=max(1, len(probes)))
     finally:
         model.train(was_training)
@@ -195,8 +184,6 @@ def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, 
         val_empty_rate    share of replies that stopped with nothing to show
         val_reply_tokens  mean new tokens per reply
     Validation questions, not the probes: notebook 04 then reports the probes untouched by the choice."""
-    from mambaft.evaluate.metrics import degeneration, validation_pairs
-    from mambaft.evaluate.replies import generate_replies
 
     pairs = validation_pairs(val_ds.select(list(indices))) if len(indices) else []
     if not pairs:
@@ -204,7 +191,7 @@ def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, 
     was_training = model.training
     model.eval()
     try:
-        replies = generate_replies(model, tokenizer, template, [h for h, _ in pairs],
+        replies = eval_replies(model, tokenizer, template, [h for h, _ in pairs],
                                    max_new_tokens=max_new_tokens, batch_size=len(pairs))
     finally:
         model.train(was_training)

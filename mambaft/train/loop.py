@@ -28,12 +28,12 @@ from mambaft import durable, runtime
 from mambaft.config import Config, ConfigError
 from mambaft.faults import inject as _fault
 
-from . import checkpoints as ck
+from . import run_state as ck
 from .batches import RowStream
 from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, summarize_val, val_loss_sums,
                          val_rows, write_probe_answers)
 from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
-from .optim import build_optimizer, lr_at
+from .optim import lr_at, run_optimizer
 from .step import count_trained_tokens, micro_step, optimizer_step
 
 
@@ -74,145 +74,153 @@ class Printer:
             print(msg, flush=True)
 
 
-def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
-    """Train one phase to cfg.max_steps (resuming when inp.resume_from is set). Returns a summary."""
-    acc = accelerator
-    rank, W = acc.process_index, acc.num_processes
-    main = acc.is_main_process
-    say = Printer(main)
-    out = inp.out_dir
-    device = acc.device
-    precision = runtime.resolve_precision(cfg.precision, device)
-    make_ctx = lambda: runtime.autocast(device, precision)  # noqa: E731 - a fresh context per use
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=main)
-    G = cfg.batch_size * cfg.grad_accum * W
+@dataclass
+class PhaseState:
+    """What the loop carries from one optimizer step to the next (a checkpoint saves the first three)."""
+    step: int = 0                        # optimizer steps done
+    rows_consumed: int = 0               # global rows trained on: the exact data position
+    best: Optional[float] = None         # lowest validation loss so far
+    last_eval: dict = field(default_factory=dict)
+    losses: list = field(default_factory=list)   # training loss of each step of this run
 
-    # --- model, optimizer, state ------------------------------------------------------------------
-    raw = inp.model
-    raw.train()
-    model = acc.prepare(raw)                              # moves to the device; DDP when W > 1
-    raw = acc.unwrap_model(model)
-    opt = build_optimizer(raw, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
-                          new_lr_mult=cfg.selective_lr_mult)
-    # fp16 always with a loss scaler (its 5.96e-8 floor underflows small gradients to 0 otherwise)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    guard = DivergenceGuard(max_bad=inp.max_bad_steps)
-    step, rows_consumed, best = 0, 0, None
-    if inp.resume_from is not None:
-        st = ck.load_trainer_state(inp.resume_from.path)
-        _check_world_size(st, W, G, inp.allow_world_size_change, say)
-        opt.load_state_dict(st["optimizer"])
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        guard.load_state_dict(st["guard"])
-        step, rows_consumed, best = int(st["step"]), int(st["rows_consumed"]), st.get("best_val_loss")
-        rng = ck.load_rng(inp.resume_from.path, rank)
-        if rng is not None:
-            for note in ck.restore_rng(rng):
-                say(f"note: {note}")
-        else:
-            runtime.seed_everything(cfg.seed + 1000 * rank + step)
-            say(f"note: no RNG state for rank {rank} in {inp.resume_from.path} (saved with "
-                f"{st.get('world_size')} processes); reseeded")
-        dropped = metrics.truncate_after(step)
-        say(f"resuming from {inp.resume_from.path} (step {step} of {cfg.max_steps}, "
-            f"{rows_consumed:,} rows consumed, epoch {rows_consumed / len(inp.train):.2f})"
-            + (f"; dropped {dropped} metrics rows logged after that checkpoint" if dropped else ""))
-        metrics.write({"step": step, "event": "resume", "from": str(inp.resume_from.path)})
-    else:
-        runtime.seed_everything(cfg.seed + 1000 * rank)
-        metrics.write({"step": 0, "event": "start", "world_size": W, "precision": precision,
-                       "global_batch": G})
-    stream = RowStream(inp.train, seed=cfg.seed, pad_id=inp.tokenizer.eos_id,
-                       max_len=raw.config.max_seq_len,
-                       pack_to=min(cfg.max_seq_len, raw.config.max_seq_len) if cfg.packing else None)
-    val_idx = val_rows(inp.val, cfg.eval_batches * cfg.batch_size, cfg.seed) if inp.val is not None else []
-    val_sources = sorted(set(inp.val["source"])) if inp.val is not None and "source" in inp.val.column_names else []
-    for line in inp.plan_text:
-        say(line)
-    say(f"device {device}, {W} process(es), precision {precision}, "
-        f"{sum(p.numel() for p in raw.parameters() if p.requires_grad):,} trainable parameters")
 
-    def reduce_sum(values: list) -> list:
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        if W > 1:
-            t = acc.reduce(t, reduction="sum")
+class Phase:
+    """One phase's fixed parts (model, optimizer, data stream, printing) and its three actions:
+    evaluate, checkpoint, one optimizer step. Built once by `run_phase`, in the order the RNGs and
+    the accelerator expect (prepare, optimizer, resume or seed, then the data stream)."""
+
+    def __init__(self, cfg: Config, inp: PhaseInputs, acc):
+        self.cfg, self.inp, self.acc = cfg, inp, acc
+        self.rank, self.W, self.main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.say = Printer(self.main)
+        self.device = acc.device
+        self.precision = runtime.resolve_precision(cfg.precision, self.device)
+        self.metrics = MetricsLog(inp.out_dir / "metrics.jsonl", enabled=self.main)
+        self.G = cfg.batch_size * cfg.grad_accum * self.W
+        inp.model.train()
+        self.model = acc.prepare(inp.model)                 # moves to the device; DDP when W > 1
+        self.raw = acc.unwrap_model(self.model)
+        self.opt = run_optimizer(self.raw, cfg)
+        # fp16 always with a loss scaler (its 5.96e-8 floor underflows small gradients to 0 otherwise)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.guard = DivergenceGuard(max_bad=inp.max_bad_steps)
+
+    def ctx(self):
+        return runtime.autocast(self.device, self.precision)    # a fresh context per use
+
+    def reduce_sum(self, values: list) -> list:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.W > 1:
+            t = self.acc.reduce(t, reduction="sum")
         return t.tolist()
 
-    # --- evaluation (all ranks share the val rows; rank 0 alone runs perplexity and probes) ---------
-    def evaluate(at_step: int) -> dict:
+    def start(self) -> PhaseState:
+        """Resume from inp.resume_from (optimizer, scaler, guard, RNGs, data position) or seed a new
+        run; then the data stream and the validation rows."""
+        cfg, inp, say, rank = self.cfg, self.inp, self.say, self.rank
+        st = PhaseState()
+        if inp.resume_from is not None:
+            saved = ck.load_trainer_state(inp.resume_from.path)
+            _check_world_size(saved, self.W, self.G, inp.allow_world_size_change, say)
+            self.opt.load_state_dict(saved["optimizer"])
+            if self.scaler is not None and saved.get("scaler"):
+                self.scaler.load_state_dict(saved["scaler"])
+            self.guard.load_state_dict(saved["guard"])
+            st.step, st.rows_consumed, st.best = int(saved["step"]), int(saved["rows_consumed"]), saved.get("best_val_loss")
+            rng = ck.load_rng(inp.resume_from.path, rank)
+            if rng is not None:
+                for note in ck.restore_rng(rng):
+                    say(f"note: {note}")
+            else:
+                runtime.seed_everything(cfg.seed + 1000 * rank + st.step)
+                say(f"note: no RNG state for rank {rank} in {inp.resume_from.path} (saved with "
+                    f"{saved.get('world_size')} processes); reseeded")
+            dropped = self.metrics.truncate_after(st.step)
+            say(f"resuming from {inp.resume_from.path} (step {st.step} of {cfg.max_steps}, "
+                f"{st.rows_consumed:,} rows consumed, epoch {st.rows_consumed / len(inp.train):.2f})"
+                + (f"; dropped {dropped} metrics rows logged after that checkpoint" if dropped else ""))
+            self.metrics.write({"step": st.step, "event": "resume", "from": str(inp.resume_from.path)})
+        else:
+            runtime.seed_everything(cfg.seed + 1000 * rank)
+            self.metrics.write({"step": 0, "event": "start", "world_size": self.W, "precision": self.precision,
+                                "global_batch": self.G})
+        max_len = self.raw.config.max_seq_len
+        self.stream = RowStream(inp.train, seed=cfg.seed, pad_id=inp.tokenizer.eos_id, max_len=max_len,
+                                pack_to=min(cfg.max_seq_len, max_len) if cfg.packing else None)
+        val = inp.val
+        self.val_idx = val_rows(val, cfg.eval_batches * cfg.batch_size, cfg.seed) if val is not None else []
+        self.val_sources = sorted(set(val["source"])) if val is not None and "source" in val.column_names else []
+        for line in inp.plan_text:
+            say(line)
+        say(f"device {self.device}, {self.W} process(es), precision {self.precision}, "
+            f"{sum(p.numel() for p in self.raw.parameters() if p.requires_grad):,} trainable parameters")
+        return st
+
+    def evaluate(self, at_step: int) -> dict:
+        """All ranks share the val rows; rank 0 alone runs reply behaviour, perplexity and probes."""
+        cfg, inp, raw, val, idx = self.cfg, self.inp, self.raw, self.inp.val, self.val_idx
         row: dict = {"step": at_step}
-        if inp.val is not None and len(val_idx):
-            mine = val_idx[rank::W]
-            sums = val_loss_sums(raw, inp.val, mine, batch_size=cfg.batch_size, pad_id=inp.tokenizer.eos_id,
-                                 device=device, autocast_ctx=make_ctx(), sources=val_sources)
-            flat = reduce_sum([x for s in val_sources for x in sums.get(s, [0.0, 0])])
-            row.update(summarize_val({s: flat[2 * i:2 * i + 2] for i, s in enumerate(val_sources)}))
-        if main:
-            if inp.val is not None and cfg.eval_replies > 0 and "messages" in inp.val.column_names:
+        if val is not None and len(idx):
+            sums = val_loss_sums(raw, val, idx[self.rank::self.W], batch_size=cfg.batch_size,
+                                 pad_id=inp.tokenizer.eos_id, device=self.device, autocast_ctx=self.ctx(),
+                                 sources=self.val_sources)
+            flat = self.reduce_sum([x for s in self.val_sources for x in sums.get(s, [0.0, 0])])
+            row.update(summarize_val({s: flat[2 * i:2 * i + 2] for i, s in enumerate(self.val_sources)}))
+        if self.main:
+            if val is not None and cfg.eval_replies > 0 and "messages" in val.column_names:
                 # how greedy replies to held-out questions behave: what the checkpoint choice reads
-                row.update(reply_behaviour(raw, inp.val, val_idx[:cfg.eval_replies], inp.tokenizer,
-                                           inp.template, max_new_tokens=inp.probe_tokens))
+                row.update(reply_behaviour(raw, val, idx[:cfg.eval_replies], inp.tokenizer, inp.template,
+                                           max_new_tokens=inp.probe_tokens))
             if inp.heldout_texts:
-                row.update(heldout_perplexity(raw, inp.heldout_texts, inp.tokenizer,
-                                              seq_len=min(cfg.max_seq_len, raw.config.max_seq_len),
-                                              max_tokens=inp.heldout_tokens, device=device,
-                                              autocast_ctx=make_ctx(), batch_size=cfg.batch_size))
+                row.update(heldout_perplexity(raw, inp.heldout_texts, inp.tokenizer, max_tokens=inp.heldout_tokens,
+                                              device=self.device, autocast_ctx=self.ctx(),
+                                              batch_size=cfg.batch_size))
             if inp.probes:
                 answers = probe_answers(raw, inp.probes, inp.tokenizer, inp.template,
                                         max_new_tokens=inp.probe_tokens)
-                row.update(write_probe_answers(out / "probes" / f"step_{at_step}.jsonl", at_step, answers))
-        acc.wait_for_everyone()
+                row.update(write_probe_answers(inp.out_dir / "probes" / f"step_{at_step}.jsonl", at_step, answers))
+        self.acc.wait_for_everyone()
         return row
 
-    # --- checkpoint (atomic; every rank writes its RNG, rank 0 commits and rotates) ----------------
-    def save(at_step: int, val_loss: Optional[float]) -> None:
-        if main:
+    def save(self, st: PhaseState, val_loss: Optional[float]) -> None:
+        """Atomic checkpoint: every rank writes its RNG, rank 0 commits and rotates."""
+        out, acc, at_step = self.inp.out_dir, self.acc, st.step
+        if self.main:
             ck.begin(out, at_step)
         acc.wait_for_everyone()
-        ck.write_rng(ck.tmp_dir(out, at_step), rank)
+        ck.write_rng(ck.tmp_dir(out, at_step), self.rank)
         acc.wait_for_everyone()
-        if main:
-            state = {"step": at_step, "rows_consumed": rows_consumed, "optimizer": opt.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "guard": guard.state_dict(), "best_val_loss": best, "world_size": W,
-                     "global_batch": G, "epoch": rows_consumed / len(inp.train)}
+        if self.main:
+            cfg, raw = self.cfg, self.raw
+            state = {"step": at_step, "rows_consumed": st.rows_consumed, "optimizer": self.opt.state_dict(),
+                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                     "guard": self.guard.state_dict(), "best_val_loss": st.best, "world_size": self.W,
+                     "global_batch": self.G, "epoch": st.rows_consumed / len(self.inp.train)}
             path = ck.commit(out, at_step, raw, trainer_state=state, config=cfg.to_dict(),
-                             template=inp.template, tokenizer=inp.tokenizer,
+                             template=self.inp.template, tokenizer=self.inp.tokenizer,
                              training_meta={"config": cfg.to_dict(), "step": at_step, "val_loss": val_loss,
-                                            "rows_consumed": rows_consumed},
+                                            "rows_consumed": st.rows_consumed},
                              export_original=cfg.export_original and raw.config.architecture == "original",
                              fault=lambda point: _fault(point, at_step))
             removed = ck.rotate(out, cfg.keep_last)
-            metrics.write({"step": at_step, "event": "checkpoint", "path": str(path),
-                           "removed": [p.name for p in removed]})
+            self.metrics.write({"step": at_step, "event": "checkpoint", "path": str(path),
+                                "removed": [p.name for p in removed]})
         acc.wait_for_everyone()
 
-    last_eval: dict = {}
-    if step == 0 and inp.eval_at_start and inp.resume_from is None:
-        last_eval = evaluate(0)
-        metrics.write(last_eval)
-        say("eval step 0: " + _fmt(last_eval))
-
-    # --- the loop -----------------------------------------------------------------------------------
-    bar = None
-    if inp.progress and main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.strategy}", unit="step", dynamic_ncols=True)
-        say.bar = bar
-    t_start = time.time()
-    losses: list[float] = []
-    while step < cfg.max_steps:
+    def train_step(self, st: PhaseState) -> tuple[dict, str, list]:
+        """One optimizer step (steps 1-4 of the module docstring). Advances st.step and
+        st.rows_consumed; returns (the metrics row, the guard's verdict, the step's row ids)."""
+        cfg, W, device, scaler = self.cfg, self.W, self.device, self.scaler
         t0 = time.time()
         # 1. learning rate for this optimizer step (0-based index `step`)
-        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+        lr = lr_at(st.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                    schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
         # 2. this rank's share of the global batch, and the global count of trained tokens
-        rows = stream.step_rows(rows_consumed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                rank=rank, world_size=W)
+        rows = self.stream.step_rows(st.rows_consumed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                     rank=self.rank, world_size=W)
         local_trained = sum(count_trained_tokens(mb["labels"]) for mb in rows.micro_batches)
         local_tokens = sum(int(mb["lengths"].sum()) for mb in rows.micro_batches)
-        n_global, tokens_global = (int(x) for x in reduce_sum([local_trained, local_tokens]))
+        n_global, tokens_global = (int(x) for x in self.reduce_sum([local_trained, local_tokens]))
         # 3. forward/backward: DDP averages gradients over W ranks, so W / n_global makes the result
         #    sum(token losses) / n_global; no all-reduce until the last micro-batch (no_sync)
         scale = (W / n_global) if n_global else 0.0
@@ -220,64 +228,89 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         loss_local = 0.0
         for i, mb in enumerate(rows.micro_batches):
             last = i == len(rows.micro_batches) - 1
-            sync = contextlib.nullcontext() if (last or W == 1) else acc.no_sync(model)
+            sync = contextlib.nullcontext() if (last or W == 1) else self.acc.no_sync(self.model)
             with sync:
                 pos = mb["positions"].to(device) if "positions" in mb else None   # packed rows
-                ls, _ = micro_step(model, mb["input_ids"].to(device), mb["labels"].to(device),
-                                   autocast_ctx=make_ctx(), loss_scale=scale, backward=backward,
-                                   positions=pos)
+                ls, _ = micro_step(self.model, mb["input_ids"].to(device), mb["labels"].to(device),
+                                   autocast_ctx=self.ctx(), loss_scale=scale, backward=backward, positions=pos)
             loss_local += ls
-        loss = reduce_sum([loss_local])[0] / max(1, n_global)
+        loss = self.reduce_sum([loss_local])[0] / max(1, n_global)
         # 4. clip + AdamW step, unless the loss or the gradient is NaN/inf (then nothing is applied)
         if math.isfinite(loss) and n_global:
-            grad_norm = optimizer_step(raw, opt, lr=lr, grad_clip=cfg.grad_clip, scaler=scaler)
+            grad_norm = optimizer_step(self.raw, self.opt, lr=lr, grad_clip=cfg.grad_clip, scaler=scaler)
         else:
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             grad_norm = float("nan")
-        verdict = guard.check(step + 1, loss, grad_norm)
-        step += 1
-        rows_consumed += G
-        _fault("after_step", step)
-        # 5. log
+        verdict = self.guard.check(st.step + 1, loss, grad_norm)
+        st.step += 1
+        st.rows_consumed += self.G
+        _fault("after_step", st.step)
         dt = time.time() - t0
-        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+        row = {"step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                "tokens_per_s": tokens_global / dt if dt > 0 else None, "trained_tokens": n_global,
-               "tokens": tokens_global, "epoch": rows_consumed / len(inp.train),
-               "elapsed_s": round(time.time() - t_start, 3)}
-        metrics.write(row)
-        losses.append(loss)
+               "tokens": tokens_global, "epoch": st.rows_consumed / len(self.inp.train)}
+        return row, verdict, rows.row_ids
+
+    def log_step(self, row: dict, verdict: str, row_ids: list, bar) -> None:
+        """5. log the step (metrics.jsonl, progress bar, trackers) and say what the guard saw."""
+        step, loss, grad_norm, guard = row["step"], row["loss"], row["grad_norm"], self.guard
+        self.metrics.write(row)
         if verdict == "nonfinite":
             # event rows never carry "loss"/"grad_norm" keys: plots read those as the training series
-            metrics.write({"step": step, "event": "nonfinite", "bad_loss": loss, "bad_grad_norm": grad_norm,
-                           "rows": rows.row_ids[:16]})
-            say(f"step {step}: NaN/inf (loss {loss}, grad norm {grad_norm}): step skipped "
-                f"({guard.consecutive_bad} in a row, stop at {guard.max_bad})")
+            self.metrics.write({"step": step, "event": "nonfinite", "bad_loss": loss, "bad_grad_norm": grad_norm,
+                                "rows": row_ids[:16]})
+            self.say(f"step {step}: NaN/inf (loss {loss}, grad norm {grad_norm}): step skipped "
+                     f"({guard.consecutive_bad} in a row, stop at {guard.max_bad})")
         elif verdict == "spike":
-            metrics.write({"step": step, "event": "loss_spike", "spike_loss": loss, "ema": guard.ema})
-            say(f"ALARM step {step}: loss {loss:.3f} is over {guard.spike_factor:g}x its running average "
-                f"{guard.ema:.3f} (check lr and data)")
+            self.metrics.write({"step": step, "event": "loss_spike", "spike_loss": loss, "ema": guard.ema})
+            self.say(f"ALARM step {step}: loss {loss:.3f} is over {guard.spike_factor:g}x its running average "
+                     f"{guard.ema:.3f} (check lr and data)")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s'] or 0:,.0f}")
-        if acc.trackers:
-            acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s'] or 0:,.0f}")
+        if self.acc.trackers:
+            self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+
+
+def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
+    """Train one phase to cfg.max_steps (resuming when inp.resume_from is set). Returns a summary."""
+    ph = Phase(cfg, inp, accelerator)
+    st = ph.start()
+    if st.step == 0 and inp.eval_at_start and inp.resume_from is None:
+        st.last_eval = ph.evaluate(0)
+        ph.metrics.write(st.last_eval)
+        ph.say("eval step 0: " + _fmt(st.last_eval))
+    bar = None
+    if inp.progress and ph.main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.max_steps, initial=st.step, desc=f"{cfg.strategy}", unit="step", dynamic_ncols=True)
+        ph.say.bar = bar
+    t_start = time.time()
+    while st.step < cfg.max_steps:
+        # 1-4. lr, this rank's rows, forward/backward, clip + AdamW step
+        row, verdict, row_ids = ph.train_step(st)
+        # 5. log
+        row["elapsed_s"] = round(time.time() - t_start, 3)
+        ph.log_step(row, verdict, row_ids, bar)
+        st.losses.append(row["loss"])
         # 6. evaluate and checkpoint
+        step = st.step
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            last_eval = evaluate(step)
-            metrics.write(last_eval)
-            if acc.trackers:
-                acc.log({k: v for k, v in last_eval.items() if k != "step"}, step=step)
-            _stop_on_nonfinite_val(last_eval, step, out)
-            if "val_loss" in last_eval and (best is None or last_eval["val_loss"] < best):
-                best = last_eval["val_loss"]
-            say(f"eval step {step}: " + _fmt(last_eval))
+            st.last_eval = ph.evaluate(step)
+            ph.metrics.write(st.last_eval)
+            if accelerator.trackers:
+                accelerator.log({k: v for k, v in st.last_eval.items() if k != "step"}, step=step)
+            _stop_on_nonfinite_val(st.last_eval, step, inp.out_dir)
+            if "val_loss" in st.last_eval and (st.best is None or st.last_eval["val_loss"] < st.best):
+                st.best = st.last_eval["val_loss"]
+            ph.say(f"eval step {step}: " + _fmt(st.last_eval))
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            save(step, last_eval.get("val_loss") if last_eval.get("step") == step else None)
+            ph.save(st, st.last_eval.get("val_loss") if st.last_eval.get("step") == step else None)
     if bar is not None:
         bar.close()
-        say.bar = None
-    return {"steps": step, "rows_consumed": rows_consumed, "losses_this_run": losses,
-            "last_eval": last_eval, "best_val_loss": best, "precision": precision, "world_size": W}
+        ph.say.bar = None
+    return {"steps": st.step, "rows_consumed": st.rows_consumed, "losses_this_run": st.losses,
+            "last_eval": st.last_eval, "best_val_loss": st.best, "precision": ph.precision, "world_size": ph.W}
 
 
 # --- guards (world size, non-finite validation loss) --------------------------------------------------

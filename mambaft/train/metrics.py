@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -74,13 +75,22 @@ class MetricsLog:
 
 
 def read_metrics(path: Union[str, Path]) -> list[dict]:
-    """All rows of a metrics.jsonl (a trailing half-written line is ignored)."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """All rows of a metrics.jsonl, in file order. A half-written last line (a writer still running,
+    or killed mid-line) is ignored; any other unreadable line is skipped with a warning naming it.
+    (mambaft.plots wraps the rows as a `Metrics`; its MetricsReader follows a file still growing.)"""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics file (training writes OUT/metrics.jsonl)")
+    rows, bad = [], []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines, 1):
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
+        except json.JSONDecodeError as e:
+            if i < len(lines) and line.strip():
+                bad.append(f"line {i} ({e.msg})")
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s), first: {bad[0]}")
     return rows
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -53,3 +54,11 @@ def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float,
         return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError):  # pragma: no cover - a device without a fused kernel
         return torch.optim.AdamW(param_groups, lr=lr, betas=betas)
+
+
+def run_optimizer(model: torch.nn.Module, cfg, lr: Optional[float] = None) -> torch.optim.AdamW:
+    """The fine-tuning run's AdamW from its config (`mambaft.config.Config`): the one place the loop
+    and the lr sweep get their parameter groups (weight decay, betas, the selective lr multiplier).
+    `lr`: the base lr to use instead of cfg.lr (the sweep's candidates)."""
+    return build_optimizer(model, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay,
+                           betas=(cfg.beta1, cfg.beta2), new_lr_mult=cfg.selective_lr_mult)

@@ -20,10 +20,10 @@ from typing import Optional, Union
 import torch
 
 from mambaft import runtime
-from mambaft.config import Config, ConfigError, resolve_base
+from mambaft.config import Config, ConfigError, resolve_base, saved_config_dict
 from mambaft.errors import DataError
 
-from . import checkpoints as ck
+from . import run_state as ck
 from .evaluation import load_heldout_texts, load_probes
 from .loop import PhaseInputs, run_phase, write_final
 from .plan import plan_lines
@@ -57,8 +57,8 @@ def load_base(base: Path, cfg: Config, say) -> tuple:
     model, info = load_checkpoint(base)
     if cfg.architecture == "selective" and model.config.architecture == "original":
         from mambaft.model.selective import upgrade_to_selective
-        model = upgrade_to_selective(model, d_state=cfg.d_state)
-        say(f"upgraded {base} to the selective architecture (d_state {cfg.d_state})")
+        model = upgrade_to_selective(model, d_state=cfg.ssm_state)
+        say(f"upgraded {base} to the selective architecture (ssm_state {cfg.ssm_state})")
     return model, info
 
 
@@ -90,7 +90,7 @@ def _heldout_names(cfg: Config) -> list:
     return names
 
 
-RUN_FILES = ("metrics.jsonl", "result.json", "final_model.pt", "config.json")
+RUN_FILES = ("metrics.jsonl", "result.json", "final_model.pt", ck.CONFIG_FILE)
 RUN_DIRS = (ck.CKPT_DIRNAME, "probes", "final")
 
 
@@ -162,7 +162,7 @@ def _locked_phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accele
             say(f"no complete checkpoint in {out_dir}: starting from the base (old metrics.jsonl replaced)")
     accelerator.wait_for_everyone()
     if latest is not None:
-        saved = json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8"))
+        saved = saved_config_dict(json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8")))
         changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
                    if k in saved and json.dumps(saved[k]) != json.dumps(v)}
         if changed:
@@ -172,7 +172,7 @@ def _locked_phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accele
     template = _chat_template(data_dir, info, say)
     tokenizer = info.tokenizer
     if accelerator.is_main_process:
-        (out_dir / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+        (out_dir / ck.CONFIG_FILE).write_text(cfg.to_json() + "\n", encoding="utf-8")
     stats = None
     if (data_dir / "stats.json").is_file():
         stats = json.loads((data_dir / "stats.json").read_text(encoding="utf-8"))

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-IGNORE_INDEX = -100
+from mambaft.template import IGNORE_INDEX
 
 
 def count_trained_tokens(labels: torch.Tensor) -> int:

@@ -20,7 +20,7 @@ from mambaft import runtime
 from mambaft.config import Config, resolve_base
 
 from .batches import RowStream
-from .optim import build_optimizer, lr_at
+from .optim import lr_at, run_optimizer
 from .run import _freeze, load_base, load_data
 from .step import count_trained_tokens, micro_step, optimizer_step
 
@@ -51,7 +51,7 @@ def lr_sweep(cfg: Config, base, data_dir, out_dir, *, lrs: Sequence[float] = DEF
         model, info = load_base(base_path, cfg, quiet)
         _freeze(model, quiet)
         model.to(device).train()
-        opt = build_optimizer(model, lr=lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+        opt = run_optimizer(model, cfg, lr=lr)
         stream = RowStream(train, seed=cfg.seed, pad_id=info.tokenizer.eos_id, max_len=model.config.max_seq_len)
         G = cfg.batch_size * cfg.grad_accum
         losses = []

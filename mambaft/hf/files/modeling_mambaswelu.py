@@ -36,7 +36,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mambaswelu import MambaSWELUConfig
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100   # = mambaft.template.IGNORE_INDEX; this file ships to the Hub alone, so it imports nothing from mambaft
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 

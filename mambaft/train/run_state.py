@@ -1,4 +1,4 @@
-"""Training checkpoints that survive a crash: atomic writes, exact resume, rotation (newest K + best).
+"""Run state: training checkpoints that survive a crash: atomic writes, exact resume, rotation (newest K + best).
 
 Layout of one run folder:
 
@@ -35,16 +35,15 @@ from typing import Callable, Optional, Union
 import torch
 
 from mambaft import durable
-from mambaft.checkpoint import CheckpointError
+from mambaft.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
 from mambaft.errors import DiskFullError
 
 CKPT_DIRNAME = "checkpoints"
 STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "config.json"
 MODEL_DIRNAME = "model"
 ORIGINAL_FILE = "model.pt"
 _NAME = re.compile(r"^step_(\d{7,})$")
-REQUIRED = (STATE_FILE, CONFIG_FILE, f"{MODEL_DIRNAME}/config.json", f"{MODEL_DIRNAME}/model.safetensors")
+REQUIRED = (STATE_FILE, CONFIG_FILE, f"{MODEL_DIRNAME}/{CONFIG_FILE}", f"{MODEL_DIRNAME}/{WEIGHTS_FILE}")
 
 
 def step_dirname(step: int) -> str:
@@ -110,7 +109,7 @@ def list_checkpoints(out_dir: Union[str, Path]) -> list[CheckpointRecord]:
         if not (m and child.is_dir() and _is_complete(child)):
             continue
         try:
-            meta = json.loads((child / MODEL_DIRNAME / "config.json").read_text(encoding="utf-8"))
+            meta = json.loads((child / MODEL_DIRNAME / CONFIG_FILE).read_text(encoding="utf-8"))
             val = (meta.get("training") or {}).get("val_loss")
             val = None if val is None else float(val)
         except (ValueError, AttributeError, TypeError, UnicodeDecodeError):  # damaged: verify() says so

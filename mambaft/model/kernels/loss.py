@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from ...template import IGNORE_INDEX
 _VOCAB_BLOCK = 8192     # rows of d(loss)/d(weight) accumulated at a time under bf16
 
 
