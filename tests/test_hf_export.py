@@ -42,7 +42,7 @@ def tiny_selective(tiny_ckpt_path, tmp_path_factory):
     """The tiny model upgraded, with open gates and moved SSM parameters so the scan matters."""
     base, _ = load_checkpoint(tiny_ckpt_path)
     torch.manual_seed(1)
-    model = upgrade_to_selective(base, d_state=4).eval()
+    model = upgrade_to_selective(base, ssm_state=4).eval()
     with torch.no_grad():
         for layer in model.mamba_stack.layers:
             sel = layer.mamba.selective

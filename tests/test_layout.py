@@ -37,6 +37,15 @@ def layer(name: str) -> int:
     return 0
 
 
+def from_target(name: str, node: ast.ImportFrom) -> str:
+    """The module a from-import of module `name` reads from (relative levels resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = name.split(".") if MODULES[name].name == "__init__.py" else name.split(".")[:-1]
+    base = base[:len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imported(name: str, node: ast.AST) -> list[str]:
     """The mambaft modules an import statement of module `name` loads (a from-import of a submodule
     counts as that submodule)."""
@@ -44,12 +53,7 @@ def imported(name: str, node: ast.AST) -> list[str]:
         return [a.name for a in node.names if a.name.startswith("mambaft")]
     if not isinstance(node, ast.ImportFrom):
         return []
-    if node.level:
-        base = name.split(".") if MODULES[name].name == "__init__.py" else name.split(".")[:-1]
-        base = base[:len(base) - node.level + 1]
-        target = ".".join(base + ([node.module] if node.module else []))
-    else:
-        target = node.module or ""
+    target = from_target(name, node)
     if not target.startswith("mambaft"):
         return []
     subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
@@ -86,6 +90,32 @@ def test_every_imported_mambaft_module_exists():
             if target not in MODULES:
                 missing.append(f"{where} imports {target}")
     assert not missing, "\n".join(sorted(missing))
+
+
+def test_every_imported_name_exists():
+    """`from mambaft.X import name`, also inside functions, in the package, the tests and the notebooks:
+    the name is defined there. A function-local import of a renamed name fails only when it runs (a
+    merge left `from mambaft.train import checkpoints` in a course helper after the module's rename)."""
+    import importlib
+
+    sources = {name: TREES[name] for name in MODULES if not name.startswith("mambaft.hf.files")}
+    for p in sorted(ROOT.glob("tests/*.py")):
+        sources[f"tests.{p.stem}"] = ast.parse(p.read_text(encoding="utf-8"))
+    for nb in sorted(ROOT.glob("notebooks/*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        sources[nb.name] = ast.parse("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    missing = []
+    for name, tree in sources.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = from_target(name, node) if name in MODULES else (node.module or "") * (node.level == 0)
+            if target not in MODULES:
+                continue   # not ours, or a submodule import (test_every_imported_mambaft_module_exists)
+            module = importlib.import_module(target)
+            missing += [f"{name}:{node.lineno} {target}.{a.name}" for a in node.names
+                        if a.name != "*" and not hasattr(module, a.name) and f"{target}.{a.name}" not in MODULES]
+    assert not missing, "\n".join(missing)
 
 
 def test_nothing_imports_a_layer_above_its_own():

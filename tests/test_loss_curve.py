@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mambaft.config import make_config
-from mambaft.train.finetune import DEMO_BASE, finetune
+from mambaft.config import DEMO_BASE, make_config
+from mambaft.train import finetune
 from tests.conftest import ROOT
 from tests.test_train_loop import write_prepared
 

@@ -101,11 +101,11 @@ def test_tiny_run_end_to_end(tmp_path):
     # continued pretraining of the selective upgrade (the context repair) starts where the base was
     sel = tmp_path / "sel"
     assert pretrain_cli.main(["--text-file", str(text), "--out", str(sel), "--init-from", str(out), "--architecture",
-                    "selective", "--d-state", "4", "--seq-len", "64", "--batch-size", "2", "--steps", "3",
+                    "selective", "--ssm-state", "4", "--seq-len", "64", "--batch-size", "2", "--steps", "3",
                     "--warmup-steps", "1", "--val-fraction", "0", "--log-every", "1", "--threads", "1",
                     "--no-card"]) == 0
     s2 = json.loads((sel / "pretrain_summary.json").read_text())
-    assert s2["upgraded_to"] == "selective (d_state 4)" and s2["init_step"] == 12
+    assert s2["upgraded_to"] == "selective (ssm_state 4)" and s2["init_step"] == 12
     first = json.loads((sel / "pretrain_log.jsonl").read_text().splitlines()[0])["loss"]
     assert abs(first - losses[-1]) < 0.5          # function-preserving upgrade: no jump back to 10.8
     m2, _ = load_checkpoint(sel)

@@ -40,7 +40,7 @@ def _scan_inputs(B=2, L=37, E=8, N=4, dtype=torch.float64, seed=0):
 # --- function preservation --------------------------------------------------------------------------
 def test_upgrade_computes_exactly_the_original(tiny_model, tiny_reference):
     ids = tiny_reference["input_ids"]
-    up = upgrade_to_selective(tiny_model, d_state=16)
+    up = upgrade_to_selective(tiny_model, ssm_state=16)
     with torch.no_grad():
         ref, out = tiny_model(ids, labels=ids), up(ids, labels=ids)
         chunked = up(ids, labels=ids, return_logits=False)
@@ -64,7 +64,7 @@ def test_upgrade_is_exact_under_bf16_autocast(tiny_model, tiny_reference):
 def test_upgrade_adds_only_selective_keys_and_keeps_the_original(tiny_model):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     tiny_model.freeze_dead()
-    up = upgrade_to_selective(tiny_model, d_state=8)
+    up = upgrade_to_selective(tiny_model, ssm_state=8)
     assert isinstance(up, SelectiveMambaSWELU) and up.config.architecture == "selective"
     assert up.config.ssm_state == 8 and tiny_model.config.architecture == "original"
     new = set(up.state_dict()) - set(before)
@@ -83,8 +83,8 @@ def test_upgrade_adds_only_selective_keys_and_keeps_the_original(tiny_model):
     assert up.gates().abs().sum().item() == 0.0
     with pytest.raises(ValueError, match="only an 'original' model"):
         upgrade_to_selective(up)
-    with pytest.raises(ValueError, match="d_state=0"):
-        upgrade_to_selective(tiny_model, d_state=0)
+    with pytest.raises(ValueError, match="ssm_state=0"):
+        upgrade_to_selective(tiny_model, ssm_state=0)
 
 
 def test_gate_gets_a_gradient_at_init_and_opens_the_path(tiny_model, tiny_reference):

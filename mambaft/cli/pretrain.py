@@ -22,7 +22,7 @@ def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
     p.add_argument("--max-docs-per-source", type=int, default=None)
     for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
                  "seq_len", "batch_size", "warmup_steps", "threads", "seed", "eval_every",
-                 "eval_batches", "log_every", "d_state"):
+                 "eval_batches", "log_every", "ssm_state"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--steps", type=int, default=d.max_steps)
     p.add_argument("--minutes", type=float, default=0.0,
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
                                                        "dense_hidden_dim", "max_seq_len", "seq_len",
                                                        "batch_size", "warmup_steps", "threads", "seed",
                                                        "eval_every", "eval_batches", "log_every",
-                                                       "d_state", "dropout", "lr", "min_lr_ratio",
+                                                       "ssm_state", "dropout", "lr", "min_lr_ratio",
                                                        "weight_decay", "grad_clip", "val_fraction")})
     return cfg, not a.no_card
 

@@ -127,24 +127,12 @@ def notebook_dir(run_dir: PathLike, notebook: str) -> Path:
     return path
 
 
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, float) and o != o:  # NaN is not JSON
-        return None
-    if hasattr(o, "item") and callable(o.item):
-        return o.item()
-    return o
-
-
 def write_summary(run_dir: PathLike, notebook: str, summary: dict) -> Path:
     """RUN_DIR/<notebook>/summary.json (NaN -> null), and return its path."""
+    from mambaft.evaluate.suite import json_safe
+
     path = notebook_dir(run_dir, notebook) / SUMMARY_FILE
-    path.write_text(json.dumps(_jsonable(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 

@@ -20,7 +20,7 @@ def finetune_result(cfg, run: PathLike) -> dict:
 def checkpoints(cfg, run: PathLike) -> list[tuple[str, Path]]:
     """(label, model folder) of the kept checkpoints of every phase, oldest first, without the last
     one of the last phase (the final model is a copy of it)."""
-    from mambaft.train import checkpoints as ck
+    from mambaft.train import run_state as ck
     found = []
     dirs = phase_dirs(cfg, run)
     for d in dirs:
@@ -32,7 +32,7 @@ def checkpoints(cfg, run: PathLike) -> list[tuple[str, Path]]:
 def chosen_checkpoint(cfg, run: PathLike):
     """The checkpoint notebook 04 calls "fine-tuned": `mambaft.train.choice.choose_checkpoint` with
     rule cfg.checkpoint_choice over the kept checkpoints of the last phase and its metrics.jsonl."""
-    from mambaft.train import checkpoints as ck
+    from mambaft.train import run_state as ck
     from mambaft.train.choice import choose_checkpoint
     from mambaft.train.metrics import read_metrics
     d = phase_dirs(cfg, run)[-1]
@@ -43,7 +43,7 @@ def chosen_checkpoint(cfg, run: PathLike):
 def evaluation_models(cfg, run: PathLike, choice) -> list[tuple[str, Path]]:
     """(name, model folder) that notebook 04 compares: the base, phase 1's final model (specialized),
     the newest checkpoint when it is not the chosen one ("last step N"), and the chosen "fine-tuned"."""
-    from mambaft.train import checkpoints as ck
+    from mambaft.train import run_state as ck
     models = [("base", Path(cfg.base))]
     dirs = phase_dirs(cfg, run)
     if len(dirs) > 1:

@@ -47,14 +47,16 @@ def load_val_split(data):
     return data
 
 
-def _clean(o):
-    """JSON-safe: NaN -> None, tuples -> lists, paths -> str."""
+def json_safe(o):
+    """JSON-safe: NaN and inf -> None, tuples -> lists, paths -> str, numpy/torch scalars -> numbers."""
+    if hasattr(o, "item") and callable(o.item) and not isinstance(o, (dict, list, tuple, str)):
+        o = o.item()
     if isinstance(o, float):
         return None if math.isnan(o) or math.isinf(o) else o
     if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
+        return {str(k): json_safe(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [json_safe(v) for v in o]
     if isinstance(o, Path):
         return str(o)
     return o
@@ -145,7 +147,7 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
         res["benchmarks"] = part("benchmarks", lambda: run_benchmarks(lm, benchmarks, bench_limit,
                                                                       bench_source, progress))
     res["timing_s"]["total"] = round(time.perf_counter() - t_start, 2)
-    res = _clean(res)
+    res = json_safe(res)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

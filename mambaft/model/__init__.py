@@ -5,11 +5,11 @@ from .mambaswelu import (DecodeState, MambaSWELU, MambaSWELUConfig, count_parame
 from .kernels.swelu import LAM_FORMULAS, SWELU, swelu
 
 
-def upgrade_to_selective(model, d_state: int = 16):
+def upgrade_to_selective(model, ssm_state: int = 16):
     """The context repair: `model` plus a gated selective-scan path, same outputs at init
     (see mambaft.model.selective)."""
     from .selective import upgrade_to_selective as _upgrade
-    return _upgrade(model, d_state=d_state)
+    return _upgrade(model, ssm_state=ssm_state)
 
 
 def build_model(cfg: MambaSWELUConfig):

@@ -71,7 +71,7 @@ def build_selective(cfg: MambaSWELUConfig) -> SelectiveMambaSWELU:
     return SelectiveMambaSWELU(cfg)
 
 
-def upgrade_to_selective(model: MambaSWELU, d_state: int = 16) -> SelectiveMambaSWELU:
+def upgrade_to_selective(model: MambaSWELU, ssm_state: int = 16) -> SelectiveMambaSWELU:
     """A new model that computes exactly what `model` computes, plus a closed selective path.
 
     Every original weight is copied (the input model is left untouched); the new `.selective.`
@@ -81,9 +81,9 @@ def upgrade_to_selective(model: MambaSWELU, d_state: int = 16) -> SelectiveMamba
     if cfg.architecture != "original":
         raise ValueError(f"model architecture is {cfg.architecture!r}: only an 'original' model can be "
                          "upgraded")
-    if d_state <= 0:
-        raise ValueError(f"d_state={d_state}: must be > 0")   # (the model config calls it ssm_state)
-    new = SelectiveMambaSWELU(replace(cfg, architecture="selective", ssm_state=int(d_state)))
+    if ssm_state <= 0:
+        raise ValueError(f"ssm_state={ssm_state}: must be > 0")
+    new = SelectiveMambaSWELU(replace(cfg, architecture="selective", ssm_state=int(ssm_state)))
     ref = model.token_embedding.weight
     new.to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)

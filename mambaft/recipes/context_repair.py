@@ -151,7 +151,7 @@ def run_demo(out: Path, texts: Sequence[str] = ("sotu",), steps: int = 250, cont
     original = MambaSWELU(cfg)
     original.load_state_dict(base.state_dict())
     original.freeze_dead()
-    selective = upgrade_to_selective(base, d_state=16)
+    selective = upgrade_to_selective(base, ssm_state=16)
     if freeze_original:
         for name, p in selective.named_parameters():
             p.requires_grad_(SELECTIVE_KEY in name)

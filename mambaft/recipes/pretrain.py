@@ -76,7 +76,7 @@ class PretrainConfig:
     # --- continued pretraining ---------------------------------------------------------------------
     init_from: str = ""             # a model folder or original .pt to continue from
     architecture: str = "original"  # "selective": upgrade init_from first (mambaft.model.selective)
-    d_state: int = 16
+    ssm_state: int = 16             # the selective upgrade's state size (architecture="selective")
 
     @property
     def tokens_per_step(self) -> int:
@@ -84,7 +84,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
-                     "seq_len", "batch_size", "max_steps", "eval_every", "log_every", "d_state"):
+                     "seq_len", "batch_size", "max_steps", "eval_every", "log_every", "ssm_state"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")
         if self.seq_len > self.max_seq_len:
@@ -200,8 +200,8 @@ def build_demo_model(cfg: PretrainConfig):
         meta = {"init_from": str(cfg.init_from), "init_step": info.step}
         if cfg.architecture == "selective" and model.config.architecture != "selective":
             from mambaft.model.selective import upgrade_to_selective  # written by the context-repair work
-            model = upgrade_to_selective(model, cfg.d_state)
-            meta["upgraded_to"] = f"selective (d_state {cfg.d_state})"
+            model = upgrade_to_selective(model, cfg.ssm_state)
+            meta["upgraded_to"] = f"selective (ssm_state {cfg.ssm_state})"
         return model, meta
     mcfg = MambaSWELUConfig(vocab_size=50257, d_model=cfg.d_model, n_layers=cfg.n_layers,
                             d_conv=cfg.d_conv, expand=cfg.expand, max_seq_len=cfg.max_seq_len,

@@ -57,7 +57,7 @@ def load_base(base: Path, cfg: Config, say) -> tuple:
     model, info = load_checkpoint(base)
     if cfg.architecture == "selective" and model.config.architecture == "original":
         from mambaft.model.selective import upgrade_to_selective
-        model = upgrade_to_selective(model, d_state=cfg.ssm_state)
+        model = upgrade_to_selective(model, ssm_state=cfg.ssm_state)
         say(f"upgraded {base} to the selective architecture (ssm_state {cfg.ssm_state})")
     return model, info
 
