@@ -46,8 +46,7 @@ class Config:
     val_fraction: float = 0.02
     max_seq_len: int = 1024        # the model's position table holds 1024 positions
     # Drop conversations with a trained reply longer than this many tokens (None: keep all). The CPU
-    # course sets it for the demo base (mambaft.course): a reply it can learn to end must end within
-    # the 19 tokens the model sees.
+    # budget sets it for quick (CPU_BUDGET below): the model decides to stop from the 19 tokens it sees.
     max_reply_tokens: Optional[int] = None
     # Several conversations per row (positions and the mixers restart at each one: exact, see
     # mambaft.train.batches); off by default: the demo's runs were measured with sorted batches.
