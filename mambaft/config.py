@@ -148,9 +148,10 @@ BUDGETS = ("plan", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_BASE = ROOT / "data" / "demo_base"   # the embedded demo base model: what base="" means
 
-# What the course trains when no GPU is visible. Measured here (2 shared cores, load ~10, bf16 autocast)
-# the demo base does a step of 8 rows x <=256 tokens in ~0.9 s: 150 steps took 2.2 min and the whole
-# quick course 6.2 min, so 300 steps keep it near 9 minutes, under the 15-minute target. Each strategy keeps its data sources and chat template: only sizes move.
+# What the course trains when no GPU is visible: under the 15-minute target on 2 cores. `make demo`
+# (quick, 300 steps of 8 rows) took 3.4 min on a quiet 2-core Sapphire Rapids (bf16 autocast), and
+# 4.2-5.3 min per run pinned to one core, AVX2 or bf16 (README). Each strategy keeps its data sources
+# and chat template: only sizes move (reply lengths included).
 CPU_BUDGET: dict[str, dict[str, Any]] = {
     # 8 rows x 1 accum x 1 process = 8 rows/step; x 300 steps = 2,400 rows, ~2 epochs of the ~1,170
     # weighted train rows that 800 examples per source leave after filtering (seed 0: wiki 640 unique
