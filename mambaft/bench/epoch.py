@@ -35,7 +35,7 @@ import torch
 from mambaft import runtime
 from mambaft.template import IGNORE_INDEX
 
-from .harness import timed
+from .harness import timed, worker_device
 from .train import _dims
 
 PAD_ID = 50256   # GPT-2's end token: padding is masked by length (labels -100), never by id
@@ -121,9 +121,7 @@ class EpochRunner:
     def __init__(self, spec: dict):
         from mambaft.train.batches import RowStream
         a, impl, opts = spec["args"], spec["impl"], spec["opts"]
-        runtime.set_threads(a["threads"])
-        runtime.seed_everything(a["seed"])
-        self.device = dev = runtime.pick_device(a["device"])
+        self.device = dev = worker_device(a)
         self.a, self.impl, self.opts, self.cases = a, impl, opts, spec["cases"]
         train = load_train(a["data"])
         self.max_len = a["max_seq_len"] or data_max_len(a["data"], train)

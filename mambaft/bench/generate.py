@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from mambaft import runtime
 
-from .harness import live_bytes, peak_alloc_bytes, timed
+from .harness import live_bytes, peak_alloc_bytes, timed, worker_device
 from .train import PEAK_METHOD, _dims
 
 
@@ -81,9 +80,7 @@ def cases(args) -> list:
 class GenerateRunner:
     def __init__(self, spec: dict):
         a = spec["args"]
-        runtime.set_threads(a["threads"])
-        runtime.seed_everything(a["seed"])
-        self.device = dev = runtime.pick_device(a["device"])
+        self.device = dev = worker_device(a)
         self.impl, self.cases, self.seed = spec["impl"], spec["cases"], a["seed"]
         d = _dims(a)
         self.vocab, self.max_len = d["vocab"], a["max_seq_len"]

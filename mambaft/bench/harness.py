@@ -41,6 +41,15 @@ MB = 1024 * 1024
 
 
 # --- measurement helpers (used inside workers) --------------------------------------------------
+def worker_device(a: dict) -> torch.device:
+    """A worker's set-up before it builds anything: its threads, its seed, then the device it runs on."""
+    from mambaft import runtime
+
+    runtime.set_threads(a["threads"])
+    runtime.seed_everything(a["seed"])
+    return runtime.pick_device(a["device"])
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

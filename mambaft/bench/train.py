@@ -24,7 +24,7 @@ import torch
 from mambaft import runtime
 
 from . import flops
-from .harness import live_bytes, peak_alloc_bytes, timed
+from .harness import live_bytes, peak_alloc_bytes, timed, worker_device
 
 
 def add_args(p) -> None:
@@ -77,9 +77,7 @@ class TrainRunner:
 
     def __init__(self, spec: dict):
         a, impl, opts = spec["args"], spec["impl"], spec["opts"]
-        runtime.set_threads(a["threads"])
-        runtime.seed_everything(a["seed"])
-        self.device = dev = runtime.pick_device(a["device"])
+        self.device = dev = worker_device(a)
         d = _dims(a)
         case = spec["cases"][0]
         max_len = max(1024, case["seq"])
