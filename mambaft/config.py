@@ -48,8 +48,10 @@ class Config:
     # Drop conversations with a trained reply longer than this many tokens (None: keep all). The CPU
     # budget sets it for quick (CPU_BUDGET below): the model decides to stop from the 19 tokens it sees.
     max_reply_tokens: Optional[int] = None
-    # Several conversations per row (positions and the mixers restart at each one: exact, see
-    # mambaft.train.batches); off by default: the demo's runs were measured with sorted batches.
+    # Conversations packed back to back, batch_size x max_seq_len tokens per micro-batch (the memory of an
+    # unpacked one): one row with no padding for the conv-only model, batch_size rows for the selective
+    # one. Positions and the mixers restart at each conversation, so every conversation trains exactly
+    # as alone (mambaft.train.batches). Off by default: the demo's runs were measured with sorted batches.
     packing: bool = False
 
     # --- optimisation (AdamW, linear warmup then decay to min_lr_ratio * lr) ------------------

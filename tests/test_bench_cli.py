@@ -185,6 +185,8 @@ def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
     assert side[("original", "batch")]["computed_tokens"] == side[("mambaft", False)]["computed_tokens"]
     packed = side[("mambaft", True)]
     assert packed["micro_batches"] < side[("mambaft", False)]["micro_batches"]
+    # one row per micro-batch, no padding: every computed token is a real one
+    assert packed["padding_fraction"] == 0 and packed["computed_tokens"] == packed["real_tokens"]
     assert packed["speedup_vs_sorted"] == pytest.approx(
         packed["trained_tokens_per_s"] / side[("mambaft", False)]["trained_tokens_per_s"])
     assert packed["speedup_vs_original_max"] == pytest.approx(
@@ -193,3 +195,24 @@ def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
         main(["epoch", "--data", str(tmp_path), "--in-process"])
     with pytest.raises(SystemExit, match="--data DIR is required"):
         main(["epoch", "--in-process"])
+
+
+@pytest.mark.slow   # training steps
+def test_epoch_bench_preset_takes_the_strategys_batch_and_overrides_win(capsys, tmp_path):
+    """--preset smoke: batch 4 and max_seq_len 256 from make_config("smoke"), --accum 1 overriding;
+    --impl mambaft runs only the two mambaft sides (sorted and packed)."""
+    from mambaft.config import make_config
+    from tests.test_train_loop import write_prepared
+    data = write_prepared(tmp_path / "data")
+    smoke = make_config("smoke")
+    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft",
+                 "--d-model", "16", "--n-layers", "1", "--threads", "1", "--precision", "fp32",
+                 "--steps", "1", "--in-process"]) == 0
+    objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert sorted((o["impl"], o["packing"]) for o in objs) == [("mambaft", False), ("mambaft", True)]
+    for o in objs:
+        assert (o["preset"], o["batch"], o["accum"], o["max_seq_len"]) == \
+            ("smoke", smoke.batch_size, 1, smoke.max_seq_len)
+        assert o["steps"] == 1 and o["steps_per_epoch"] == 8 // smoke.batch_size
+    packed = next(o for o in objs if o["packing"])
+    assert packed["micro_batches"] == 1 and packed["padding_fraction"] == 0

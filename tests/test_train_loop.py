@@ -55,7 +55,7 @@ def write_prepared(path: Path, pairs=QA, val_pairs=QA[:3]) -> Path:
     return path
 
 
-def learnable_model(seed: int = 0, dropout: float = 0.0):
+def learnable_model(seed: int = 0, dropout: float = 0.0, max_seq_len: int = 256):
     """The small GPT-2-vocabulary MambaSWELU, re-initialised so that it CAN learn from scratch.
 
     With the as-trained init (every weight N(0, 0.02)), each dense layer of the SWELU head shrinks its
@@ -63,7 +63,7 @@ def learnable_model(seed: int = 0, dropout: float = 0.0):
     context: the features saturate at +-1 and the loss sticks at the unigram entropy of the answers
     (measured: 2.12 after 300 steps at lr 3e-4..3e-2, d_model 32..128). Weights with std 1/sqrt(fan_in)
     and embeddings with std 0.2 reach a loss of 0.01 in 200 steps on the same data."""
-    model = make_small_gpt2_model(seed=seed, dropout=dropout)
+    model = make_small_gpt2_model(seed=seed, dropout=dropout, max_seq_len=max_seq_len)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, mod in model.named_modules():

@@ -8,7 +8,9 @@ loop's own) and every side trains on exactly those rows:
     mambaft  packing=false   the loop's default: the step's rows sorted by length, cut into `accum`
                              micro-batches, each padded to its longest row (`micro_step`,
                              `optimizer_step`, fused AdamW, chunked loss on trained tokens only)
-    mambaft  packing=true    the same rows packed into rows of max_seq_len (`Config.packing`)
+    mambaft  packing=true    the same rows packed as the loop packs them (`Config.packing`): for
+                             this conv-only model one unpadded row of up to batch x max_seq_len
+                             tokens per micro-batch, as few micro-batches as fit
     original padding=batch   bench/original.py on the same sorted micro-batches padded to their longest
                              row: the most generous baseline (the original code had no such sorting)
     original padding=max     the same micro-batches padded to max_seq_len, as a fixed-shape loop does
@@ -18,9 +20,12 @@ Each side also reports the tokens it computed (padding included), its padding fr
 tokens that are padding) and its trained fraction (trained / computed). Steps alternate between the
 sides' worker processes (the order reversed every step), one untimed warm-up step first.
 `epoch_s` is the measured time scaled to the whole epoch when --steps cuts it short (`epoch_s_measured`
-says so).
+says so). `--preset quick` (any strategy) takes batch, accum and max_seq_len from
+`mambaft.config.make_config(strategy)`, what that fine-tune trains per step; --batch, --accum and
+--max-seq-len still override it.
 
     python -m mambaft.bench epoch --data outputs/data_alpaca --steps 8
+    python -m mambaft.bench epoch --data outputs/data_alpaca --preset quick --impl mambaft --steps 4
     python -m mambaft.bench epoch --data outputs/data_conv --precision fp32 --steps 6 --batch 2 --accum 4
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pathlib import Path
 import torch
 
 from mambaft import runtime
+from mambaft.config import STRATEGIES, make_config
 from mambaft.template import IGNORE_INDEX
 
 from .harness import timed, worker_device
@@ -48,10 +54,13 @@ def add_args(p) -> None:
     p.add_argument("--n-layers", type=int, default=6)
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--dense", type=int, default=None, help="dense head width (default 2 x d_model)")
+    p.add_argument("--preset", default=None, choices=STRATEGIES,
+                   help="batch, accum and max_seq_len of this strategy's config (make_config)")
     p.add_argument("--max-seq-len", type=int, default=None,
-                   help="rows padded/packed to this (default: the prepared set's max_seq_len)")
-    p.add_argument("--batch", type=int, default=4, help="rows per micro-batch")
-    p.add_argument("--accum", type=int, default=2, help="micro-batches per optimizer step")
+                   help="rows padded/packed to this (default: the preset's, else the prepared set's)")
+    p.add_argument("--batch", type=int, default=None, help="rows per micro-batch (default: the preset's, else 4)")
+    p.add_argument("--accum", type=int, default=None,
+                   help="micro-batches per optimizer step (default: the preset's, else 2)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--precision", default="auto", help="mambaft precision: auto (bf16 where native), fp32, bf16")
@@ -87,8 +96,14 @@ def data_max_len(data: str, train) -> int:
 
 
 def _check(args) -> None:
+    """Refuse bad arguments; fill batch, accum and max_seq_len from --preset (or the defaults)."""
     if not args.data:
         raise SystemExit("epoch: --data DIR is required (a folder written by `mambaft prepare --out DIR`)")
+    cfg = make_config(args.preset) if args.preset else None
+    for key, field, default in (("batch", "batch_size", 4), ("accum", "grad_accum", 2),
+                                ("max_seq_len", "max_seq_len", None)):   # max_seq_len None: the set's
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(cfg, field) if cfg else default)
     if args.batch < 1 or args.accum < 1 or (args.steps is not None and args.steps < 1):
         raise SystemExit("epoch: --batch, --accum and --steps must be >= 1")
 
@@ -107,6 +122,7 @@ def variants(args) -> list:
 
 
 def cases(args) -> list:
+    _check(args)
     train = load_train(args.data)
     G = args.batch * args.accum
     per_epoch = math.ceil(len(train) / G)
@@ -119,7 +135,7 @@ class EpochRunner:
     """One side: its model, optimizer and row stream; `run(i)` trains optimizer step i of the epoch."""
 
     def __init__(self, spec: dict):
-        from mambaft.train.batches import RowStream
+        from mambaft.train.batches import RowStream, packs_one_row
         a, impl, opts = spec["args"], spec["impl"], spec["opts"]
         self.device = dev = worker_device(a)
         self.a, self.impl, self.opts, self.cases = a, impl, opts, spec["cases"]
@@ -127,8 +143,6 @@ class EpochRunner:
         self.max_len = a["max_seq_len"] or data_max_len(a["data"], train)
         d = _dims(a)
         self.packing = bool(opts.get("packing"))
-        self.stream = RowStream(train, seed=a["seed"], pad_id=PAD_ID, max_len=self.max_len,
-                                pack_to=self.max_len if self.packing else None)
         if impl == "mambaft":
             from mambaft.model import MambaSWELU, MambaSWELUConfig
             from mambaft.train.optim import build_optimizer
@@ -146,6 +160,9 @@ class EpochRunner:
                                             d["dense"], a["dropout"]).to(dev).train()
             self.opt = original_optimizer(self.model)
             self.precision = "fp32"
+        self.stream = RowStream(train, seed=a["seed"], pad_id=PAD_ID, max_len=self.max_len,
+                                pack_to=self.max_len if self.packing else None,
+                                one_row=self.packing and packs_one_row(self.model.config.architecture))
         self.info = {"precision": self.precision, "device": str(dev), "threads": torch.get_num_threads(),
                      "max_seq_len": self.max_len, "compile": bool(a.get("compile") and impl == "mambaft")}
         self.step(self.cases[0]["first_row"])        # warm-up (untimed): allocator, oneDNN kernels
@@ -215,7 +232,8 @@ def summarize_all(results: list, args) -> list:
         obj.update({
             "trained_tokens_per_s": trained / secs, "tokens_per_s": real / secs,
             "precision": info.get("precision"), "compile": info.get("compile", False),
-            "data": str(args.data), "rows": case["rows"], "max_seq_len": info.get("max_seq_len"),
+            "data": str(args.data), "preset": args.preset, "rows": case["rows"],
+            "max_seq_len": info.get("max_seq_len"),
             "batch": args.batch, "accum": args.accum, "steps": len(runs), "steps_per_epoch": per_epoch,
             "epoch_s": secs * per_epoch / len(runs), "epoch_s_measured": len(runs) == per_epoch,
             "wall_s": secs, "trained_tokens": trained, "real_tokens": real, "computed_tokens": computed,

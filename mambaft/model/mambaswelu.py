@@ -272,7 +272,8 @@ class MambaSWELU(nn.Module):
                 loss_reduction: str = "mean", loss_chunk: int = 512,
                 positions: Optional[torch.Tensor] = None) -> dict:
         """Args:
-            input_ids: [B, L] token ids, L <= max_seq_len.
+            input_ids: [B, L] token ids, L <= max_seq_len (with 2-D `positions`, any L: the position
+                table is indexed by the positions, so each packed conversation must fit, not the row).
             attention_mask: accepted and ignored, as in the original (padding is masked by labels).
             labels: [B, L] ids or -100; the shift happens inside (logits[:, :-1] vs labels[:, 1:]).
             return_logits: False -> no [B, L, V] logits; the loss is computed in chunks.

@@ -10,14 +10,19 @@ micro-batches: sorting cuts padding (a 40-token row no longer waits beside a 900
 not change the gradient, because every micro-batch is weighted by its trained tokens
 (see mambaft.train.step).
 
-Packing (`Config.packing`, off by default): instead of sorting, the share's rows are packed
-first-fit-decreasing into rows of at most `pack_to` tokens, B packed rows per micro-batch. Each packed
-row carries `positions` restarting at 0 at every conversation; the model resets its conv window and
-scan state there (mambaft.model: each conversation gets exactly its unpacked logits), and the first
-label of each conversation is -100 (its unpacked row never trains position 0 either), so the trained
-tokens, their losses and the token-weighted gradient are those of the unpacked step. Only the number
-of micro-batches (and the padding) shrinks; the data position (`rows_consumed`) is unchanged, so
-resume stays exact.
+Packing (`Config.packing`, off by default): instead of sorting, the share's conversations are packed
+back to back, each micro-batch holding at most the same B x pack_to tokens as an unpacked one (so the
+same activation memory). Each packed row carries `positions` restarting at 0 at every conversation;
+the model resets its conv window and scan state there (mambaft.model: each conversation gets exactly
+its unpacked logits), and the first label of each conversation is -100 (its unpacked row never trains
+position 0 either), so the trained tokens, their losses and the token-weighted gradient are those of
+the unpacked step. Only the micro-batches change; the data position (`rows_consumed`) is unchanged,
+so resume stays exact.
+  - conv-only model (`packs_one_row`): a micro-batch is ONE row of up to B x pack_to tokens, with no
+    padding at all. The position table is indexed by the restarting positions, so only each
+    conversation must fit max_seq_len, not the row.
+  - selective model: B rows of at most pack_to tokens each, right-padded to the longest.
+`pack` fills as few bins as first-fit decreasing finds, balanced so that none is a small leftover.
 
 Padding is masked by LENGTH, never by token id: GPT-2 has no pad token and padding with the end
 token (50256) must not mask the real end tokens that the model has to learn.
@@ -59,21 +64,46 @@ def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None, pa
 
 
 def pack(rows: Sequence[dict], capacity: int) -> list[list[dict]]:
-    """First-fit decreasing: rows -> bins of total length <= capacity (a longer row gets a bin alone).
-    Deterministic: ties in length keep the input order (Python's sort is stable)."""
-    bins: list[list[dict]] = []
+    """Rows -> bins of total length <= capacity (a longer row gets a bin alone): as few as first-fit
+    decreasing finds (k), then balanced when that fits: longest row first into the least-filled of
+    the k bins. First-fit alone leaves a last bin of scraps (5 rows of 5 tokens, capacity 20: 20 + 5);
+    balanced, the same 2 bins hold 15 + 10, so the largest micro-batch (peak memory, and the slowest
+    rank under DDP) shrinks, and B packed rows grouped together need less padding. Where a row fits
+    in none of the k bins (the least-filled one is the roomiest), first-fit's bins are kept: never
+    more bins than first-fit. Deterministic: ties in length keep the input order (Python's sort is
+    stable), ties in fill go to the first bin."""
+    order = sorted(rows, key=lambda r: -len(r["input_ids"]))
+    first_fit: list[list[dict]] = []
     room: list[int] = []
-    for r in sorted(rows, key=lambda r: -len(r["input_ids"])):
+    for r in order:
         n = len(r["input_ids"])
         for i, free in enumerate(room):
             if n <= free:
-                bins[i].append(r)
+                first_fit[i].append(r)
                 room[i] -= n
                 break
         else:
-            bins.append([r])
+            first_fit.append([r])
             room.append(capacity - n)
+    bins: list[list[dict]] = [[] for _ in first_fit]
+    fill = [0] * len(bins)
+    for r in order:
+        i = min(range(len(fill)), key=fill.__getitem__)
+        fill[i] += len(r["input_ids"])
+        if fill[i] > capacity:
+            return first_fit
+        bins[i].append(r)
     return bins
+
+
+def packs_one_row(architecture: str) -> bool:
+    """Whether packed micro-batches are one long row (B x max_seq_len tokens) or B rows: the one place
+    that decides. The conv-only model ("original") computes the same [B*L, D] matmuls either way and
+    loses the padding. The selective scan's CPU path (kernels/scan.py) steps through time in Python, so
+    4x the length at batch 1 costs more than batch 4 saves. Measured (issue 17) forward+backward of
+    the same 1,024 packed tokens, d_model 128, 2 layers, fp32, 2 cores, median of 4, 1 x 1024 against
+    4 x 256: conv-only 0.096 s vs 0.115 s, selective 0.32 s vs 0.28 s."""
+    return architecture != "selective"
 
 
 def collate_packed(bins: Sequence[Sequence[dict]], pad_id: int, max_len: Optional[int] = None) -> dict:
@@ -126,7 +156,7 @@ class RowStream:
     """
 
     def __init__(self, dataset, seed: int, pad_id: int, max_len: Optional[int] = None,
-                 pack_to: Optional[int] = None):
+                 pack_to: Optional[int] = None, one_row: bool = False):
         if len(dataset) == 0:
             raise ValueError("the train split is empty: nothing to train on")
         self.dataset = dataset
@@ -134,7 +164,8 @@ class RowStream:
         self.seed = int(seed)
         self.pad_id = pad_id
         self.max_len = max_len
-        self.pack_to = pack_to            # None: sort by length; else pack into rows of this many tokens
+        self.pack_to = pack_to            # None: sort by length; else pack B x this many tokens per micro-batch
+        self.one_row = one_row            # packed micro-batch = one row (`packs_one_row`), else B rows
         self._perm_epoch = -1
         self._perm: Optional[torch.Tensor] = None
 
@@ -169,17 +200,18 @@ class RowStream:
         idx = self.indices(step_first_row + rank * share, share)
         rows = self.fetch(idx)
         if self.pack_to:
-            bins = pack(rows, self.pack_to)
-            micro = [collate_packed(bins[i:i + batch_size], self.pad_id, self.max_len)
-                     for i in range(0, len(bins), batch_size)]
+            # tokens per packed row, packed rows per micro-batch: B x pack_to tokens either way
+            cap, per = (batch_size * self.pack_to, 1) if self.one_row else (self.pack_to, batch_size)
+            bins = pack(rows, cap)
+            micro = [collate_packed(bins[i:i + per], self.pad_id, self.max_len) for i in range(0, len(bins), per)]
             if world_size > 1:
                 # DDP all-reduces on every rank's LAST micro-batch: all ranks need the same count.
                 # Each rank packs every rank's share (a pure function of the stream) and pads its list
                 # with one-token micro-batches that train nothing (their backward is a connected 0).
-                most = max(len(pack(self.fetch(self.indices(step_first_row + r * share, share)), self.pack_to))
+                most = max(len(pack(self.fetch(self.indices(step_first_row + r * share, share)), cap))
                            for r in range(world_size))
                 empty = [[{"id": -1, "input_ids": [self.pad_id], "labels": [IGNORE_INDEX]}]]
-                while len(micro) < math.ceil(most / batch_size):
+                while len(micro) < math.ceil(most / per):
                     micro.append(collate_packed(empty, self.pad_id, self.max_len))
             return StepRows(micro_batches=micro, row_ids=[r["id"] for b in bins for r in b],
                             first_row=step_first_row, epoch=step_first_row / self.n)
