@@ -58,9 +58,12 @@ def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None, pa
         if max_len is not None and lengths[i] > max_len:
             raise ValueError(f"row {r.get('id', i)!r}: {lengths[i]} tokens, longer than max_seq_len "
                              f"{max_len} (prepare the data with the same max_seq_len as the model)")
-    return {"input_ids": pad_ids([r["input_ids"] for r in rows], pad_id, pad_to),
-            "labels": pad_ids([r["labels"] for r in rows], IGNORE_INDEX, pad_to),
-            "lengths": torch.tensor(lengths, dtype=torch.long)}
+    out = {"input_ids": pad_ids([r["input_ids"] for r in rows], pad_id, pad_to),
+           "labels": pad_ids([r["labels"] for r in rows], IGNORE_INDEX, pad_to),
+           "lengths": torch.tensor(lengths, dtype=torch.long)}
+    if any("positions" in r for r in rows):   # trimmed rows (mambaft.train.trim): their own positions
+        out["positions"] = pad_ids([r.get("positions") or list(range(n)) for r, n in zip(rows, lengths)], 0, pad_to)
+    return out
 
 
 def pack(rows: Sequence[dict], capacity: int) -> list[list[dict]]:
@@ -127,7 +130,7 @@ def collate_packed(bins: Sequence[Sequence[dict]], pad_id: int, max_len: Optiona
                                  "(prepare the data with the same max_seq_len as the model)")
             ids.extend(r["input_ids"])
             labels.extend([IGNORE_INDEX] + list(r["labels"][1:]))  # never predicted across a boundary
-            pos.extend(range(n))
+            pos.extend(r.get("positions") or range(n))
         joined.append({"id": b, "input_ids": ids, "labels": labels, "positions": pos})
     out = collate(joined, pad_id)
     L = out["input_ids"].shape[1]
