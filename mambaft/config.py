@@ -53,6 +53,12 @@ class Config:
     # one. Positions and the mixers restart at each conversation, so every conversation trains exactly
     # as alone (mambaft.train.batches). Off by default: the demo's runs were measured with sorted batches.
     packing: bool = False
+    # Drop the tokens no trained prediction sees: the as-trained model's prediction reads the last 19
+    # tokens only, so a long prompt or user turn keeps just its last 19 (exact: every trained token
+    # keeps its logits, loss and gradient; see mambaft.train.trim). 13-14% fewer tokens to compute on
+    # the offline sets (benchmarks/README.md). The conv-only architecture only; off by default, as
+    # packing: the demo's runs were measured without it, and it draws other dropout masks.
+    trim_context: bool = False
 
     # --- optimisation (AdamW, linear warmup then decay to min_lr_ratio * lr) ------------------
     lr: float = 5e-6
@@ -288,6 +294,9 @@ def _validate(cfg: Config) -> None:
     if not 0.0 <= cfg.phase2_replay_fraction < 1.0:
         raise ConfigError(f"phase2_replay_fraction={cfg.phase2_replay_fraction!r}: must lie in [0, 1) "
                           "(1 would leave no domain rows)")
+    if cfg.trim_context and cfg.architecture != "original":
+        raise ConfigError("trim_context=true needs architecture='original': the selective scan carries "
+                          "state across the whole row, so no token can be dropped")
     if cfg.max_seq_len > 1024 and cfg.architecture == "original":
         raise ConfigError(f"max_seq_len={cfg.max_seq_len}: the model's position table holds 1024")
 

@@ -36,6 +36,9 @@ def test_overrides_and_refusals():
         make_config("smoke", batch_size=0)
     with pytest.raises(ConfigError, match="strategy='huge'"):
         make_config("huge")
+    with pytest.raises(ConfigError, match="trim_context=true needs architecture='original'"):
+        make_config("smoke", architecture="selective", trim_context=True)
+    assert make_config("smoke", trim_context=True).trim_context
 
 
 def test_round_trip_and_cli_overrides():
