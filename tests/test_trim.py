@@ -28,6 +28,8 @@ def test_kept_tokens_cover_each_trained_label_and_its_window():
     assert row["input_ids"] == [107, 108, 109, 110, 111, 115, 116, 117, 118]
     assert row["labels"][0] == row["labels"][5] == -100   # no label is scored across a cut
     assert row["id"] == 4
+    nothing = trim_row({"input_ids": [1, 2, 3], "labels": [-100] * 3}, 3)
+    assert nothing == {"input_ids": [3], "labels": [-100], "positions": [2]}   # trains nothing
 
 
 def test_context_seen_is_the_receptive_field_and_none_for_the_selective_scan():
@@ -124,3 +126,43 @@ def test_trimmed_rows_give_the_untrimmed_gradients(layout):
         # zeros): fp32 rounding, as in test_packing's gradient test, whose bound (measured <= 9e-8 on
         # gradients up to 0.21, 10x headroom) this reuses
         torch.testing.assert_close(g, dict(model.named_parameters())[n].grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow   # training runs
+def test_trimmed_finetune_trains_like_untrimmed_and_resumes_exactly(tmp_path):
+    """The loop with trim_context=True: the losses of the untrimmed run (dropout 0), and, trimmed and
+    packed with dropout 0.1, a run stopped at step 3 then resumed equals an uninterrupted one."""
+    from datasets import load_from_disk
+
+    from mambaft.checkpoint import save_checkpoint
+    from mambaft.config import make_config
+    from mambaft.train import finetune
+    from mambaft.train.metrics import read_metrics
+    from tests.test_train_loop import QUIET, learnable_model, write_prepared
+
+    data = write_prepared(tmp_path / "data")
+    model = learnable_model(seed=1, dropout=0.0)
+    seen = context_seen(model.config)
+    train = load_from_disk(str(data))["train"]
+    assert sum(len(trim_row(r, seen)["input_ids"]) for r in train) < sum(len(r) for r in train["input_ids"])
+    sets = dict(lr=3e-3, warmup_steps=2, schedule="constant", batch_size=2, grad_accum=2,
+                eval_every=100, keep_last=2)
+    base = save_checkpoint(model, tmp_path / "base")
+    plain = finetune(make_config("smoke", **sets, max_steps=5, save_every=5), base, data,
+                     tmp_path / "plain", **QUIET)
+    trimmed = finetune(make_config("smoke", **sets, max_steps=5, save_every=5, trim_context=True), base,
+                       data, tmp_path / "trimmed", **QUIET)
+    # fp32, the same trained tokens and weights, fewer zero terms in the sums: rounding only
+    assert trimmed["losses"] == pytest.approx(plain["losses"], rel=1e-5)
+
+    base = save_checkpoint(learnable_model(seed=1, dropout=0.1), tmp_path / "base_dropout")
+    cfg = dict(sets, trim_context=True, packing=True, save_every=3)
+    ref = finetune(make_config("smoke", **cfg, max_steps=6), base, data, tmp_path / "ref", **QUIET)
+    out = tmp_path / "resumed"
+    finetune(make_config("smoke", **cfg, max_steps=3), base, data, out, **QUIET)
+    again = finetune(make_config("smoke", **cfg, max_steps=6), base, data, out, **QUIET)
+    assert again["resumed_from"] == 3
+    got = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r and "event" not in r}
+    assert sorted(got) == list(range(1, 7))
+    for step, loss in enumerate(ref["losses"], start=1):
+        assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), step

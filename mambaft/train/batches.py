@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 import torch
 
 from mambaft.template import IGNORE_INDEX, pad_ids
+from mambaft.train.trim import trim_row
 
 
 def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None, pad_to: int = 0) -> dict:
@@ -159,7 +160,7 @@ class RowStream:
     """
 
     def __init__(self, dataset, seed: int, pad_id: int, max_len: Optional[int] = None,
-                 pack_to: Optional[int] = None, one_row: bool = False):
+                 pack_to: Optional[int] = None, one_row: bool = False, trim_to: Optional[int] = None):
         if len(dataset) == 0:
             raise ValueError("the train split is empty: nothing to train on")
         self.dataset = dataset
@@ -169,6 +170,7 @@ class RowStream:
         self.max_len = max_len
         self.pack_to = pack_to            # None: sort by length; else pack B x this many tokens per micro-batch
         self.one_row = one_row            # packed micro-batch = one row (`packs_one_row`), else B rows
+        self.trim_to = trim_to            # None, or the receptive field rows are trimmed to (trim.py)
         self._perm_epoch = -1
         self._perm: Optional[torch.Tensor] = None
 
@@ -192,8 +194,8 @@ class RowStream:
 
     def fetch(self, idx: Sequence[int]) -> list[dict]:
         cols = self.dataset[list(idx)]
-        return [{"id": i, "input_ids": a, "labels": b}
-                for i, a, b in zip(idx, cols["input_ids"], cols["labels"])]
+        rows = [{"id": i, "input_ids": a, "labels": b} for i, a, b in zip(idx, cols["input_ids"], cols["labels"])]
+        return [trim_row(r, self.trim_to) for r in rows] if self.trim_to else rows
 
     def step_rows(self, step_first_row: int, *, batch_size: int, grad_accum: int, rank: int,
                   world_size: int) -> StepRows:

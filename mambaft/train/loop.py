@@ -30,6 +30,7 @@ from mambaft.faults import inject as _fault
 
 from . import run_state as ck
 from .batches import RowStream, packs_one_row
+from .trim import context_seen
 from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, summarize_val, val_loss_sums,
                          val_rows, write_probe_answers)
 from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
@@ -147,7 +148,8 @@ class Phase:
         max_len = self.raw.config.max_seq_len
         self.stream = RowStream(inp.train, seed=cfg.seed, pad_id=inp.tokenizer.eos_id, max_len=max_len,
                                 pack_to=min(cfg.max_seq_len, max_len) if cfg.packing else None,
-                                one_row=packs_one_row(self.raw.config.architecture))
+                                one_row=packs_one_row(self.raw.config.architecture),
+                                trim_to=context_seen(self.raw.config) if cfg.trim_context else None)
         val = inp.val
         self.val_idx = val_rows(val, cfg.eval_batches * cfg.batch_size, cfg.seed) if val is not None else []
         self.val_sources = sorted(set(val["source"])) if val is not None and "source" in val.column_names else []
