@@ -163,7 +163,7 @@ def test_flop_count_matches_torch_flop_counter():
 
 @pytest.mark.slow   # training steps on every side
 def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
-    """`epoch` on a prepared folder: four sides, the same trained tokens, padding and trained fractions
+    """`epoch` on a prepared folder: six sides, the same trained tokens, padding and trained fractions
     that follow from the token counts, ratios from the recorded rates; clear errors for bad --data."""
     from tests.test_train_loop import write_prepared
     data = write_prepared(tmp_path / "data")
@@ -171,8 +171,10 @@ def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
                  "--batch", "2", "--accum", "2", "--max-seq-len", "64", "--precision", "fp32",
                  "--in-process"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
-    side = {(o["impl"], o.get("padding", o.get("packing"))): o for o in objs}
-    assert set(side) == {("mambaft", False), ("mambaft", True), ("original", "batch"), ("original", "max")}
+    side = {(o["impl"], o["padding"]) if o["impl"] == "original" else (o["impl"], o["packing"], o["trim"]): o
+            for o in objs}
+    assert set(side) == {("mambaft", False, False), ("mambaft", True, False), ("mambaft", False, True),
+                         ("mambaft", True, True), ("original", "batch"), ("original", "max")}
     trained = {o["trained_tokens"] for o in objs}
     assert len(trained) == 1 and trained.pop() > 0          # the same rows, the same labels
     for o in objs:
@@ -182,13 +184,20 @@ def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
         assert o["padding_fraction"] == pytest.approx(1 - o["real_tokens"] / o["computed_tokens"])
         assert o["trained_fraction"] == pytest.approx(o["trained_tokens"] / o["computed_tokens"])
     assert side[("original", "max")]["computed_tokens"] == 4 * 2 * 64           # 4 micro-batches x 2 x 64
-    assert side[("original", "batch")]["computed_tokens"] == side[("mambaft", False)]["computed_tokens"]
-    packed = side[("mambaft", True)]
-    assert packed["micro_batches"] < side[("mambaft", False)]["micro_batches"]
+    plain = side[("mambaft", False, False)]
+    assert side[("original", "batch")]["computed_tokens"] == plain["computed_tokens"]
+    packed = side[("mambaft", True, False)]
+    assert packed["micro_batches"] < plain["micro_batches"]
     # one row per micro-batch, no padding: every computed token is a real one
     assert packed["padding_fraction"] == 0 and packed["computed_tokens"] == packed["real_tokens"]
-    assert packed["speedup_vs_sorted"] == pytest.approx(
-        packed["trained_tokens_per_s"] / side[("mambaft", False)]["trained_tokens_per_s"])
+    for key in [("mambaft", True, False), ("mambaft", False, True), ("mambaft", True, True)]:
+        assert side[key]["speedup_vs_sorted"] == pytest.approx(
+            side[key]["trained_tokens_per_s"] / plain["trained_tokens_per_s"])
+    assert "speedup_vs_sorted" not in plain
+    # trimmed: the prompts' tokens beyond the receptive field (1 + 1 block x 3 = 4 tokens) are gone
+    for pk in (False, True):
+        assert side[("mambaft", pk, True)]["real_tokens"] < side[("mambaft", pk, False)]["real_tokens"]
+    assert side[("mambaft", True, True)]["padding_fraction"] == 0
     assert packed["speedup_vs_original_max"] == pytest.approx(
         packed["trained_tokens_per_s"] / side[("original", "max")]["trained_tokens_per_s"])
     with pytest.raises(SystemExit, match="not a prepared folder"):
@@ -205,7 +214,7 @@ def test_epoch_bench_preset_takes_the_strategys_batch_and_overrides_win(capsys, 
     from tests.test_train_loop import write_prepared
     data = write_prepared(tmp_path / "data")
     smoke = make_config("smoke")
-    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft",
+    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft", "--trim", "false",
                  "--d-model", "16", "--n-layers", "1", "--threads", "1", "--precision", "fp32",
                  "--steps", "1", "--in-process"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]

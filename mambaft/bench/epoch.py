@@ -11,6 +11,9 @@ loop's own) and every side trains on exactly those rows:
     mambaft  packing=true    the same rows packed as the loop packs them (`Config.packing`): for
                              this conv-only model one unpadded row of up to batch x max_seq_len
                              tokens per micro-batch, as few micro-batches as fit
+    mambaft  trim=true       either layout with `Config.trim_context`: each row keeps only the tokens
+                             a trained prediction sees (mambaft.train.trim: the 19-token receptive
+                             field; the same trained tokens, logits and gradients)
     original padding=batch   bench/original.py on the same sorted micro-batches padded to their longest
                              row: the most generous baseline (the original code had no such sorting)
     original padding=max     the same micro-batches padded to max_seq_len, as a fixed-shape loop does
@@ -65,6 +68,8 @@ def add_args(p) -> None:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--precision", default="auto", help="mambaft precision: auto (bf16 where native), fp32, bf16")
     p.add_argument("--packing", default="false,true", help="mambaft sides: false, true or false,true")
+    p.add_argument("--trim", default="false,true",
+                   help="mambaft sides without/with trim_context: false, true or false,true (x --packing)")
     p.add_argument("--padding", default="batch,max", help="original sides: batch, max or batch,max")
     p.add_argument("--compile", action="store_true", help="mambaft's model under torch.compile")
 
@@ -114,7 +119,9 @@ def variants(args) -> list:
     out = []
     if args.impl in ("mambaft", "both"):
         for pk in args.packing.split(","):
-            out.append(Variant("mambaft", {"precision": args.precision, "packing": pk.strip() == "true"}))
+            for tr in args.trim.split(","):
+                out.append(Variant("mambaft", {"precision": args.precision, "packing": pk.strip() == "true",
+                                               "trim": tr.strip() == "true"}))
     if args.impl in ("original", "both"):
         for pad in args.padding.split(","):
             out.append(Variant("original", {"precision": "fp32", "padding": pad.strip()}))
@@ -136,6 +143,7 @@ class EpochRunner:
 
     def __init__(self, spec: dict):
         from mambaft.train.batches import RowStream, packs_one_row
+        from mambaft.train.trim import context_seen
         a, impl, opts = spec["args"], spec["impl"], spec["opts"]
         self.device = dev = worker_device(a)
         self.a, self.impl, self.opts, self.cases = a, impl, opts, spec["cases"]
@@ -162,7 +170,8 @@ class EpochRunner:
             self.precision = "fp32"
         self.stream = RowStream(train, seed=a["seed"], pad_id=PAD_ID, max_len=self.max_len,
                                 pack_to=self.max_len if self.packing else None,
-                                one_row=self.packing and packs_one_row(self.model.config.architecture))
+                                one_row=self.packing and packs_one_row(self.model.config.architecture),
+                                trim_to=context_seen(self.model.config) if opts.get("trim") else None)
         self.info = {"precision": self.precision, "device": str(dev), "threads": torch.get_num_threads(),
                      "max_seq_len": self.max_len, "compile": bool(a.get("compile") and impl == "mambaft")}
         self.step(self.cases[0]["first_row"])        # warm-up (untimed): allocator, oneDNN kernels
@@ -229,6 +238,7 @@ def summarize_all(results: list, args) -> list:
             obj["padding"] = v.opts["padding"]
         else:
             obj["packing"] = v.opts["packing"]
+            obj["trim"] = v.opts["trim"]
         obj.update({
             "trained_tokens_per_s": trained / secs, "tokens_per_s": real / secs,
             "precision": info.get("precision"), "compile": info.get("compile", False),
@@ -246,14 +256,14 @@ def summarize_all(results: list, args) -> list:
         })
         objs.append(obj)
     base = {("original", o.get("padding")): o for o in objs if o["impl"] == "original"}
-    sorted_side = next((o for o in objs if o["impl"] == "mambaft" and not o["packing"]), None)
+    sorted_side = next((o for o in objs if o["impl"] == "mambaft" and not o["packing"] and not o["trim"]), None)
     for o in objs:
         if o["impl"] != "mambaft":
             continue
         for pad in ("batch", "max"):
             if ("original", pad) in base:
                 o[f"speedup_vs_original_{pad}"] = o["trained_tokens_per_s"] / base[("original", pad)]["trained_tokens_per_s"]
-        if o["packing"] and sorted_side is not None:
+        if o is not sorted_side and sorted_side is not None:
             o["speedup_vs_sorted"] = o["trained_tokens_per_s"] / sorted_side["trained_tokens_per_s"]
     return objs
 
@@ -264,7 +274,8 @@ def table(objs: list) -> str:
     f = lambda v, fmt: format(v, fmt) if isinstance(v, (int, float)) else "-"  # noqa: E731
     for o in objs:
         side = (f"original padding={o['padding']}" if o["impl"] == "original"
-                else f"mambaft {o['precision']} packing={str(o['packing']).lower()}")
+                else f"mambaft {o['precision']} {'packed' if o['packing'] else 'sorted'}"
+                     + (" trimmed" if o["trim"] else ""))
         lines.append(f"{side:26s} {f(o['trained_tokens_per_s'], '13.1f')} {f(o['epoch_s'], '9.0f')} "
                      f"{f(o['padding_fraction'], '8.2f')} {f(o['trained_fraction'], '8.2f')} "
                      f"{f(o.get('speedup_vs_original_batch'), '12.2f')} {f(o.get('speedup_vs_original_max'), '10.2f')} "
