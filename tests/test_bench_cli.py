@@ -163,13 +163,13 @@ def test_flop_count_matches_torch_flop_counter():
 
 @pytest.mark.slow   # training steps on every side
 def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
-    """`epoch` on a prepared folder: six sides, the same trained tokens, padding and trained fractions
+    """`epoch` on a prepared folder: six sides (every layout), the same trained tokens, padding and trained fractions
     that follow from the token counts, ratios from the recorded rates; clear errors for bad --data."""
     from tests.test_train_loop import write_prepared
     data = write_prepared(tmp_path / "data")
     assert main(["epoch", "--data", str(data), "--d-model", "16", "--n-layers", "1", "--threads", "1",
                  "--batch", "2", "--accum", "2", "--max-seq-len", "64", "--precision", "fp32",
-                 "--in-process"]) == 0
+                 "--layouts", "sorted,packed,sorted+trim,packed+trim", "--in-process"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
     side = {(o["impl"], o["padding"]) if o["impl"] == "original" else (o["impl"], o["packing"], o["trim"]): o
             for o in objs}
@@ -204,6 +204,8 @@ def test_epoch_bench_trains_the_same_rows_on_every_side(capsys, tmp_path):
         main(["epoch", "--data", str(tmp_path), "--in-process"])
     with pytest.raises(SystemExit, match="--data DIR is required"):
         main(["epoch", "--in-process"])
+    with pytest.raises(SystemExit, match="--layouts packd: expected any of sorted,packed"):
+        main(["epoch", "--data", str(data), "--layouts", "sorted,packd", "--in-process"])
 
 
 @pytest.mark.slow   # training steps
@@ -214,7 +216,7 @@ def test_epoch_bench_preset_takes_the_strategys_batch_and_overrides_win(capsys, 
     from tests.test_train_loop import write_prepared
     data = write_prepared(tmp_path / "data")
     smoke = make_config("smoke")
-    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft", "--trim", "false",
+    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft", "--layouts", "sorted,packed",
                  "--d-model", "16", "--n-layers", "1", "--threads", "1", "--precision", "fp32",
                  "--steps", "1", "--in-process"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]

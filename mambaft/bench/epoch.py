@@ -5,13 +5,14 @@ prompts untrained), not one synthetic step where every position trains. Each opt
 next G = batch x accum rows of the seeded epoch order (`mambaft.train.batches.RowStream`, the fine-tune
 loop's own) and every side trains on exactly those rows:
 
-    mambaft  packing=false   the loop's default: the step's rows sorted by length, cut into `accum`
+--layouts picks mambaft's sides (default sorted,packed,packed+trim):
+    mambaft  sorted          the loop's default: the step's rows sorted by length, cut into `accum`
                              micro-batches, each padded to its longest row (`micro_step`,
                              `optimizer_step`, fused AdamW, chunked loss on trained tokens only)
-    mambaft  packing=true    the same rows packed as the loop packs them (`Config.packing`): for
+    mambaft  packed          the same rows packed as the loop packs them (`Config.packing`): for
                              this conv-only model one unpadded row of up to batch x max_seq_len
                              tokens per micro-batch, as few micro-batches as fit
-    mambaft  trim=true       either layout with `Config.trim_context`: each row keeps only the tokens
+    mambaft  +trim           either layout with `Config.trim_context`: each row keeps only the tokens
                              a trained prediction sees (mambaft.train.trim: the 19-token receptive
                              field; the same trained tokens, logits and gradients)
     original padding=batch   bench/original.py on the same sorted micro-batches padded to their longest
@@ -48,6 +49,9 @@ from .harness import timed, worker_device
 from .train import _dims
 
 PAD_ID = 50256   # GPT-2's end token: padding is masked by length (labels -100), never by id
+# mambaft's sides: Config.packing and Config.trim_context
+LAYOUTS = {"sorted": {"packing": False, "trim": False}, "packed": {"packing": True, "trim": False},
+           "sorted+trim": {"packing": False, "trim": True}, "packed+trim": {"packing": True, "trim": True}}
 
 
 def add_args(p) -> None:
@@ -67,9 +71,9 @@ def add_args(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--precision", default="auto", help="mambaft precision: auto (bf16 where native), fp32, bf16")
-    p.add_argument("--packing", default="false,true", help="mambaft sides: false, true or false,true")
-    p.add_argument("--trim", default="false,true",
-                   help="mambaft sides without/with trim_context: false, true or false,true (x --packing)")
+    p.add_argument("--layouts", default="sorted,packed,packed+trim",
+                   help=f"mambaft sides, any of {','.join(LAYOUTS)} (each side is one worker process holding "
+                        "a model and its optimizer: at 124M about 3-6 GB of memory each)")
     p.add_argument("--padding", default="batch,max", help="original sides: batch, max or batch,max")
     p.add_argument("--compile", action="store_true", help="mambaft's model under torch.compile")
 
@@ -109,6 +113,9 @@ def _check(args) -> None:
                                 ("max_seq_len", "max_seq_len", None)):   # max_seq_len None: the set's
         if getattr(args, key) is None:
             setattr(args, key, getattr(cfg, field) if cfg else default)
+    unknown = [n for n in args.layouts.split(",") if n.strip() not in LAYOUTS]
+    if unknown:
+        raise SystemExit(f"epoch: --layouts {','.join(unknown)}: expected any of {','.join(LAYOUTS)}")
     if args.batch < 1 or args.accum < 1 or (args.steps is not None and args.steps < 1):
         raise SystemExit("epoch: --batch, --accum and --steps must be >= 1")
 
@@ -118,10 +125,8 @@ def variants(args) -> list:
     _check(args)
     out = []
     if args.impl in ("mambaft", "both"):
-        for pk in args.packing.split(","):
-            for tr in args.trim.split(","):
-                out.append(Variant("mambaft", {"precision": args.precision, "packing": pk.strip() == "true",
-                                               "trim": tr.strip() == "true"}))
+        for name in args.layouts.split(","):
+            out.append(Variant("mambaft", {"precision": args.precision, **LAYOUTS[name.strip()]}))
     if args.impl in ("original", "both"):
         for pad in args.padding.split(","):
             out.append(Variant("original", {"precision": "fp32", "padding": pad.strip()}))
