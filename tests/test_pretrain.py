@@ -64,6 +64,18 @@ def test_rebuild_command_turns_a_time_budget_into_steps():
     assert cmd == "mambaft pretrain --out data/x --lr 4e-3 --steps 1585"
 
 
+def test_a_time_budget_chooses_the_steps_from_the_median_probe_step():
+    # 5 probe steps: the first two (10 s, 9 s: warm-up) are skipped; median of 1, 2, 3 s = 2 s;
+    # 60 s / (2 s x 1.08 for the evaluations) = 27.8 -> 27 steps
+    assert pt.budget_steps(1.0, [10.0, 9.0, 1.0, 3.0, 2.0]) == 27
+    assert pt.budget_steps(1.0, [0.5]) == 111            # one probe step (no warmup): 60 / 0.54 = 111.1
+    assert pt.budget_steps(0.001, [1.0, 1.0, 1.0]) == 4  # 0.06 s fits no step: one past the probe
+    assert pt.probe_steps(pt.PretrainConfig(minutes=5, warmup_steps=50)) == 12
+    assert pt.probe_steps(pt.PretrainConfig(minutes=5, warmup_steps=3)) == 3   # stays inside the warmup
+    assert pt.probe_steps(pt.PretrainConfig(minutes=5, warmup_steps=0)) == 1
+    assert pt.probe_steps(pt.PretrainConfig(minutes=0)) == 0
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="seq_len=2048"):
         pt.PretrainConfig(seq_len=2048).validate()
@@ -110,6 +122,26 @@ def test_tiny_run_end_to_end(tmp_path):
     assert abs(first - losses[-1]) < 0.5          # function-preserving upgrade: no jump back to 10.8
     m2, _ = load_checkpoint(sel)
     assert m2.config.architecture == "selective" and not (sel / "MODEL_CARD.md").exists()
+
+
+@pytest.mark.slow   # pretraining runs
+def test_a_time_budget_run_records_the_steps_it_chose(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 60)
+    # 0.0001 min = 6 ms fits no step: the budget chooses one step past the 3 probe steps (warmup 3)
+    cfg = pt.PretrainConfig(out=str(tmp_path / "m"), sources={}, text_files=(str(text),), d_model=16,
+                            dense_hidden_dim=32, n_layers=2, max_seq_len=64, seq_len=64, batch_size=2,
+                            max_steps=50, minutes=0.0001, warmup_steps=3, val_fraction=0.0, log_every=1,
+                            threads=1)
+    s = pt.pretrain(cfg, argv=["--text-file", str(text), "--minutes", "0.0001"], write_card=False)
+    assert s["steps"] == 4 and s["config"]["max_steps"] == 4 and s["tokens_trained"] == 4 * 2 * 64
+    assert s["command"].endswith("--steps 4") and "--minutes" not in s["command"]
+    assert cfg.max_steps == 50                                   # the caller's config is left as given
+    steps = [json.loads(line)["step"] for line in (tmp_path / "m" / "pretrain_log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+    assert "time budget 0.0001 min" in (tmp_path / "m" / "pretrain.log").read_text()
+    from mambaft.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "m")[1].step == 4
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -119,77 +120,108 @@ def _pct(values, q) -> int:
     return int(np.percentile(values, q)) if len(values) else 0
 
 
-def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, languages, text_fraction: Optional[float],
-                   progress: bool, label: str, text_as_chat: bool = False, replay=None) -> dict:
-    """One dataset folder. `text_as_chat`: plain-text sources become "continue this text"
-    conversations (mambaft.data.text_chat) instead of packed continued-pretraining rows; `replay`:
-    (rendered train rows of an earlier phase, share of this phase's train rows they make up)."""
-    from datasets import Dataset, DatasetDict, concatenate_datasets
+def _source_stats(kind: str, origin: str, license: str, synthetic: bool, weight: float, loaded: int) -> dict:
+    """A source's entry in stats.json "sources": where it came from, then counters the steps below
+    fill in as its rows are dropped, trimmed or capped."""
+    return {"kind": kind, "origin": origin, "license": license, "synthetic": synthetic, "weight": weight,
+            "loaded": loaded, "filtered": Counter(), "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0,
+            "too_long": 0, "long_reply": 0, "truncated": 0, "capped": 0}
 
-    t_start = time.perf_counter()
+
+@dataclass
+class _Loaded:
+    """What loading a phase's sources gives the later steps."""
+    per: dict = field(default_factory=dict)             # source name -> its stats entry (_source_stats)
+    convs: list = field(default_factory=list)           # cleaned conversations, exact duplicates removed
+    text_rows: dict = field(default_factory=dict)       # plain-text source -> {"train": rows, "val": rows}
+    text_chat_names: set = field(default_factory=set)   # plain-text sources turned into conversations
+    bad: BadRows = field(default_factory=BadRows)       # malformed input rows, counted per source
+
+
+def _load_sources(cfg, chosen: dict, tok, *, languages, text_as_chat: bool, progress: bool, label: str) -> _Loaded:
+    """Step 1, load and clean: read each chosen source (a margin above the cap), pass its conversations
+    through the filters and exact deduplication (the first source in `chosen` keeps a shared
+    conversation), and split plain text by document into packed train/val rows. `text_as_chat`:
+    plain text becomes "continue this text" conversations (mambaft.data.text_chat) instead."""
     cap = cfg.max_examples_per_source
-    bad = BadRows()
-    per: dict[str, dict] = {}
-    convs: list[dict] = []
-    text_rows: dict[str, dict] = {}     # name -> {"train": rows, "val": rows}
-    text_chat_names: set = set()        # plain-text sources turned into conversations
+    got = _Loaded()
     seen_exact: dict[str, str] = {}
-    # --- 1. load and clean ---------------------------------------------------------------------
     for name, (weight, override) in chosen.items():
         t0 = time.perf_counter()
         spec = SOURCES[name]
         # Load a margin above the cap: filters and deduplication remove some rows before capping.
         limit = None if cap is None else (cap * 4 if spec.kind == "text" else cap * 2 + 50)
-        loaded = load_source(name, override, limit=limit, bad=bad, progress=progress)
+        loaded = load_source(name, override, limit=limit, bad=got.bad, progress=progress)
         if not loaded.rows:
+            bad = got.bad
             raise DataError(f"source {name}: no {'documents' if loaded.kind == 'text' else 'conversations'} in "
                             f"{loaded.origin}" + (f" ({bad.counts[name]} malformed row(s), e.g. "
                                                   f"{'; '.join(bad.examples[name][:2])})" if bad.counts.get(name) else
                                                   " (an empty file?)"))
-        s = per[name] = {"kind": loaded.kind, "origin": loaded.origin, "license": loaded.license,
-                         "synthetic": loaded.synthetic, "weight": weight, "loaded": len(loaded.rows),
-                         "filtered": Counter(), "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0,
-                         "too_long": 0, "long_reply": 0, "truncated": 0, "capped": 0}
+        s = got.per[name] = _source_stats(loaded.kind, loaded.origin, loaded.license, loaded.synthetic, weight,
+                                          len(loaded.rows))
         if loaded.kind == "text" and text_as_chat:
             s["kind"], s["from_text"] = "chat", True   # trained like any conversation from here on
-            text_chat_names.add(name)
+            got.text_chat_names.add(name)
             loaded.rows = text_conversations(loaded.rows, name, spec.lang)
             s["loaded"] = len(loaded.rows)               # conversations, as for the chat sources
         if s["kind"] == "text":
-            docs = loaded.rows
-            is_val = np.array([mix._unit(cfg.seed, d["id"]) < cfg.val_fraction for d in docs], dtype=bool)
-            text_rows[name] = {
-                "train": pack_text([d for d, v in zip(docs, is_val) if not v], tok, cfg.max_seq_len, name),
-                "val": pack_text([d for d, v in zip(docs, is_val) if v], tok, cfg.max_seq_len, name)}
+            got.text_rows[name] = _pack_documents(cfg, loaded.rows, tok, name)
         else:
-            for conv in loaded.rows:
-                clean, reason = filters.clean_conversation(conv, languages)
-                if clean is None:
-                    s["filtered"][reason] += 1
-                    continue
-                s["trimmed"] += reason == "trimmed"
-                key = filters.exact_key(clean)
-                if key in seen_exact:
-                    s["exact_duplicates"] += 1
-                    continue
-                seen_exact[key] = name
-                convs.append({**clean, "kind": "chat"})
+            got.convs += _clean_conversations(loaded.rows, languages, s, seen_exact, name)
         _say(progress, f"{label}{name}: {len(loaded.rows):,} {'documents' if loaded.kind == 'text' else 'conversations'}"
                        f" from {loaded.origin} ({time.perf_counter() - t0:.1f} s)")
-    t_loaded = time.perf_counter()
+    return got
 
-    # --- 2. render (batched; parallel above PARALLEL_MIN_ROWS) -----------------------------------
-    feats = _features()
-    chat = Dataset.from_list(convs, features=_features_without_tokens(feats))
+
+def _pack_documents(cfg, docs: list, tok, name: str) -> dict:
+    """A plain-text source's documents -> {"train": rows, "val": rows} of packed text. Split by
+    document (a seeded hash of its id), so no document sits on both sides."""
+    is_val = np.array([mix._unit(cfg.seed, d["id"]) < cfg.val_fraction for d in docs], dtype=bool)
+    return {"train": pack_text([d for d, v in zip(docs, is_val) if not v], tok, cfg.max_seq_len, name),
+            "val": pack_text([d for d, v in zip(docs, is_val) if v], tok, cfg.max_seq_len, name)}
+
+
+def _clean_conversations(convs: list, languages, s: dict, seen_exact: dict, name: str) -> list:
+    """The conversations that pass the filters (mambaft.data.filters) and are not an exact copy of
+    one already kept (`seen_exact`, shared by all sources of the phase); counts the rest in `s`."""
+    kept = []
+    for conv in convs:
+        clean, reason = filters.clean_conversation(conv, languages)
+        if clean is None:
+            s["filtered"][reason] += 1
+            continue
+        s["trimmed"] += reason == "trimmed"
+        key = filters.exact_key(clean)
+        if key in seen_exact:
+            s["exact_duplicates"] += 1
+            continue
+        seen_exact[key] = name
+        kept.append({**clean, "kind": "chat"})
+    return kept
+
+
+def _render(cfg, convs: list, tok, label: str):
+    """Step 2, render: conversations -> input_ids and labels (mambaft.data.render), in batches of
+    RENDER_BATCH, in parallel processes from PARALLEL_MIN_ROWS rows. Returns (the table, with
+    render's helper columns too_long/longest_reply/minhash, and the processes used: None = this one)."""
+    from datasets import Dataset
+
+    chat = Dataset.from_list(convs, features=_features_without_tokens(_features()))
     n_proc = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, MAX_PROC)
     n_proc = n_proc if len(chat) >= PARALLEL_MIN_ROWS and n_proc > 1 else None
     fn = partial(render_batch, tok=tok, train_on=cfg.train_on, max_seq_len=cfg.max_seq_len)
     if len(chat):
         chat = chat.map(fn, batched=True, batch_size=RENDER_BATCH, num_proc=n_proc,
                         desc=f"{label}render", load_from_cache_file=False)
-    t_rendered = time.perf_counter()
+    return chat, n_proc
 
-    # --- 3. drop too long, near duplicates; cap; split --------------------------------------------
+
+def _drop_cap_split(cfg, chat, per: dict):
+    """Step 3: drop rendered rows too long for max_seq_len, with a reply over max_reply_tokens, or a
+    near duplicate of another (counted per source in `per`); cap each chat source at
+    max_examples_per_source (a seeded random choice); split by conversation into train and val.
+    Returns (the table in the final features, {chat source: kept row indices}, is_val per row)."""
     n = len(chat)
     src = _col(chat, "source") if n else np.array([], dtype=str)
     keep = np.ones(n, dtype=bool)
@@ -208,9 +240,10 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
             per[name]["long_reply"] = int((long_reply & ~too_long & m).sum())
             per[name]["near_duplicates"] = int(((twin >= 0) & m).sum())
             per[name]["truncated"] = int((cut & keep & m).sum())   # unique rows that lost old turns
-        chat = chat.remove_columns(["too_long", "longest_reply", "minhash"]).cast(feats)
+        chat = chat.remove_columns(["too_long", "longest_reply", "minhash"]).cast(_features())
     chat_idx: dict[str, np.ndarray] = {name: np.nonzero(keep & (src == name))[0] for name in per
                                        if per[name]["kind"] == "chat"}
+    cap = cfg.max_examples_per_source
     if cap is not None:
         for name, idx in chat_idx.items():
             if len(idx) > cap:
@@ -218,17 +251,25 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
                 chat_idx[name] = np.sort(rng.choice(idx, size=cap, replace=False))
                 per[name]["capped"] = len(idx) - cap
     conv_ids = _col(chat, "conversation_id").tolist() if n else []
-    is_val_all = mix.split_by_conversation(conv_ids, cfg.val_fraction, cfg.seed) if n else np.zeros(0, bool)
+    is_val = mix.split_by_conversation(conv_ids, cfg.val_fraction, cfg.seed) if n else np.zeros(0, bool)
+    return chat, chat_idx, is_val
 
-    # --- 4. text rows share one table with the chat rows --------------------------------------------
-    text_tables, offset = [], n
+
+def _append_text_and_replay(cfg, chat, text_rows: dict, per: dict, replay, label: str):
+    """Step 4: the plain-text rows (each source's train rows capped) and phase 1's replayed rows go
+    below the chat rows in one table, so one index list can select from all of them.
+    Returns (the table, {text source: {"train": indices, "val": indices}}, replayed row indices)."""
+    from datasets import Dataset, concatenate_datasets
+
+    cap = cfg.max_examples_per_source
+    text_tables, offset = [], len(chat)
     text_idx: dict[str, dict] = {}
     for name, rows in text_rows.items():
         tr, va = rows["train"], rows["val"]
         if cap is not None and len(tr) > cap:
             per[name]["capped"] = len(tr) - cap
             tr = tr[:cap]
-        table = Dataset.from_list(tr + va, features=feats) if tr or va else None
+        table = Dataset.from_list(tr + va, features=_features()) if tr or va else None
         if table is not None:
             text_tables.append(table)
         text_idx[name] = {"train": np.arange(offset, offset + len(tr)),
@@ -241,27 +282,36 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
             replay_table = rows.map(lambda r: {"source": REPLAY_SOURCE}, desc=f"{label}replay")
             text_tables.append(replay_table)
             replay_idx = list(range(offset, offset + len(replay_table)))
-            per[REPLAY_SOURCE] = {"kind": "chat", "origin": "the previous phase's training rows",
-                                  "license": "as the previous phase's sources", "synthetic": False,
-                                  "weight": share, "loaded": len(replay_table), "filtered": Counter(),
-                                  "trimmed": 0, "exact_duplicates": 0, "near_duplicates": 0, "too_long": 0,
-                                  "long_reply": 0, "truncated": 0, "capped": 0}
+            per[REPLAY_SOURCE] = _source_stats("chat", "the previous phase's training rows",
+                                               "as the previous phase's sources", False, share, len(replay_table))
     full = concatenate_datasets([chat, *text_tables]) if text_tables else chat
+    return full, text_idx, replay_idx
 
-    # --- 5. weights -> train/val index lists ----------------------------------------------------------
-    train, val = [], []
-    uniq = {}
+
+def _mix_chat(cfg, per: dict, chat_idx: dict, is_val: np.ndarray, text_chat_names: set):
+    """Step 5a: each chat source's train and val rows, repeated or subsampled by its weight
+    (mix.weighted_indices; val rows never repeat). Returns (train, val, {source: (unique train,
+    unique val)}, the plain-text sources turned into conversations: {name: {"train", "val"}}, sized
+    with the other plain text in step 5b)."""
+    train, val, uniq, text_chat_idx = [], [], {}, {}
     for name, idx in chat_idx.items():
-        tr = idx[~is_val_all[idx]].tolist()
-        va = idx[is_val_all[idx]].tolist()
-        if name in text_chat_names:     # sized below, with the other plain-text sources
-            text_idx[name] = {"train": np.array(tr, dtype=np.int64), "val": np.array(va, dtype=np.int64)}
+        tr = idx[~is_val[idx]].tolist()
+        va = idx[is_val[idx]].tolist()
+        if name in text_chat_names:
+            text_chat_idx[name] = {"train": np.array(tr, dtype=np.int64), "val": np.array(va, dtype=np.int64)}
             continue
         w = per[name]["weight"]
         uniq[name] = (len(tr), len(va))
         train += mix.weighted_indices(tr, w, cfg.seed, name)
         val += mix.weighted_indices(va, w, cfg.seed, "val:" + name, allow_repeat=False)
-    n_chat_train = len(train)
+    return train, val, uniq, text_chat_idx
+
+
+def _mix_text(cfg, per: dict, text_idx: dict, n_chat_train: int, text_fraction: Optional[float], uniq: dict):
+    """Step 5b: the plain-text sources' rows. With `text_fraction` (and chat rows to size against)
+    they make up that share of the train rows, split among the sources by weight, and val in
+    proportion; otherwise each source is weighted like a chat source. Returns (train, val)."""
+    train, val = [], []
     text_w = {nm: per[nm]["weight"] for nm in text_idx}
     for name, parts in text_idx.items():
         tr, va = parts["train"].tolist(), parts["val"].tolist()
@@ -273,6 +323,18 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         else:
             train += mix.weighted_indices(tr, text_w[name], cfg.seed, name)
             val += mix.weighted_indices(va, text_w[name], cfg.seed, "val:" + name, allow_repeat=False)
+    return train, val
+
+
+def _mix(cfg, got: _Loaded, chat_idx: dict, is_val: np.ndarray, text_idx: dict, replay_idx: list, replay,
+         text_fraction: Optional[float], progress: bool, label: str):
+    """Step 5, weights -> index lists: chat rows (5a), plain text (5b), then phase 1's replayed rows
+    at their share. Returns (train indices, shuffled; val indices, sorted; {source: (unique train,
+    unique val)})."""
+    train, val, uniq, text_chat_idx = _mix_chat(cfg, got.per, chat_idx, is_val, got.text_chat_names)
+    text_idx = {**text_idx, **text_chat_idx}
+    text_train, text_val = _mix_text(cfg, got.per, text_idx, len(train), text_fraction, uniq)
+    train, val = train + text_train, val + text_val
     if text_fraction and not text_idx:
         _say(progress, f"{label}NOTE: phase2_text_fraction={text_fraction} but no plain-text source is configured")
     if replay_idx:
@@ -280,20 +342,45 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
         n_replay = mix.text_rows_needed(len(train), replay[1])
         uniq[REPLAY_SOURCE] = (len(replay_idx), 0)
         train += mix.resize(replay_idx, n_replay, cfg.seed, REPLAY_SOURCE)
-    train = mix.shuffled(train, cfg.seed)
+    return mix.shuffled(train, cfg.seed), sorted(val), uniq
+
+
+def _save_splits(full, train: list, val: list, out_dir: Path):
+    """Step 6: the DatasetDict (train, val) selected from `full`, saved into `out_dir`."""
+    from datasets import DatasetDict
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    dd = DatasetDict({"train": full.select(train), "val": full.select(sorted(val))})
+    dd = DatasetDict({"train": full.select(train), "val": full.select(val)})
     # Explicit shard counts: datasets writes no shard at all for an empty split (val_fraction=0) and
     # then cannot load it back. ~500 MB shards: input_ids + labels as int32 = 8 bytes per token.
     n_bytes = 8 * int(_col(full, "n_tokens").sum()) if len(full) else 0
     dd.save_to_disk(str(out_dir), num_shards={"train": max(1, n_bytes // 500_000_000 + 1), "val": 1})
-    t_saved = time.perf_counter()
+    return dd
 
-    # --- 6. stats, preview, template ----------------------------------------------------------
-    stats = _stats(cfg, per, dd, uniq, bad, mode, label)
+
+def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, languages, text_fraction: Optional[float],
+                   progress: bool, label: str, text_as_chat: bool = False, replay=None) -> dict:
+    """One dataset folder: load and clean, render, drop/cap/split, add text and replay, mix by
+    weight, save, then stats.json, preview.txt and the template (steps 1-7 below). `text_as_chat`:
+    plain-text sources become "continue this text" conversations (mambaft.data.text_chat) instead
+    of packed continued-pretraining rows; `replay`: (rendered train rows of an earlier phase, share
+    of this phase's train rows they make up)."""
+    t_start = time.perf_counter()
+    got = _load_sources(cfg, chosen, tok, languages=languages, text_as_chat=text_as_chat, progress=progress,
+                        label=label)
+    t_loaded = time.perf_counter()
+    chat, n_proc = _render(cfg, got.convs, tok, label)
+    t_rendered = time.perf_counter()
+    chat, chat_idx, is_val = _drop_cap_split(cfg, chat, got.per)
+    full, text_idx, replay_idx = _append_text_and_replay(cfg, chat, got.text_rows, got.per, replay, label)
+    train, val, uniq = _mix(cfg, got, chat_idx, is_val, text_idx, replay_idx, replay, text_fraction, progress, label)
+    dd = _save_splits(full, train, val, out_dir)
+    t_saved = time.perf_counter()
+    # --- 7. stats, preview, template ---------------------------------------------------------------
+    stats = _stats(cfg, got.per, dd, uniq, got.bad, mode, label)
     stats["seconds"] = {"load": round(t_loaded - t_start, 2), "render": round(t_rendered - t_loaded, 2),
                         "dedup_split_save": round(t_saved - t_rendered, 2), "total": round(t_saved - t_start, 2)}
-    stats["conversations_per_second"] = round(len(convs) / max(t_saved - t_loaded, 1e-9), 1)
+    stats["conversations_per_second"] = round(len(got.convs) / max(t_saved - t_loaded, 1e-9), 1)
     stats["render_processes"] = n_proc or 1
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "preview.txt").write_text(preview(dd["train"], tok), encoding="utf-8")

@@ -224,169 +224,264 @@ def evaluate_rows(model, rows: torch.Tensor, batch_size: int, max_batches: int, 
     return total / max(count, 1)
 
 
-# --- the run ---------------------------------------------------------------------------------------
-def pretrain(cfg: PretrainConfig, argv: Optional[list] = None, write_card: bool = True) -> dict:
-    """Build the data, train, save the folder (+ MODEL_CARD.md). Returns the run summary.
-    `argv` (the CLI arguments) becomes the card's rebuild command, with the steps actually run."""
-    from tqdm.auto import tqdm
+# --- the run: pretrain() calls the steps below in order ---------------------------------------------
+@dataclass
+class _Run:
+    """What every step of one `pretrain` shares: where it computes and where it logs. Logs go to a
+    work folder during the run (the model folder is replaced atomically at the end, and copies of
+    the logs land in it then)."""
+    device: torch.device
+    precision: str
+    threads: int
+    tok: object
+    work: Path
+    history: list = field(default_factory=list)   # the records of pretrain_log.jsonl, in order
 
+    def log(self, msg: str) -> None:
+        from tqdm.auto import tqdm
+        tqdm.write(msg)
+        with open(self.work / "pretrain.log", "a", encoding="utf-8") as fh:
+            fh.write(msg + "\n")
+
+    def record(self, rec: dict) -> None:
+        self.history.append(rec)
+        with open(self.work / "pretrain_log.jsonl", "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    def autocast(self):
+        from mambaft import runtime
+        return runtime.autocast(self.device, self.precision)
+
+
+def _start(cfg: PretrainConfig) -> _Run:
+    """Threads, seed, device and precision (mambaft.runtime, the one place that sets them), the
+    tokenizer, and empty log files in a fresh work folder."""
     from mambaft import runtime
-    from mambaft.checkpoint import save_checkpoint
     from mambaft.tokenizer import load_tokenizer
-    from mambaft.train.optim import build_optimizer, lr_at
-    from mambaft.train.step import micro_step, optimizer_step
 
-    cfg.validate()
-    t_start = time.time()
     threads = runtime.set_threads(cfg.threads or None)
     runtime.seed_everything(cfg.seed)
     device = runtime.pick_device()
     precision = runtime.resolve_precision(cfg.precision, device)
-    ctx_factory = lambda: runtime.autocast(device, precision)  # noqa: E731
     tok = load_tokenizer()
-    out = Path(cfg.out)
-    # Logs go to a work folder during the run (the model folder is replaced atomically at the end,
-    # and copies of the logs land in it then).
-    work = Path(tempfile.gettempdir()) / f"mambaft-pretrain-{out.name}-{os.getpid()}"
+    work = Path(tempfile.gettempdir()) / f"mambaft-pretrain-{Path(cfg.out).name}-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    log_path = work / "pretrain_log.jsonl"
-    log_path.write_text("")
-
-    def log(msg: str) -> None:
-        tqdm.write(msg)
-        with open(work / "pretrain.log", "a", encoding="utf-8") as fh:
-            fh.write(msg + "\n")
-
+    (work / "pretrain_log.jsonl").write_text("")
     (work / "pretrain.log").write_text("")
-    log(f"pretrain: device {device}, precision {precision}, {threads} threads, seed {cfg.seed}; "
-        f"logs in {work}")
+    run = _Run(device=device, precision=precision, threads=threads, tok=tok, work=work)
+    run.log(f"pretrain: device {device}, precision {precision}, {threads} threads, seed {cfg.seed}; "
+            f"logs in {work}")
     if device.type == "cpu" and "GLIBC_TUNABLES" not in os.environ:
-        log("note: set " + " ".join(f"{k}={v}" for k, v in runtime.FAST_MALLOC_ENV.items()) +
-            " before starting for 1.3-2.7x faster CPU steps (cpu-performance.md)")
+        run.log("note: set " + " ".join(f"{k}={v}" for k, v in runtime.FAST_MALLOC_ENV.items()) +
+                " before starting for 1.3-2.7x faster CPU steps (cpu-performance.md)")
+    return run
 
-    # --- data: documents -> token streams without end tokens -> rows ---------------------------
+
+def _load_sources(cfg: PretrainConfig, run: _Run) -> tuple[list[SourceRows], list[float], torch.Tensor]:
+    """Every source's documents -> token streams without end tokens -> rows.
+    Returns (sources, their weights, all validation rows [Rv, seq_len])."""
+    from tqdm.auto import tqdm
+
     names = list(cfg.sources) + [f"file:{p}" for p in cfg.text_files]
     weights = [float(w) for w in cfg.sources.values()] + [1.0] * len(cfg.text_files)
     sources: list[SourceRows] = []
     for name in tqdm(names, desc="tokenize", unit="source"):
         docs, licence = load_documents(name, cfg.max_docs_per_source)
-        src = build_rows(name, docs, tok, cfg.seq_len, cfg.val_fraction, cfg.seed, licence)
+        src = build_rows(name, docs, run.tok, cfg.seq_len, cfg.val_fraction, cfg.seed, licence)
         sources.append(src)
-        log(f"  {name}: {src.documents:,} documents, {src.tokens:,} train tokens "
-            f"({src.train_rows.shape[0]:,} rows), {src.val_rows.shape[0]} val rows; {src.licence}")
+        run.log(f"  {name}: {src.documents:,} documents, {src.tokens:,} train tokens "
+                f"({src.train_rows.shape[0]:,} rows), {src.val_rows.shape[0]} val rows; {src.licence}")
     val_rows = torch.cat([s.val_rows for s in sources]) if any(s.val_rows.numel() for s in sources) \
         else torch.zeros(0, cfg.seq_len, dtype=torch.int32)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order = epoch_order(sources, weights, gen)
-    rows_per_epoch = order.shape[0]
-    log(f"data: {rows_per_epoch:,} rows/epoch = {rows_per_epoch * cfg.seq_len:,} tokens; "
-        f"{cfg.max_steps:,} steps x {cfg.tokens_per_step:,} tokens = {cfg.max_steps * cfg.tokens_per_step:,} "
-        f"tokens = {cfg.max_steps * cfg.batch_size / rows_per_epoch:.2f} epochs")
+    return sources, weights, val_rows
 
-    # --- model and optimizer ----------------------------------------------------------------------
+
+@dataclass
+class _Batches:
+    """The training rows, one shuffled epoch (epoch_order) after another, batch_size at a time."""
+    sources: list
+    weights: list
+    gen: torch.Generator
+    epoch: int = 0
+    cursor: int = 0
+    order: torch.Tensor = field(init=False)   # [rows_per_epoch, 2] (source index, row index)
+
+    def __post_init__(self) -> None:
+        self.order = epoch_order(self.sources, self.weights, self.gen)
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return self.order.shape[0]
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        """[batch_size, seq_len] int64: the next rows; a new epoch, shuffled anew, when this one runs out."""
+        if self.cursor + batch_size > self.rows_per_epoch:
+            self.cursor, self.epoch = 0, self.epoch + 1
+            self.order = epoch_order(self.sources, self.weights, self.gen)
+        pick = self.order[self.cursor:self.cursor + batch_size]
+        self.cursor += batch_size
+        return torch.stack([self.sources[int(s)].train_rows[int(r)] for s, r in pick]).long()
+
+
+def _model(cfg: PretrainConfig, run: _Run) -> tuple[torch.nn.Module, dict]:
+    """The model on the run's device, its dead projections frozen. Returns (model, its summary
+    entries: parameter counts, model config, where it was initialised from)."""
+    from mambaft.model import count_parameters
+
     model, init_meta = build_demo_model(cfg)
-    model.to(device).train()
+    model.to(run.device).train()
     if model.config.max_seq_len < cfg.seq_len:
         raise ValueError(f"seq_len={cfg.seq_len}: the model's position table holds {model.config.max_seq_len}")
     frozen = model.freeze_dead()  # x_proj/dt_proj: dead in the forward, as in 124M (kept in the file)
-    from mambaft.model import count_parameters
     n_params = count_parameters(model)
-    log(f"model: {n_params:,} parameters ({frozen:,} dead, frozen), d_model {model.config.d_model}, "
-        f"{model.config.n_layers} layers, receptive field {model.config.receptive_field} tokens")
-    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    run.log(f"model: {n_params:,} parameters ({frozen:,} dead, frozen), d_model {model.config.d_model}, "
+            f"{model.config.n_layers} layers, receptive field {model.config.receptive_field} tokens")
+    return model, {"parameters": n_params, "dead_parameters_frozen": frozen,
+                   "model_config": model.config.to_dict(), **init_meta}
 
-    # --- loop -------------------------------------------------------------------------------------
-    cursor, epoch = 0, 0
-    history: list[dict] = []
+
+def probe_steps(cfg: PretrainConfig) -> int:
+    """How many first steps a time budget (cfg.minutes > 0) times before it fixes the step count; 0
+    without a budget. They lie inside the warmup (or are step 0 without one), where lr_at does not
+    read max_steps, so the schedule is the same whatever the budget then chooses."""
+    return min(12, max(cfg.warmup_steps, 1)) if cfg.minutes > 0 else 0
+
+
+def median_step_seconds(probe_times: list[float]) -> float:
+    """The median seconds of the probe steps, the first two skipped when there are more (they warm
+    up caches and allocators)."""
+    timed = probe_times[2:] or probe_times
+    return sorted(timed)[len(timed) // 2]
+
+
+def budget_steps(minutes: float, probe_times: list[float]) -> int:
+    """The step count that fits `minutes` at the probe steps' median speed, with 8% left for the
+    evaluations; at least one step more than the probe, so the run goes on past it."""
+    return max(len(probe_times) + 1, int(minutes * 60 / (median_step_seconds(probe_times) * 1.08)))
+
+
+def _train(cfg: PretrainConfig, run: _Run, model, batches: _Batches, val_rows: torch.Tensor) -> dict:
+    """The flat loop: set lr, evaluate, forward/backward (labels = ids: the model shifts inside),
+    clip, step, log. A time budget first runs the probe steps, then fixes the step count ONCE
+    (budget_steps), so `--steps N` with the N it chose rebuilds the same run step for step.
+    Returns {"steps", "train_s", "val_loss"}."""
+    from tqdm.auto import tqdm
+
+    from mambaft.train.optim import build_optimizer, lr_at
+    from mambaft.train.step import micro_step, optimizer_step
+
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     val_loss = float("nan")
     t0 = time.time()
-    # A time budget fixes max_steps ONCE, from the median speed of the first steps (before the
-    # schedule depends on it: those steps are inside the warmup), so `--steps N` with the N it chose
-    # rebuilds the same run step for step.
-    probe = min(12, max(cfg.warmup_steps, 1)) if cfg.minutes > 0 else 0
-    step_times: list[float] = []
     bar = tqdm(total=cfg.max_steps, desc="pretrain", unit="step", dynamic_ncols=True)
-    step = 0
-    while step < cfg.max_steps:
+
+    def train_step(step: int, max_steps: int, last: bool) -> float:
+        """One optimizer step; returns its seconds."""
+        nonlocal val_loss
         t_step = time.time()
-        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=max_steps,
                    schedule="cosine", min_lr_ratio=cfg.min_lr_ratio)
-        # evaluate
         if val_rows.shape[0] and step > 0 and step % cfg.eval_every == 0:
-            val_loss = evaluate_rows(model, val_rows, cfg.batch_size, cfg.eval_batches, ctx_factory())
-            rec = {"step": step, "val_loss": round(val_loss, 4)}
-            history.append(rec)
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-        # batch: the next rows of the shuffled epoch
-        if cursor + cfg.batch_size > rows_per_epoch:
-            cursor, epoch = 0, epoch + 1
-            order = epoch_order(sources, weights, gen)
-            rows_per_epoch = order.shape[0]
-        pick = order[cursor:cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        ids = torch.stack([sources[int(s)].train_rows[int(r)] for s, r in pick]).long().to(device)
-        # forward/backward (labels = ids: the model shifts inside), clip, step
+            val_loss = evaluate_rows(model, val_rows, cfg.batch_size, cfg.eval_batches, run.autocast())
+            run.record({"step": step, "val_loss": round(val_loss, 4)})
+        ids = batches.next(cfg.batch_size).to(run.device)
         n = int(ids.shape[0] * (ids.shape[1] - 1))
-        loss_sum, _ = micro_step(model, ids, ids, autocast_ctx=ctx_factory(), loss_scale=1.0 / n)
+        loss_sum, _ = micro_step(model, ids, ids, autocast_ctx=run.autocast(), loss_scale=1.0 / n)
         gnorm = optimizer_step(model, opt, lr=lr, grad_clip=cfg.grad_clip)
         loss = loss_sum / n
         if not math.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss} (lr {lr:.2e}); lower --lr")
-        if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
+        if step % cfg.log_every == 0 or last:
             tps = (step + 1) * cfg.tokens_per_step / (time.time() - t0)
-            rec = {"step": step, "loss": round(loss, 4), "lr": lr, "grad_norm": round(gnorm, 3),
-                   "tokens_per_s": round(tps), "epoch": epoch, "elapsed_s": round(time.time() - t0, 1)}
-            history.append(rec)
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+            run.record({"step": step, "loss": round(loss, 4), "lr": lr, "grad_norm": round(gnorm, 3),
+                        "tokens_per_s": round(tps), "epoch": batches.epoch,
+                        "elapsed_s": round(time.time() - t0, 1)})
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tps:,.0f}")
-        step_times.append(time.time() - t_step)
-        step += 1
         bar.update(1)
-        if probe and step == probe:
-            per_step = sorted(step_times[2:])[len(step_times[2:]) // 2]   # skip 2 warm-up steps
-            cfg.max_steps = max(probe + 1, int(cfg.minutes * 60 / (per_step * 1.08)))  # 8%: evals
-            bar.total = cfg.max_steps
-            log(f"time budget {cfg.minutes:g} min at {per_step:.2f} s/step -> max_steps {cfg.max_steps}")
+        return time.time() - t_step
+
+    probe = probe_steps(cfg)
+    # The probe steps are inside the warmup: cfg.max_steps stands in for the count not chosen yet.
+    probe_times = [train_step(step, cfg.max_steps, last=False) for step in range(probe)]
+    max_steps = cfg.max_steps
+    if probe:
+        max_steps = bar.total = budget_steps(cfg.minutes, probe_times)
+        run.log(f"time budget {cfg.minutes:g} min at {median_step_seconds(probe_times):.2f} s/step "
+                f"-> max_steps {max_steps}")
+    for step in range(probe, max_steps):
+        train_step(step, max_steps, last=step == max_steps - 1)
     bar.close()
     train_s = time.time() - t0
-    final_train = [h["loss"] for h in history if "loss" in h][-5:]
     if val_rows.shape[0]:
-        val_loss = evaluate_rows(model, val_rows, cfg.batch_size, 4 * cfg.eval_batches, ctx_factory())
-    log(f"done: {cfg.max_steps} steps in {train_s / 60:.1f} min, val loss {val_loss:.3f} "
-        f"(ppl {math.exp(val_loss):.1f})")
+        val_loss = evaluate_rows(model, val_rows, cfg.batch_size, 4 * cfg.eval_batches, run.autocast())
+    run.log(f"done: {max_steps} steps in {train_s / 60:.1f} min, val loss {val_loss:.3f} "
+            f"(ppl {math.exp(val_loss):.1f})")
+    return {"steps": max_steps, "train_s": train_s, "val_loss": val_loss}
 
-    # --- symptoms, save, card ---------------------------------------------------------------------
-    symptoms = symptom_check(model, tok, val_rows)
-    log(f"symptoms: end token emitted {symptoms['greedy_eos_emitted']} (greedy) / "
-        f"{symptoms['sampled_eos_emitted']} (sampled) times; mean p(end) {symptoms['mean_p_end_token']:.2e}; "
-        f"repeated 4-grams {symptoms['mean_greedy_repeated_4gram_fraction']:.2f}")
-    summary = {
-        "command": rebuild_command(list(argv or []), cfg.max_steps), "config": asdict(cfg), "device": str(device), "precision": precision,
-        "threads": threads, "parameters": n_params, "dead_parameters_frozen": frozen,
-        "model_config": model.config.to_dict(), **init_meta,
+
+def _summary(cfg: PretrainConfig, run: _Run, argv: list, model_meta: dict, sources: list[SourceRows],
+             weights: list[float], rows_per_epoch: int, trained: dict, symptoms: dict, t_start: float) -> dict:
+    """The run summary (pretrain_summary.json, the checkpoint's training record, the model card).
+    Its config and command carry the steps actually run (a time budget's choice)."""
+    steps, train_s, val_loss = trained["steps"], trained["train_s"], trained["val_loss"]
+    final_train = [h["loss"] for h in run.history if "loss" in h][-5:]
+    return {
+        "command": rebuild_command(argv, steps), "config": {**asdict(cfg), "max_steps": steps},
+        "device": str(run.device), "precision": run.precision,
+        "threads": run.threads, **model_meta,
         "sources": [{"name": s.name, "licence": s.licence, "documents": s.documents,
                      "train_tokens": s.tokens, "val_rows": int(s.val_rows.shape[0]), "weight": w}
                     for s, w in zip(sources, weights)],
-        "steps": cfg.max_steps, "tokens_per_step": cfg.tokens_per_step, "tokens_trained": cfg.max_steps * cfg.tokens_per_step,
-        "epochs": round(cfg.max_steps * cfg.batch_size / rows_per_epoch, 3),
+        "steps": steps, "tokens_per_step": cfg.tokens_per_step, "tokens_trained": steps * cfg.tokens_per_step,
+        "epochs": round(steps * cfg.batch_size / rows_per_epoch, 3),
         "final_train_loss": round(sum(final_train) / max(len(final_train), 1), 4),
         "final_val_loss": round(val_loss, 4) if math.isfinite(val_loss) else None,
         "train_minutes": round(train_s / 60, 2), "total_minutes": round((time.time() - t_start) / 60, 2),
-        "tokens_per_s": round(cfg.max_steps * cfg.tokens_per_step / train_s), "symptoms": symptoms,
+        "tokens_per_s": round(steps * cfg.tokens_per_step / train_s), "symptoms": symptoms,
     }
+
+
+def _save(cfg: PretrainConfig, run: _Run, model, summary: dict, write_card: bool) -> int:
+    """The model folder (weights in cfg.save_dtype, tokenizer, summary, copies of the logs, the
+    card). Returns the folder's bytes."""
+    from mambaft.checkpoint import save_checkpoint
+
+    out = Path(cfg.out)
     dtype = torch.bfloat16 if cfg.save_dtype == "bf16" else torch.float32
-    save_checkpoint(model, out, tokenizer=tok, step=cfg.max_steps, dtype=dtype,
+    save_checkpoint(model, out, tokenizer=run.tok, step=summary["steps"], dtype=dtype,
                     training={"kind": "pretrain", **{k: v for k, v in summary.items() if k != "symptoms"}})
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for f in ("pretrain_log.jsonl", "pretrain.log"):
-        (out / f).write_bytes((work / f).read_bytes())
+        (out / f).write_bytes((run.work / f).read_bytes())
     if write_card:
         (out / "MODEL_CARD.md").write_text(model_card(summary), encoding="utf-8")
     size = sum(p.stat().st_size for p in out.iterdir())
-    log(f"wrote {out} ({size / 1e6:.1f} MB)")
-    summary["folder_bytes"] = size
+    run.log(f"wrote {out} ({size / 1e6:.1f} MB)")
+    return size
+
+
+def pretrain(cfg: PretrainConfig, argv: Optional[list] = None, write_card: bool = True) -> dict:
+    """Build the data, train, save the folder (+ MODEL_CARD.md). Returns the run summary.
+    `argv` (the CLI arguments) becomes the card's rebuild command, with the steps actually run.
+    `cfg` is not changed: a time budget's step count lives in the summary."""
+    cfg.validate()
+    t_start = time.time()
+    run = _start(cfg)
+    sources, weights, val_rows = _load_sources(cfg, run)
+    batches = _Batches(sources, weights, torch.Generator().manual_seed(cfg.seed))
+    rows_per_epoch = batches.rows_per_epoch
+    run.log(f"data: {rows_per_epoch:,} rows/epoch = {rows_per_epoch * cfg.seq_len:,} tokens; "
+            f"{cfg.max_steps:,} steps x {cfg.tokens_per_step:,} tokens = {cfg.max_steps * cfg.tokens_per_step:,} "
+            f"tokens = {cfg.max_steps * cfg.batch_size / rows_per_epoch:.2f} epochs")
+    model, model_meta = _model(cfg, run)
+    trained = _train(cfg, run, model, batches, val_rows)
+    symptoms = symptom_check(model, run.tok, val_rows)
+    run.log(f"symptoms: end token emitted {symptoms['greedy_eos_emitted']} (greedy) / "
+            f"{symptoms['sampled_eos_emitted']} (sampled) times; mean p(end) {symptoms['mean_p_end_token']:.2e}; "
+            f"repeated 4-grams {symptoms['mean_greedy_repeated_4gram_fraction']:.2f}")
+    summary = _summary(cfg, run, list(argv or []), model_meta, sources, weights, batches.rows_per_epoch,
+                       trained, symptoms, t_start)
+    summary["folder_bytes"] = _save(cfg, run, model, summary, write_card)
     return summary
 
 
