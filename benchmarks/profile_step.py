@@ -6,14 +6,17 @@
 Prints the median step time (forward, chunked loss, backward, clip, fused AdamW: the loop's own
 `micro_step` + `optimizer_step`), torch.profiler's self-CPU table of one more step, and the forward +
 backward time of every SWELU the step runs (the 15 activations and gates at their real shapes),
-timed alone: the most a fused SWELU kernel could save. Launch it with the process environment the
-fine-tune uses (mambaft.runtime.LAUNCH_ENV: `OMP_WAIT_POLICY=PASSIVE`, the glibc malloc tunables)
-for figures comparable with the benches. No test asserts any of it: it is a measurement.
+timed alone: the most a fused SWELU kernel could save. It runs in the process environment the
+fine-tune gets (mambaft.runtime.LAUNCH_ENV: `OMP_WAIT_POLICY=PASSIVE`, the glibc malloc tunables;
+both must be set when the process starts, so it restarts itself with them; your own values win).
+No test asserts any of it: it is a measurement.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -26,6 +29,9 @@ from mambaft.train.step import micro_step, optimizer_step
 
 
 def main(argv=None) -> None:
+    missing = {k: v for k, v in runtime.LAUNCH_ENV.items() if k not in os.environ}
+    if missing and argv is None:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=256)
@@ -33,10 +39,13 @@ def main(argv=None) -> None:
     p.add_argument("--precision", default="auto", help="auto (bf16 where native), fp32, bf16")
     p.add_argument("--steps", type=int, default=3, help="timed steps (median), after one warm-up")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=1024, help="1024: the 124M model (dense head 2 x this)")
+    p.add_argument("--n-layers", type=int, default=6)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = MambaSWELUConfig()                       # the 124M model: D 1024, 6 blocks, E 2048, H 2048
+    # default: the 124M model (D 1024, 6 blocks, E 2048, H 2048)
+    cfg = MambaSWELUConfig(d_model=a.d_model, n_layers=a.n_layers, dense_hidden_dim=2 * a.d_model)
     model = MambaSWELU(cfg).train()
     model.freeze_dead()
     opt = build_optimizer(model, lr=1e-5, weight_decay=0.05)
@@ -98,7 +107,8 @@ def main(argv=None) -> None:
     sw = statistics.median(swelu_time() for _ in range(a.steps))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, precision {precision}, "
-          f"{a.threads} threads, {B} x {L} tokens ({a.prompt_fraction:.0%} prompt)")
+          f"{a.threads} threads, {B} x {L} tokens ({a.prompt_fraction:.0%} prompt), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     print(f"step: median {step_s:.3f} s over {a.steps} ({', '.join(f'{t:.3f}' for t in times)})")
     print(f"SWELU forward + backward alone at the step's shapes: {sw:.3f} s = {sw / step_s:.0%} of the step")
 
