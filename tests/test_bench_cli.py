@@ -216,7 +216,8 @@ def test_epoch_bench_preset_takes_the_strategys_batch_and_overrides_win(capsys, 
     from tests.test_train_loop import write_prepared
     data = write_prepared(tmp_path / "data")
     smoke = make_config("smoke")
-    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft", "--layouts", "sorted,packed",
+    assert main(["epoch", "--data", str(data), "--preset", "smoke", "--accum", "1", "--impl", "mambaft",
+                 "--layouts", "sorted,packed",
                  "--d-model", "16", "--n-layers", "1", "--threads", "1", "--precision", "fp32",
                  "--steps", "1", "--in-process"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]

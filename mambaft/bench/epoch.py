@@ -5,7 +5,7 @@ prompts untrained), not one synthetic step where every position trains. Each opt
 next G = batch x accum rows of the seeded epoch order (`mambaft.train.batches.RowStream`, the fine-tune
 loop's own) and every side trains on exactly those rows:
 
---layouts picks mambaft's sides (default sorted,packed,packed+trim):
+--layouts picks mambaft's sides (default sorted,packed+trim):
     mambaft  sorted          the loop's default: the step's rows sorted by length, cut into `accum`
                              micro-batches, each padded to its longest row (`micro_step`,
                              `optimizer_step`, fused AdamW, chunked loss on trained tokens only)
@@ -71,9 +71,10 @@ def add_args(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--precision", default="auto", help="mambaft precision: auto (bf16 where native), fp32, bf16")
-    p.add_argument("--layouts", default="sorted,packed,packed+trim",
-                   help=f"mambaft sides, any of {','.join(LAYOUTS)} (each side is one worker process holding "
-                        "a model and its optimizer: at 124M about 3-6 GB of memory each)")
+    # each side is one worker process holding a model and its optimizer: at 124M 3-6 GB each, so the
+    # default 2 + 2 original sides fit in 24 GiB and 4 + 2 did not (OOM-killed, 2026-12-02)
+    p.add_argument("--layouts", default="sorted,packed+trim",
+                   help=f"mambaft sides, any of {','.join(LAYOUTS)} (each one worker process: 3-6 GB at 124M)")
     p.add_argument("--padding", default="batch,max", help="original sides: batch, max or batch,max")
     p.add_argument("--compile", action="store_true", help="mambaft's model under torch.compile")
 
