@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     def swelu_time() -> float:
         outs = swelus()                                       # inputs made outside the timed part
         t = time.perf_counter()
-        torch.autograd.backward([o for o in outs], [torch.ones_like(o) for o in outs])
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
         backward = time.perf_counter() - t
         x = {w: torch.randn(B, L, w, dtype=dt) for w in {D, E, H}}
         z = torch.randn(B, L, E, dtype=dt)

@@ -55,7 +55,7 @@ class Config:
     packing: bool = False
     # Drop the tokens no trained prediction sees: the as-trained model's prediction reads the last 19
     # tokens only, so a long prompt or user turn keeps just its last 19 (exact: every trained token
-    # keeps its logits, loss and gradient; see mambaft.train.trim). 13-14% fewer tokens to compute on
+    # keeps its logits, loss and gradient; see mambaft.train.trim). 12.8-14.0% fewer tokens to compute on
     # the offline sets (benchmarks/README.md). The conv-only architecture only; off by default, as
     # packing: the demo's runs were measured without it, and it draws other dropout masks.
     trim_context: bool = False
