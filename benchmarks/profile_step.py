@@ -29,9 +29,8 @@ from mambaft.train.step import micro_step, optimizer_step
 
 
 def main(argv=None) -> None:
-    missing = {k: v for k, v in runtime.LAUNCH_ENV.items() if k not in os.environ}
-    if missing and argv is None:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
+    if argv is None:
+        runtime.relaunch_in_launch_env(sys.argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=256)

@@ -20,6 +20,18 @@ FAST_MALLOC_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_
 LAUNCH_ENV = {**FAST_MALLOC_ENV, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def relaunch_in_launch_env(argv: list) -> None:
+    """Restart this process (`python argv...`) with LAUNCH_ENV added where the environment lacks it,
+    for entry points a user starts by hand (`mambaft pretrain`, benchmarks/profile_step.py). The
+    user's own values win. Returns only when nothing was missing (the restarted process, or a caller
+    that set them); MAMBAFT_NO_RELAUNCH=1 turns it off."""
+    import sys
+
+    missing = {k: v for k, v in LAUNCH_ENV.items() if k not in os.environ}
+    if missing and os.environ.get("MAMBAFT_NO_RELAUNCH") != "1":
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **missing})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -2,12 +2,16 @@
 README.md): a missing fixture is a broken checkout, so it fails the test, never skips it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# `mambaft pretrain` restarts itself with the launcher environment (runtime.relaunch_in_launch_env);
+# inside pytest an exec would replace the test process, so tests call it in place.
+os.environ.setdefault("MAMBAFT_NO_RELAUNCH", "1")
 FIXTURES = ROOT / "tests" / "fixtures"
 
 

@@ -183,3 +183,59 @@ def test_shipped_demo_base_loops_and_never_ends(demo):
         f = model.features(torch.tensor([tok.encode(TEXT)]))
         p_end = torch.softmax(model.lm_head(f).float(), -1)[..., tok.eos_id]
     assert float(p_end.max()) < 1e-3     # a behaviour threshold (never ends), not a rounding tolerance
+
+
+@pytest.mark.slow   # three tiny pretraining runs
+def test_a_killed_run_resumes_exactly(tmp_path, monkeypatch):
+    """Stopped after step 5 of 12 (its state saved every 5 steps), started again with the same
+    command: the same losses, the same final weights as the run that was never stopped."""
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 60)
+    common = ["--text-file", str(text), "--d-model", "16", "--dense-hidden-dim", "32", "--n-layers", "2",
+              "--max-seq-len", "64", "--seq-len", "32", "--batch-size", "2", "--steps", "12",
+              "--warmup-steps", "2", "--lr", "1e-2", "--val-fraction", "0.2", "--eval-every", "4",
+              "--log-every", "1", "--threads", "1", "--save-every", "5", "--no-card"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert pretrain_cli.main(common + ["--out", str(whole)]) == 0
+
+    from mambaft.recipes import pretrain as recipe
+    real_save = recipe.save_state
+
+    def save_then_die(folder, **kw):
+        real_save(folder, **kw)
+        if kw["step"] == 5:
+            raise KeyboardInterrupt("killed after the step-5 state")
+    monkeypatch.setattr(recipe, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_cli.main(common + ["--out", str(cut)])
+    assert (tmp_path / "cut.resume" / "state.pt").is_file() and not cut.exists()
+    monkeypatch.setattr(recipe, "save_state", real_save)
+    assert pretrain_cli.main(common + ["--out", str(cut)]) == 0
+    assert not (tmp_path / "cut.resume").exists()             # removed once the folder is written
+
+    def records(folder):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "elapsed_s")}
+                for line in (folder / "pretrain_log.jsonl").read_text().splitlines()]
+    assert records(cut) == records(whole)                      # every loss, val loss and grad norm
+    assert "resuming at step 5 of 12" in (cut / "pretrain.log").read_text()
+    from safetensors.torch import load_file
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_with_other_settings_is_refused(tmp_path):
+    from mambaft.errors import UserError
+    from mambaft.recipes.pretrain import PretrainConfig
+    from mambaft.recipes.pretrain_state import load_state, state_dir
+    cfg = PretrainConfig(out=str(tmp_path / "m"), lr=1e-3)
+    folder = state_dir(cfg)
+    folder.mkdir()
+    torch.save({"fingerprint": __import__("mambaft.recipes.pretrain_state", fromlist=["x"]).fingerprint(cfg)},
+               folder / "state.pt")
+    assert load_state(folder, cfg)["fingerprint"]["lr"] == 1e-3
+    assert load_state(folder, PretrainConfig(out=cfg.out, lr=1e-3, log_every=3, threads=1)) is not None
+    with pytest.raises(UserError, match=r"other settings \(lr: saved 0.001, now 0.002\)"):
+        load_state(folder, PretrainConfig(out=cfg.out, lr=2e-3))
+    (folder / "state.pt").write_bytes(b"not a state")
+    with pytest.raises(UserError, match="unreadable resume state"):
+        load_state(folder, cfg)

@@ -22,7 +22,7 @@ def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
     p.add_argument("--max-docs-per-source", type=int, default=None)
     for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
                  "seq_len", "batch_size", "warmup_steps", "threads", "seed", "eval_every",
-                 "eval_batches", "log_every", "ssm_state"):
+                 "eval_batches", "log_every", "ssm_state", "save_every"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--steps", type=int, default=d.max_steps)
     p.add_argument("--minutes", type=float, default=0.0,
@@ -33,6 +33,9 @@ def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
     p.add_argument("--save-dtype", default=d.save_dtype, choices=["bf16", "fp32"])
     p.add_argument("--init-from", default="")
     p.add_argument("--architecture", default="original", choices=["original", "selective"])
+    p.add_argument("--state-dir", default="",
+                   help="where the resume state goes (default: OUT.resume); a killed run started again "
+                        "with the same settings resumes there exactly")
     p.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md")
     a = p.parse_args(argv)
     sources = dict(DEFAULT_SOURCES)
@@ -47,12 +50,13 @@ def parse_args(argv=None) -> tuple[PretrainConfig, bool]:
     cfg = PretrainConfig(out=a.out, sources=sources, text_files=tuple(a.text_file),
                          max_docs_per_source=a.max_docs_per_source, max_steps=a.steps, minutes=a.minutes,
                          precision=a.precision, save_dtype=a.save_dtype, init_from=a.init_from,
-                         architecture=a.architecture,
+                         architecture=a.architecture, state_dir=a.state_dir,
                          **{k: getattr(a, k) for k in ("d_model", "n_layers", "d_conv", "expand",
                                                        "dense_hidden_dim", "max_seq_len", "seq_len",
                                                        "batch_size", "warmup_steps", "threads", "seed",
                                                        "eval_every", "eval_batches", "log_every",
-                                                       "ssm_state", "dropout", "lr", "min_lr_ratio",
+                                                       "ssm_state", "save_every", "dropout", "lr",
+                                                       "min_lr_ratio",
                                                        "weight_decay", "grad_clip", "val_fraction")})
     return cfg, not a.no_card
 
@@ -65,5 +69,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"mambaft pretrain: {e}", file=sys.stderr)
         return 2
+    from mambaft import runtime
+
+    # A user types `mambaft pretrain` in a plain shell: restart with the launcher environment
+    # (runtime.LAUNCH_ENV: 2.2x the tokens/s of glibc's defaults here, benchmarks/README.md).
+    runtime.relaunch_in_launch_env(["-c", "import sys; from mambaft.cli import main; sys.exit(main())",
+                                    "pretrain", *argv])
     summary = pretrain(cfg, argv=argv, write_card=card)
     return 0 if summary else 1

@@ -9,7 +9,7 @@ flaws on purpose, so that notebook 00 shows the same symptoms and the course's f
     * Documents are concatenated WITHOUT `<|endoftext|>` into rows of `seq_len` tokens: the model never
       sees token 50256, as input or as target, and never learns to stop.
     * Only `d_model` and the dense head are smaller (the GPT-2 vocabulary dominates the size: 50,257 x
-      d_model = 6.4M parameters at d_model 128, 12.9 MB in bf16; the shipped folder must stay under 30 MB).
+      d_model = 12.9M parameters at d_model 256, 25.7 MB in bf16; the shipped weights stay under 64 MB).
 
 The loop is one flat loop: set lr, evaluate, forward/backward (bf16 autocast on CPU), clip, step, log.
 
@@ -23,7 +23,7 @@ import json
 import math
 import os
 import shlex
-import tempfile
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,14 +31,19 @@ from typing import Optional, Sequence
 
 import torch
 
-from mambaft.recipes.pretrain_report import model_card, symptom_check
+from mambaft.recipes.pretrain_report import knowledge_check, model_card, symptom_check
+from mambaft.recipes.pretrain_state import STATE_FILE, load_state, restore, save_state, state_dir
 
 # Plain-text sources of mambaft.data.text (registry packages; licences travel with the documents).
 # The weight is an up/down-sampling factor of the source's own rows per epoch (1.0 = every row once).
-# About 0.97M + 0.58M + 0.29M = 1.85M tokens per epoch, mostly encyclopedic English: the course's
-# fine-tune asks about Wikipedia topics, so that is the text the demo base should babble best.
-# python_docs is left out: its reST indentation taught a first demo base to loop on runs of spaces.
-DEFAULT_SOURCES = {"wiki_en": 1.0, "sotu": 0.3, "shakespeare": 0.2}
+# Every offline plain-text source, weighted towards encyclopedic text (the course's questions are
+# about Wikipedia topics). Train tokens at seq_len 512 x weight = tokens per epoch:
+#   wiki_en 0.97M x 1.5 = 1.46M, wiki_fr 1.05M x 1.0, sotu 1.94M x 0.3 = 0.58M,
+#   shakespeare 1.47M x 0.3 = 0.44M, moby_dick 0.3M x 1.0, python_docs 2.9M x 0.15 = 0.44M
+#   (down-weighted: its reST indentation taught a first demo base to loop on runs of spaces),
+#   french_text x 0.5; about 4.5M tokens per epoch.
+DEFAULT_SOURCES = {"wiki_en": 1.5, "wiki_fr": 1.0, "sotu": 0.3, "shakespeare": 0.3, "moby_dick": 1.0,
+                   "python_docs": 0.15, "french_text": 0.5}
 
 
 @dataclass
@@ -48,21 +53,21 @@ class PretrainConfig:
     text_files: tuple = ()          # extra local UTF-8 files, one document each (name "file:<path>")
     max_docs_per_source: Optional[int] = None
     # --- model: the 124M architecture, narrower ----------------------------------------------------
-    d_model: int = 128              # 124M: 1024
+    d_model: int = 256              # 124M: 1024 (bf16 file: ~17.6M parameters x 2 B = 35 MB)
     n_layers: int = 6               # as 124M: keeps the 19-token reach
     d_conv: int = 4                 # as 124M
     expand: int = 2                 # as 124M
-    dense_hidden_dim: int = 256     # 124M: 2048 (2 x d_model, the same ratio)
+    dense_hidden_dim: int = 512     # 124M: 2048 (2 x d_model, the same ratio)
     max_seq_len: int = 1024         # as 124M: every strategy's max_seq_len fits the position table
     dropout: float = 0.0            # 124M: 0.1; a few-epoch run on a few M tokens needs none
     # --- optimisation (124M recipe: AdamW betas (0.9, 0.95), wd 0.1, warmup then cosine, bf16) -----
     seq_len: int = 512              # 124M: 1024; the course fine-tunes at <= 256 (positions 512+ stay at init)
-    batch_size: int = 4             # 4 x 512 = 2,048 tokens per step
-    max_steps: int = 1500
+    batch_size: int = 8             # 8 x 512 = 4,096 tokens per step
+    max_steps: int = 3600           # 3,600 x 4,096 = 14.7M tokens, ~3.3 epochs of DEFAULT_SOURCES
     minutes: float = 0.0            # > 0: set max_steps from the speed of the first steps to fit this
-    lr: float = 3e-3                # small models take a larger lr (124M: 3e-4)
+    lr: float = 1.5e-3              # small models take a larger lr (124M: 3e-4)
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0          # 124M: none; clipping costs nothing and guards the high lr
     precision: str = "auto"         # auto: bf16 autocast where the CPU/GPU runs it natively
@@ -72,6 +77,8 @@ class PretrainConfig:
     eval_every: int = 200
     eval_batches: int = 4
     log_every: int = 10
+    save_every: int = 200           # steps between resume states (<out>.resume/, pretrain_state.py)
+    state_dir: str = ""             # "" -> <out>.resume next to the output folder
     save_dtype: str = "bf16"        # the folder stores bf16 (half the bytes); the loader upcasts to fp32
     # --- continued pretraining ---------------------------------------------------------------------
     init_from: str = ""             # a model folder or original .pt to continue from
@@ -84,7 +91,8 @@ class PretrainConfig:
 
     def validate(self) -> None:
         for name in ("d_model", "n_layers", "d_conv", "expand", "dense_hidden_dim", "max_seq_len",
-                     "seq_len", "batch_size", "max_steps", "eval_every", "log_every", "ssm_state"):
+                     "seq_len", "batch_size", "max_steps", "eval_every", "log_every", "ssm_state",
+                     "save_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")
         if self.seq_len > self.max_seq_len:
@@ -227,9 +235,9 @@ def evaluate_rows(model, rows: torch.Tensor, batch_size: int, max_batches: int, 
 # --- the run: pretrain() calls the steps below in order ---------------------------------------------
 @dataclass
 class _Run:
-    """What every step of one `pretrain` shares: where it computes and where it logs. Logs go to a
-    work folder during the run (the model folder is replaced atomically at the end, and copies of
-    the logs land in it then)."""
+    """What every step of one `pretrain` shares: where it computes and where it logs. Logs go to the
+    run's state folder (<out>.resume, pretrain_state.py) during the run: the model folder is replaced
+    atomically at the end, and copies of the logs land in it then."""
     device: torch.device
     precision: str
     threads: int
@@ -264,13 +272,14 @@ def _start(cfg: PretrainConfig) -> _Run:
     device = runtime.pick_device()
     precision = runtime.resolve_precision(cfg.precision, device)
     tok = load_tokenizer()
-    work = Path(tempfile.gettempdir()) / f"mambaft-pretrain-{Path(cfg.out).name}-{os.getpid()}"
+    work = state_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "pretrain_log.jsonl").write_text("")
-    (work / "pretrain.log").write_text("")
+    if not (work / STATE_FILE).exists():        # a fresh run: fresh logs (a resume appends)
+        (work / "pretrain_log.jsonl").write_text("")
+        (work / "pretrain.log").write_text("")
     run = _Run(device=device, precision=precision, threads=threads, tok=tok, work=work)
     run.log(f"pretrain: device {device}, precision {precision}, {threads} threads, seed {cfg.seed}; "
-            f"logs in {work}")
+            f"logs and resume state in {work}")
     if device.type == "cpu" and "GLIBC_TUNABLES" not in os.environ:
         run.log("note: set " + " ".join(f"{k}={v}" for k, v in runtime.FAST_MALLOC_ENV.items()) +
                 " before starting for 1.3-2.7x faster CPU steps (cpu-performance.md)")
@@ -362,9 +371,10 @@ def budget_steps(minutes: float, probe_times: list[float]) -> int:
 
 def _train(cfg: PretrainConfig, run: _Run, model, batches: _Batches, val_rows: torch.Tensor) -> dict:
     """The flat loop: set lr, evaluate, forward/backward (labels = ids: the model shifts inside),
-    clip, step, log. A time budget first runs the probe steps, then fixes the step count ONCE
-    (budget_steps), so `--steps N` with the N it chose rebuilds the same run step for step.
-    Returns {"steps", "train_s", "val_loss"}."""
+    clip, step, log, save the resume state. A time budget first runs the probe steps, then fixes the
+    step count ONCE (budget_steps), so `--steps N` with the N it chose rebuilds the same run step for
+    step. A saved state of the same run (pretrain_state.py) is resumed exactly: model, moments,
+    batch stream and RNG as they were after its step. Returns {"steps", "train_s", "val_loss"}."""
     from tqdm.auto import tqdm
 
     from mambaft.train.optim import build_optimizer, lr_at
@@ -372,8 +382,16 @@ def _train(cfg: PretrainConfig, run: _Run, model, batches: _Batches, val_rows: t
 
     opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     val_loss = float("nan")
-    t0 = time.time()
-    bar = tqdm(total=cfg.max_steps, desc="pretrain", unit="step", dynamic_ncols=True)
+    start, max_steps, done_s = 0, cfg.max_steps, 0.0
+    state = load_state(run.work, cfg)
+    if state is not None:
+        restore(state, model=model, optimizer=opt, batches=batches)
+        start, max_steps, done_s, val_loss = state["step"], state["max_steps"], state["train_s"], state["val_loss"]
+        run.history[:] = state["history"]
+        (run.work / "pretrain_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run.history))
+        run.log(f"resuming at step {start} of {max_steps} ({done_s / 60:.1f} min trained) from {run.work}")
+    t0 = time.time() - done_s          # elapsed training seconds carry over a resume
+    bar = tqdm(total=max_steps, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
 
     def train_step(step: int, max_steps: int, last: bool) -> float:
         """One optimizer step; returns its seconds."""
@@ -392,7 +410,7 @@ def _train(cfg: PretrainConfig, run: _Run, model, batches: _Batches, val_rows: t
         if not math.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss} (lr {lr:.2e}); lower --lr")
         if step % cfg.log_every == 0 or last:
-            tps = (step + 1) * cfg.tokens_per_step / (time.time() - t0)
+            tps = (step + 1 - start) * cfg.tokens_per_step / (time.time() - t0 - done_s)
             run.record({"step": step, "loss": round(loss, 4), "lr": lr, "grad_norm": round(gnorm, 3),
                         "tokens_per_s": round(tps), "epoch": batches.epoch,
                         "elapsed_s": round(time.time() - t0, 1)})
@@ -400,16 +418,21 @@ def _train(cfg: PretrainConfig, run: _Run, model, batches: _Batches, val_rows: t
         bar.update(1)
         return time.time() - t_step
 
-    probe = probe_steps(cfg)
+    def save(step: int) -> None:
+        save_state(run.work, model=model, optimizer=opt, step=step, max_steps=max_steps, batches=batches,
+                   history=run.history, val_loss=val_loss, train_s=time.time() - t0, cfg=cfg)
+
+    probe = probe_steps(cfg) if state is None else 0
     # The probe steps are inside the warmup: cfg.max_steps stands in for the count not chosen yet.
     probe_times = [train_step(step, cfg.max_steps, last=False) for step in range(probe)]
-    max_steps = cfg.max_steps
     if probe:
         max_steps = bar.total = budget_steps(cfg.minutes, probe_times)
         run.log(f"time budget {cfg.minutes:g} min at {median_step_seconds(probe_times):.2f} s/step "
                 f"-> max_steps {max_steps}")
-    for step in range(probe, max_steps):
+    for step in range(max(start, probe), max_steps):
         train_step(step, max_steps, last=step == max_steps - 1)
+        if (step + 1) % cfg.save_every == 0 or step == max_steps - 1:
+            save(step + 1)      # the last one too: a crash in the report after it costs no training
     bar.close()
     train_s = time.time() - t0
     if val_rows.shape[0]:
@@ -449,7 +472,8 @@ def _save(cfg: PretrainConfig, run: _Run, model, summary: dict, write_card: bool
     out = Path(cfg.out)
     dtype = torch.bfloat16 if cfg.save_dtype == "bf16" else torch.float32
     save_checkpoint(model, out, tokenizer=run.tok, step=summary["steps"], dtype=dtype,
-                    training={"kind": "pretrain", **{k: v for k, v in summary.items() if k != "symptoms"}})
+                    training={"kind": "pretrain", **{k: v for k, v in summary.items()
+                                                         if k not in ("symptoms", "knowledge")}})
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for f in ("pretrain_log.jsonl", "pretrain.log"):
         (out / f).write_bytes((run.work / f).read_bytes())
@@ -479,9 +503,15 @@ def pretrain(cfg: PretrainConfig, argv: Optional[list] = None, write_card: bool 
     run.log(f"symptoms: end token emitted {symptoms['greedy_eos_emitted']} (greedy) / "
             f"{symptoms['sampled_eos_emitted']} (sampled) times; mean p(end) {symptoms['mean_p_end_token']:.2e}; "
             f"repeated 4-grams {symptoms['mean_greedy_repeated_4gram_fraction']:.2f}")
+    from mambaft.data.text import TEXT_SOURCES
+    knowledge = knowledge_check(model, run.tok, sources=[n for n in cfg.sources if n in TEXT_SOURCES])
+    run.log("held-out bits/byte: " + ", ".join(f"{k} {v:.3f}" for k, v in knowledge["heldout_bpb"].items()) +
+            f"; {knowledge['distinct_continuations']}/{len(knowledge['continuations'])} distinct continuations")
     summary = _summary(cfg, run, list(argv or []), model_meta, sources, weights, batches.rows_per_epoch,
                        trained, symptoms, t_start)
+    summary["knowledge"] = knowledge
     summary["folder_bytes"] = _save(cfg, run, model, summary, write_card)
+    shutil.rmtree(run.work, ignore_errors=True)   # the model folder now holds the logs
     return summary
 
 

@@ -57,6 +57,46 @@ def symptom_check(model, tokenizer, val_rows: torch.Tensor, new_tokens: int = 80
             "mean_p_end_token": p_eos, "samples": samples}
 
 
+# Ten varied prompts for "what does the base know": greedy continuations should be distinct and on
+# topic (a base that has learned little falls into one attractor phrase for all of them).
+KNOWLEDGE_PROMPTS = ("The capital of France is", "Water is made of", "The President said that",
+                     "KING HENRY.", "The whale", "def main():", "La France est un pays",
+                     "In the nineteenth century,", "The Moon is", "Music is")
+# Every plain-text source pretraining reads: each one's held-out split (mambaft.data.text, 5 % of
+# documents by id hash, never trained on) is scored in bits per byte.
+HELDOUT_SOURCES = ("wiki_en", "wiki_fr", "sotu", "shakespeare", "moby_dick", "python_docs", "french_text")
+
+
+@torch.no_grad()
+def knowledge_check(model, tokenizer, new_tokens: int = 24, sources: Sequence[str] = HELDOUT_SOURCES,
+                    limit_docs: int = 50, max_tokens: int = 20_000) -> dict:
+    """Held-out bits per byte of every source (up to `max_tokens` scored tokens each) and greedy
+    continuations of KNOWLEDGE_PROMPTS: how many are distinct, and the share of them that the most
+    common word 4-gram appears in (an attractor phrase shared by all prompts -> 1.0)."""
+    from mambaft.evaluate.lm import load_lm
+    from mambaft.evaluate.metrics import heldout_perplexity, ngrams
+    from mambaft.generate import generate
+    from mambaft.template import DEFAULT_TEMPLATE
+
+    model.eval()
+    lm = load_lm((model, tokenizer, DEFAULT_TEMPLATE), name="base")
+    held = heldout_perplexity(lm, names=sources, limit_docs=limit_docs, max_tokens=max_tokens) if sources else {}
+    rows = [tokenizer.encode(p) for p in KNOWLEDGE_PROMPTS]
+    outs = generate(model, rows, max_new_tokens=new_tokens, temperature=0.0)
+    conts = [tokenizer.decode(o[len(r):]) for r, o in zip(rows, outs)]
+    grams: dict = {}
+    for c in conts:
+        for g in set(ngrams(c.lower().split(), 4)):
+            grams[g] = grams.get(g, 0) + 1
+    top = max(grams.values(), default=0)
+    model.train()
+    return {"heldout_bpb": {k: round(v["bpb"], 4) for k, v in held.items()},
+            "heldout_tokens": {k: v["tokens"] for k, v in held.items()},
+            "continuations": [{"prompt": p, "continuation": c} for p, c in zip(KNOWLEDGE_PROMPTS, conts)],
+            "distinct_continuations": len(set(c.strip() for c in conts)),
+            "top_4gram_share": round(top / len(conts), 3)}
+
+
 def model_card(s: dict) -> str:
     """The MODEL_CARD.md text, written from the run's own numbers."""
     c, m = s["config"], s["model_config"]
