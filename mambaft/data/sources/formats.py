@@ -103,8 +103,19 @@ def messages_row(row: dict, source: str, n: int, lang: str) -> list[dict]:
 _OPTION = re.compile(r"^\s*([A-E])\.\s+(.*)$")
 
 
+def olmo_answer(option: str) -> str:
+    """The gold option's text as a sentence: capitalised, ended with a full stop; a short one (under
+    3 words: "ocean") as "The answer is ocean." A bare letter ("B.") teaches nothing a user can read,
+    and a model that sees 19 tokens cannot read the options list back anyway."""
+    text = option.strip().rstrip(".")
+    if len(text.split()) < 3:
+        return f"The answer is {text}."
+    return text[:1].upper() + text[1:] + "."
+
+
 def olmo_row(row: dict, source: str, n: int, lang: str) -> list[dict]:
-    """A multiple-choice train item -> "question with options" / "B. answer text"."""
+    """A multiple-choice train item -> the question alone (no options) / the gold option as a
+    sentence (olmo_answer)."""
     doc = row.get("doc")
     if not isinstance(doc, dict) or not isinstance(doc.get("query"), str) or "gold" not in doc:
         raise RowError("missing field 'doc' with 'query' and 'gold'")
@@ -114,13 +125,14 @@ def olmo_row(row: dict, source: str, n: int, lang: str) -> list[dict]:
     if not isinstance(gold, int) or not 0 <= gold < len(letters) or letters[gold] not in options:
         raise RowError(f"gold={gold!r} does not name one of the options {sorted(options)}")
     letter = letters[gold]
-    question = re.sub(r"\n?Answer:\s*$", "", query).strip()
-    question = re.sub(r"^Question:\s*", "", question)
+    question = "\n".join(line for line in query.split("\n") if not _OPTION.match(line))
+    question = re.sub(r"\n?Answer:\s*$", "", question).strip()
+    question = re.sub(r"^(?:Question|Goal):\s*", "", question)
     task = str(row.get("task_name", "olmo")).split(":")[0]
     doc_key = row.get("doc_id", row.get("native_id", n))
     return [make_conversation(f"{source}:{task}:{doc_key}", source, lang,
                               [{"role": "user", "content": question},
-                               {"role": "assistant", "content": f"{letter}. {options[letter]}"}])]
+                               {"role": "assistant", "content": olmo_answer(options[letter])}])]
 
 
 ROW_FORMATS: dict[str, tuple[Callable, tuple[str, ...]]] = {
