@@ -63,7 +63,7 @@ class PretrainConfig:
     # --- optimisation (124M recipe: AdamW betas (0.9, 0.95), wd 0.1, warmup then cosine, bf16) -----
     seq_len: int = 512              # 124M: 1024; the course fine-tunes at <= 256 (positions 512+ stay at init)
     batch_size: int = 8             # 8 x 512 = 4,096 tokens per step
-    max_steps: int = 3600           # 3,600 x 4,096 = 14.7M tokens, ~3.3 epochs of DEFAULT_SOURCES
+    max_steps: int = 2400           # 2,400 x 4,096 = 9.8M tokens, ~2.1 epochs of DEFAULT_SOURCES
     minutes: float = 0.0            # > 0: set max_steps from the speed of the first steps to fit this
     lr: float = 1.5e-3              # small models take a larger lr (124M: 3e-4)
     min_lr_ratio: float = 0.1
