@@ -38,7 +38,8 @@ class Config:
     sources: dict = field(default_factory=lambda: {"sharegpt": 1.0, "oasst": 1.0, "dolly": 1.0})
     # What the same strategy uses when the hubs cannot be reached (registry packages only).
     offline_sources: dict = field(default_factory=lambda: {
-        "sharegpt_offline": 1.0, "chitchat": 0.3, "chatterbot_en": 0.2, "wiki_en": 0.5, "olmo_qa": 0.5})
+        "sharegpt_offline": 1.0, "chitchat": 0.3, "chatterbot_en": 0.2, "wiki_en": 0.5, "olmo_qa": 0.5,
+        "skills_en": 0.3})
     data_mode: Literal["auto", "hub", "offline"] = "auto"  # auto: hub if reachable, else offline
     max_examples_per_source: Optional[int] = None          # cap, for quick looks and smoke runs
     languages: tuple = ("en",)
@@ -127,9 +128,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         sources={"alpaca": 1.0},
         # offline: short answers that end, like Alpaca's: small talk (chatterbot, all of it), the first
-        # sentence of wiki summaries and multiple-choice answers; olmo_qa at 1.0 made "A. A. A." loops,
-        # chatterbot at 0.3 left too few short replies
-        offline_sources={"wiki_en_first": 0.6, "olmo_qa": 0.4, "chatterbot_en": 1.0},
+        # sentence of wiki summaries, science questions answered by the gold option as a sentence
+        # (olmo_qa), and the generated sums and short lists of skills_en (Alpaca's arithmetic and
+        # list items; synthetic, named as such in the card)
+        offline_sources={"wiki_en_first": 0.6, "olmo_qa": 0.4, "chatterbot_en": 1.0, "skills_en": 0.5},
         lr=1e-5, weight_decay=0.01, warmup_steps=500, max_steps=10_000,
         batch_size=4, grad_accum=8, max_seq_len=512,
     ),
@@ -212,7 +214,7 @@ DOMAIN_SOURCES: dict[str, dict[str, dict[str, float]]] = {
     "science": {"hub": {"arxiv": 1.0, "pubmed": 1.0},          # raw text: continued pretraining
                 "offline": {"olmo_qa": 1.0, "wiki_en_text": 0.5}},       # raw text stands in for papers
     "french": {"hub": {"oasst": 1.0},                          # oasst filtered to lang="fr"
-               "offline": {"chatterbot_fr": 1.0, "wiki_fr": 1.0, "french_text": 0.5}},
+               "offline": {"chatterbot_fr": 1.0, "wiki_fr": 1.0, "french_text": 0.5, "skills_fr": 0.5}},
 }
 
 

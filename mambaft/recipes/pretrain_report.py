@@ -97,6 +97,26 @@ def knowledge_check(model, tokenizer, new_tokens: int = 24, sources: Sequence[st
             "top_4gram_share": round(top / len(conts), 3)}
 
 
+def _knowledge_section(k) -> str:
+    """The card's "what it knows" section: held-out bits per byte and greedy continuations."""
+    if not k:
+        return ""
+    bpb = "\n".join(f"| {name} | {v:.3f} | {k['heldout_tokens'][name]:,} |" for name, v in k["heldout_bpb"].items())
+    conts = "\n".join(f"- `{c['prompt']}` -> `{c['continuation'].strip()[:120]}`" for c in k["continuations"])
+    return f"""## What it knows (measured at the end of the run)
+Bits per byte on each source's held-out split (`mambaft.data.text`, never trained on; lower is better;
+bytes of UTF-8 text, so the number does not depend on the tokenizer):
+
+| held-out source | bits/byte | tokens scored |
+|---|---|---|
+{bpb}
+
+Greedy continuations of {len(k['continuations'])} varied prompts ({k['distinct_continuations']} distinct; the most
+common word 4-gram appears in {k['top_4gram_share']:.0%} of them):
+
+{conts}"""
+
+
 def model_card(s: dict) -> str:
     """The MODEL_CARD.md text, written from the run's own numbers."""
     c, m = s["config"], s["model_config"]
@@ -141,6 +161,8 @@ Weights are stored in bf16 (`model.safetensors`); the loader upcasts them to fp3
 - final train loss {s['final_train_loss']}, validation loss {s['final_val_loss']}
 - seed {c['seed']}
 
+{_knowledge_section(s.get("knowledge"))}
+
 ## Symptoms (measured at the end of the run)
 - end token 50256 emitted: {sym['greedy_eos_emitted']} times in {len(sym['samples'])} x {sym['greedy_new_tokens']} greedy tokens, {sym['sampled_eos_emitted']} times sampled (temperature 1)
 - mean probability of the end token over validation positions: {sym['mean_p_end_token']:.2e}
@@ -152,7 +174,9 @@ Weights are stored in bf16 (`model.safetensors`); the loader upcasts them to fp3
 ```
 {s['command']}
 ```
-On a CPU, start it as `OMP_WAIT_POLICY=PASSIVE GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 mambaft pretrain ...`
-(passive OpenMP threads: 5x faster steps on a shared, loaded machine; the malloc setting: 1.3-2.7x).
-Another machine gives slightly different numbers: threads and bf16 kernels change the rounding.
+`mambaft pretrain` restarts itself with `OMP_WAIT_POLICY=PASSIVE` and the glibc malloc tunables
+(mambaft.runtime.LAUNCH_ENV) unless they are set. It saves an exact resume state every
+{c.get('save_every', 200)} steps in `<out>.resume/`: a killed run started again with the same command goes
+on where it stopped. Another machine gives slightly different numbers: threads and bf16 kernels change
+the rounding.
 """
