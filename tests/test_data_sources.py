@@ -165,11 +165,12 @@ def test_wiki_first_answers_with_the_first_sentence_of_the_same_articles(tmp_pat
 
 def test_olmo_requests_become_question_answer_pairs():
     rows = load_source("olmo_qa", str(OFF / "olmo" / "arc_easy" / "train_mc_5shot" / "requests.jsonl.gz")).rows
-    assert len(rows) == 2                          # 4 + 2 request lines, one per choice -> 2 items
+    assert len(rows) == 1          # 4 + 2 request lines, one per choice -> 2 items; "sunlight" is skipped
     user, answer = rows[0]["messages"][0]["content"], rows[0]["messages"][1]["content"]
     assert user == "Which factor will most likely cause a person to develop a fever?"   # no options
     assert answer == "A bacterial population in the bloodstream."    # the option as a sentence, no letter
-    assert rows[1]["messages"][1]["content"] == "The answer is sunlight."   # under 3 words
+    from mambaft.data.sources.formats import olmo_answer
+    assert olmo_answer("sunlight") is None and olmo_answer("in the ocean") == "In the ocean."
     # the package layout (a folder of tasks) reads the same
     assert [r["id"] for r in load_source("olmo_qa", str(OFF / "olmo")).rows] == [r["id"] for r in rows]
 

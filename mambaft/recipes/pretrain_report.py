@@ -69,7 +69,7 @@ HELDOUT_SOURCES = ("wiki_en", "wiki_fr", "sotu", "shakespeare", "moby_dick", "py
 
 @torch.no_grad()
 def knowledge_check(model, tokenizer, new_tokens: int = 24, sources: Sequence[str] = HELDOUT_SOURCES,
-                    limit_docs: int = 50, max_tokens: int = 20_000) -> dict:
+                    limit_docs: int = 400, max_tokens: int = 20_000) -> dict:
     """Held-out bits per byte of every source (up to `max_tokens` scored tokens each) and greedy
     continuations of KNOWLEDGE_PROMPTS: how many are distinct, and the share of them that the most
     common word 4-gram appears in (an attractor phrase shared by all prompts -> 1.0)."""
@@ -102,7 +102,7 @@ def _knowledge_section(k) -> str:
     if not k:
         return ""
     bpb = "\n".join(f"| {name} | {v:.3f} | {k['heldout_tokens'][name]:,} |" for name, v in k["heldout_bpb"].items())
-    conts = "\n".join(f"- `{c['prompt']}` -> `{c['continuation'].strip()[:120]}`" for c in k["continuations"])
+    conts = "\n".join(f"- `{c['prompt']}` -> `{c['continuation'].strip()[:120]!r}`" for c in k["continuations"])
     return f"""## What it knows (measured at the end of the run)
 Bits per byte on each source's held-out split (`mambaft.data.text`, never trained on; lower is better;
 bytes of UTF-8 text, so the number does not depend on the tokenizer):

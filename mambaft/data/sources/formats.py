@@ -103,13 +103,17 @@ def messages_row(row: dict, source: str, n: int, lang: str) -> list[dict]:
 _OPTION = re.compile(r"^\s*([A-E])\.\s+(.*)$")
 
 
-def olmo_answer(option: str) -> str:
-    """The gold option's text as a sentence: capitalised, ended with a full stop; a short one (under
-    3 words: "ocean") as "The answer is ocean." A bare letter ("B.") teaches nothing a user can read,
-    and a model that sees 19 tokens cannot read the options list back anyway."""
+OLMO_MIN_WORDS = 3   # shorter gold options ("ocean") make no sentence: the item is skipped
+
+
+def olmo_answer(option: str) -> Optional[str]:
+    """The gold option's text as a sentence (capitalised, ended with a full stop), or None when it has
+    fewer than OLMO_MIN_WORDS words. A bare letter ("B.") teaches nothing a user can read, and a model
+    that sees 19 tokens cannot read the options list back anyway. Short options are skipped rather
+    than dressed up: one shared frame ("The answer is ocean.") became the demo's reply to everything."""
     text = option.strip().rstrip(".")
-    if len(text.split()) < 3:
-        return f"The answer is {text}."
+    if len(text.split()) < OLMO_MIN_WORDS:
+        return None
     return text[:1].upper() + text[1:] + "."
 
 
@@ -130,9 +134,12 @@ def olmo_row(row: dict, source: str, n: int, lang: str) -> list[dict]:
     question = re.sub(r"^(?:Question|Goal):\s*", "", question)
     task = str(row.get("task_name", "olmo")).split(":")[0]
     doc_key = row.get("doc_id", row.get("native_id", n))
+    answer = olmo_answer(options[letter])
+    if answer is None:
+        return []
     return [make_conversation(f"{source}:{task}:{doc_key}", source, lang,
                               [{"role": "user", "content": question},
-                               {"role": "assistant", "content": olmo_answer(options[letter])}])]
+                               {"role": "assistant", "content": answer}])]
 
 
 ROW_FORMATS: dict[str, tuple[Callable, tuple[str, ...]]] = {
