@@ -157,6 +157,17 @@ def test_evaluate_model_end_to_end(small_gpt2_folder, prepared_data, heldout_tex
     assert again["perplexity"]["instruction"] == on_disk["perplexity"]["instruction"]
 
 
+def test_heldout_picks_the_val_rows_that_evaluation_scores(small_gpt2_folder, prepared_data, heldout_text):
+    from mambaft.cli.evaluate import build_parser, kwargs_from_args
+    kw = kwargs_from_args(build_parser().parse_args(["--model", "m", "--heldout", "selection"]))
+    assert kw["heldout"] == "selection"
+    assert kwargs_from_args(build_parser().parse_args(["--model", "m"]))["heldout"] == "test"
+    res = _quick(small_gpt2_folder, prepared_data, heldout_text, None, probes=False, benchmarks=(), text_sets=(),
+                 heldout="selection")
+    assert [r["question"] for r in res["answers"]["replies"]] == ["Which row chose the checkpoint?"]
+    assert res["degeneration"]["split"] == "selection" and res["settings"]["heldout_rows"] == 1
+
+
 def test_missing_or_mismatched_model_files_are_clear_errors(tmp_path):
     from mambaft.checkpoint import CheckpointError
     from mambaft.evaluate.suite import evaluate_model

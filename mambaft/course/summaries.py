@@ -135,12 +135,16 @@ def behaviour_table(rows: dict) -> str:
 
 
 # Which rows gave which number of a model's summary row (summary.json says it beside the numbers).
+_TEST = "test split: held-out validation questions that chose nothing (each model's replies_split)"
 SPLITS = {
-    "stop_rate, rep_3, too_short_3, distinct_replies, bare_rate, mean_words, mean_new_tokens, end_token_rate,"
-    " bleu, chrf": "replies_split (test: held-out validation questions that chose nothing)",
-    "probe_pass_rate, probes_by_lang, probe_replies": "probes (the fixed prompts of mambaft.evaluate.probes)",
-    "instruction_ppl": "the test split's rows", "text_ppl": "held-out plain text (wiki_en, wiki_fr)",
-    "chosen": "selection split (the val rows that choose the checkpoint; never reported as a result)",
+    **{k: _TEST for k in ("stop_rate", "limit_rate", "end_token_rate", "stop_string_rate", "rep_3", "too_short_3",
+                          "distinct_replies", "bare_rate", "mean_words", "mean_new_tokens", "bleu", "chrf",
+                          "instruction_ppl")},
+    **{k: "probes: the fixed prompts of mambaft.evaluate.probes" for k in ("probe_pass_rate", "probe_by_kind",
+                                                                          "probes_by_lang", "probe_replies")},
+    "p_end_mean": "fixed complete answers (mambaft.evaluate.metrics.COMPLETE_ANSWERS)",
+    "text_ppl": "held-out plain text (wiki_en, wiki_fr)",
+    "chosen": "selection split: the val questions that chose the checkpoint, never reported as a result",
 }
 
 

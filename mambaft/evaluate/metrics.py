@@ -206,8 +206,12 @@ def is_bare(text: str) -> bool:
 
 def normalise_reply(text: str) -> str:
     """What two replies must share to be the same reply: their lower-cased words, punctuation and
-    spacing dropped ("A." = "a", "I don't know." = "i don't know")."""
+    spacing dropped ("A." = "a", "I don't know." = "i don t know")."""
     return " ".join(_WORD.findall(text.lower()))
+
+
+def _hashable(p):
+    return tuple(p) if isinstance(p, list) else p
 
 
 def distinct_replies(prompts: Sequence, texts: Sequence[str]) -> float:
@@ -229,10 +233,6 @@ def useful_replies(prompts: Sequence, texts: Sequence[str], stopped: Sequence[bo
         return float("nan")
     kept = {normalise_reply(t) for t, s in zip(texts, stopped) if s and not is_bare(t)}
     return min(1.0, len(kept) / len(set(map(_hashable, prompts))))
-
-
-def _hashable(p):
-    return tuple(p) if isinstance(p, list) else p
 
 
 def reply_quality(prompts: Sequence, texts: Sequence[str], stopped: Sequence[bool]) -> dict:
