@@ -206,6 +206,9 @@ def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result,
     assert md.count("### ") == 14
     html = (out / "report.html").read_text()
     assert "<img src='probes.png'" in html and html.count("<h3>") == 14
+    # both reports say which split gave the reply numbers
+    assert "| replies from |" in md and "| test |" in md and "Splits: probes = the fixed probes" in md
+    assert "Splits: probes = the fixed probes" in html
     row = res["rows"][0]
     assert row["probes"] == a["probes"]["summary"]["pass_rate"]
     assert row["ppl_instr"] == pytest.approx(a["perplexity"]["instruction"]["all"]["ppl"])   # copied, not recomputed

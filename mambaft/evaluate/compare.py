@@ -286,7 +286,7 @@ def html_report(results: Sequence[dict], rows: list, plots: list) -> str:
              "body{font-family:sans-serif;max-width:1200px;margin:auto} table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top} .pass{background:#dfd}"
              ".fail{background:#fdd}</style></head><body><h1>Model comparison</h1>",
-             f"<table><tr><th>model</th>{head}</tr>{body}</table>"]
+             f"<table><tr><th>model</th>{head}</tr>{body}</table>", f"<p><i>{e(SPLITS_NOTE)}</i></p>"]
     parts += [f"<p><img src='{e(p.name)}' alt='{e(p.stem)}'></p>" for p in plots]
     parts.append("<h2>Probe answers side by side</h2>")
     names = [r["name"] for r in results]
