@@ -95,13 +95,17 @@ def prepared_data(tmp_path_factory):
              [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"},
               {"role": "user", "content": "And bye?"}, {"role": "assistant", "content": "Goodbye!"}],
              [{"role": "user", "content": "Bonjour"}, {"role": "assistant", "content": "Bonjour !"}]]
-    rendered = [DEFAULT_TEMPLATE.render(c, tok) for c in convs]
-    cols = {"id": ["a", "b", "c"], "source": ["chat", "chat", "fr"], "lang": ["en", "en", "fr"], "messages": convs,
-            "input_ids": [r[0] for r in rendered], "labels": [r[1] for r in rendered]}
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(cols), "val": datasets.Dataset.from_dict(cols)})
+    # a 4th val conversation of the selection split (it chose the checkpoint): evaluation never scores it
+    selection = [{"role": "user", "content": "Which row chose the checkpoint?"}, {"role": "assistant", "content": "Me."}]
+    rendered = [DEFAULT_TEMPLATE.render(c, tok) for c in convs + [selection]]
+    cols = {"id": ["a", "b", "c", "d"], "source": ["chat", "chat", "fr", "chat"], "lang": ["en", "en", "fr", "en"],
+            "messages": convs + [selection], "input_ids": [r[0] for r in rendered], "labels": [r[1] for r in rendered],
+            "heldout": ["test", "test", "test", "selection"]}
+    val = datasets.Dataset.from_dict(cols)
+    dd = datasets.DatasetDict({"train": val.remove_columns("heldout"), "val": val})
     path = tmp_path_factory.mktemp("prepared") / "data"
     dd.save_to_disk(str(path))
-    n_trained = sum(sum(1 for x in r[1][1:] if x != -100) for r in rendered)
+    n_trained = sum(sum(1 for x in r[1][1:] if x != -100) for r in rendered[:3])
     return path, n_trained
 
 
@@ -138,7 +142,11 @@ def test_evaluate_model_end_to_end(small_gpt2_folder, prepared_data, heldout_tex
     text = res["perplexity"]["text"][str(heldout_text)]
     assert text["docs"] == 2 and text["tokens"] == 200        # 139 + 61: the budget cuts doc 2
     assert res["answers"]["n"] == 3 and 0 <= res["answers"]["chrf"] <= 100
-    assert res["degeneration"]["replies"] == 14 + 3
+    # the reply numbers come from the 3 test questions alone, the probes' apart (issue 23)
+    assert res["degeneration"]["split"] == "test" and res["degeneration"]["replies"] == 3
+    assert res["probes"]["degeneration"]["replies"] == 14
+    assert "Which row chose the checkpoint?" not in [r["question"] for r in res["answers"]["replies"]]
+    assert res["settings"]["heldout"] == "test" and res["settings"]["heldout_rows"] == 3
     assert {b: r["n"] for b, r in res["benchmarks"].items()} == {"hellaswag": 2, "arc_easy": 2, "piqa": 2}
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["probes"]["summary"] == res["probes"]["summary"]
@@ -147,6 +155,17 @@ def test_evaluate_model_end_to_end(small_gpt2_folder, prepared_data, heldout_tex
     for key in ("probes", "answers", "degeneration", "end_token"):
         assert again[key] == on_disk[key], key
     assert again["perplexity"]["instruction"] == on_disk["perplexity"]["instruction"]
+
+
+def test_heldout_picks_the_val_rows_that_evaluation_scores(small_gpt2_folder, prepared_data, heldout_text):
+    from mambaft.cli.evaluate import build_parser, kwargs_from_args
+    kw = kwargs_from_args(build_parser().parse_args(["--model", "m", "--heldout", "selection"]))
+    assert kw["heldout"] == "selection"
+    assert kwargs_from_args(build_parser().parse_args(["--model", "m"]))["heldout"] == "test"
+    res = _quick(small_gpt2_folder, prepared_data, heldout_text, None, probes=False, benchmarks=(), text_sets=(),
+                 heldout="selection")
+    assert [r["question"] for r in res["answers"]["replies"]] == ["Which row chose the checkpoint?"]
+    assert res["degeneration"]["split"] == "selection" and res["settings"]["heldout_rows"] == 1
 
 
 def test_missing_or_mismatched_model_files_are_clear_errors(tmp_path):
@@ -187,6 +206,9 @@ def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result,
     assert md.count("### ") == 14
     html = (out / "report.html").read_text()
     assert "<img src='probes.png'" in html and html.count("<h3>") == 14
+    # both reports say which split gave the reply numbers
+    assert "| replies from |" in md and "| test |" in md and "Splits: probes = the fixed probes" in md
+    assert "Splits: probes = the fixed probes" in html
     row = res["rows"][0]
     assert row["probes"] == a["probes"]["summary"]["pass_rate"]
     assert row["ppl_instr"] == pytest.approx(a["perplexity"]["instruction"]["all"]["ppl"])   # copied, not recomputed

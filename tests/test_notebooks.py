@@ -110,12 +110,20 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
         assert 0.0 <= m["stop_rate"] <= 1.0 and 0.0 <= m["probe_pass_rate"] <= 1.0, name
         assert m["errors"] == {}, (name, m["errors"])
         assert m["text_ppl"]["wiki_en"] > 1.0
+    # which split gave each number, and the verdict from the bounds (issue 23)
+    assert chosen["split"] == "selection" and "selection" in s["splits"]["chosen"]
+    assert all(m["replies_split"] == "test" for m in s["models"].values())
+    assert [c["rule"] for c in s["verdict"]["checks"]][:5] == ["stops", "does not loop", "distinct replies",
+                                                              "not bare", "passes more probes"]
+    assert s["verdict"]["verdict"].startswith(("meets the bounds", "does NOT meet the bounds"))
     assert s["context"] is not None and set(s["context"]) == {"base", "fine-tuned"}
     assert len(s["answers"]) == len(course.FIRST_PROMPTS)
     for f in ("report.md", "report.html", "table.md", "context.png"):
         assert (run_dir / "04_evaluation" / f).is_file(), f
     # the chat cell of the saved notebook: the answer table and one line, and no dead widget state
     nb = nbformat.read(str(run_dir / "04_evaluation.ipynb"), as_version=4)
+    shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f'=> fine-tuned {s["verdict"]["verdict"]}' in shown           # printed with its numbers
     chat = next(c for c in nb.cells if "chat_widget(" in c.source)
     static = chat.outputs[0]["data"]
     assert "Run the notebook to chat" in static["text/plain"] and "<table" in static["text/html"]

@@ -32,7 +32,8 @@ QA = [("What color is the sky?", "Blue."), ("Name a fruit.", "An apple."), ("Wha
 
 def write_prepared(path: Path, pairs=QA, val_pairs=QA[:3]) -> Path:
     """A `mambaft prepare`-format folder: DatasetDict(train, val) with input_ids, labels, source,
-    kind, n_trained (sources alternate "alpha"/"beta")."""
+    kind, n_trained (sources alternate "alpha"/"beta"); every val row is of the selection split (the
+    `heldout` column: the rows training scores), so each evaluation sees them all."""
     from datasets import Dataset, DatasetDict
 
     tok = load_tokenizer()
@@ -48,8 +49,9 @@ def write_prepared(path: Path, pairs=QA, val_pairs=QA[:3]) -> Path:
                         "n_trained": sum(x != -100 for x in labels)})
         return out
 
+    val = [{**r, "heldout": "selection"} for r in rows(val_pairs, "val")]
     DatasetDict({"train": Dataset.from_list(rows(pairs, "train")),
-                 "val": Dataset.from_list(rows(val_pairs, "val"))}).save_to_disk(str(path))
+                 "val": Dataset.from_list(val)}).save_to_disk(str(path))
     DEFAULT_TEMPLATE.save(path)
     mark_complete(path)
     return path

@@ -4,7 +4,8 @@
     mambaft evaluate --model smollm2 --out runs/eval/smollm2          # the reference row alone
 
 `--data` is a prepared dataset folder (`mambaft prepare --out DIR`: a DatasetDict with a `val`
-split). Without it, instruction perplexity and BLEU/chrF are left out. `--limit N` caps every part
+split; only its TEST rows by default, `--heldout`: the selection rows chose the checkpoint). Without it,
+instruction perplexity and BLEU/chrF are left out. `--limit N` caps every part
 (validation rows, generated answers, benchmark items, held-out documents) for quick runs.
 The library call is `mambaft.evaluate.suite.evaluate_model(path_or_model, ...) -> dict`.
 """
@@ -25,6 +26,9 @@ def build_parser(prog: str = "mambaft evaluate", one_model: bool = True) -> argp
     if one_model:
         p.add_argument("--model", required=True, help="original .pt, mambaft model folder, or 'smollm2'")
     p.add_argument("--data", help="prepared dataset folder (its 'val' split)")
+    p.add_argument("--heldout", default="test", choices=["test", "selection", "all"],
+                   help="which val rows --data contributes: test (chose nothing; default), selection "
+                        "(chose the checkpoint), all")
     p.add_argument("--out", help="folder for results.json")
     p.add_argument("--name", help="label in reports (default: the folder/file name)")
     p.add_argument("--limit", type=int, help="cap every part at N items (quick runs)")
@@ -47,7 +51,7 @@ def build_parser(prog: str = "mambaft evaluate", one_model: bool = True) -> argp
 def kwargs_from_args(a) -> dict:
     return dict(data=a.data, limit=a.limit, max_new_tokens=a.max_new, seed=a.seed, probes=not a.no_probes,
                 benchmarks=a.bench, bench_limit=a.bench_limit, bench_source=a.bench_source, text_sets=a.text,
-                text_split=a.text_split,
+                text_split=a.text_split, heldout=a.heldout,
                 device=a.device, precision=a.precision, strict=a.strict)
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from mambaft.course.ranges import MAX_REP3, MIN_STOP, RunFolderError, markdown, ranges, read_run
+from mambaft.course.ranges import RunFolderError, bounds_line, markdown, ranges, read_run
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -34,5 +34,9 @@ def main(argv: Optional[list] = None) -> int:
                                 encoding="utf-8")
     bad = [r["run"] for r in records if not r["meets_bounds"]]
     if bad:
-        print(f"outside the bounds (stop >= {MIN_STOP}, rep_3 <= {MAX_REP3}): {', '.join(bad)}")
+        print(f"outside the bounds: {', '.join(bad)}")
+        for r in records:
+            if not r["meets_bounds"]:
+                print(f"  {r['run']}: fails {', '.join(r['fails'])}")
+        print(bounds_line())
     return 0

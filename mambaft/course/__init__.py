@@ -181,6 +181,7 @@ _LAZY = {
     "probe_behaviour_by_lang": "summaries",
     "behaviour_table": "summaries",
     "evaluation_summary": "summaries",
+    "verdict": "summaries",
     "final_summary": "summaries",
     "finetune_command": "launch",
     "child_env": "launch",

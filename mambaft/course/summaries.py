@@ -87,70 +87,130 @@ def finetune_summary(cfg, run: PathLike, result: dict, cmd: Sequence[str], num_p
 
 def choice_note(choice) -> str:
     """What notebook 04 prints about the checkpoint it evaluates, and why (one line per candidate)."""
-    lines = [f'"fine-tuned" is the step-{choice.step} checkpoint ({choice.rule}): {choice.reason}']
+    lines = [f'"fine-tuned" is the step-{choice.step} checkpoint ({choice.rule}): {choice.reason}',
+             "  (numbers of the selection split's questions, the rows that choose; the test split and the "
+             "probes below chose nothing)"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines += [f"  step {t['step']:>6}: val loss {fmt(t['val_loss'])}  stop {fmt(t['stop'])}  rep_3 {fmt(t['rep_3'])}"
-              f"  empty {fmt(t['empty'])}  score {fmt(t['score'])}{'  <- chosen' if t['step'] == choice.step else ''}"
+              f"  distinct {fmt(t.get('distinct'))}  bare {fmt(t.get('bare'))}  useful {fmt(t.get('useful'))}"
+              f"  score {fmt(t['score'])}{'  <- chosen' if t['step'] == choice.step else ''}"
               for t in choice.table]
     return "\n".join(lines)
 
 
 def probe_behaviour_by_lang(results: Sequence[dict]) -> dict:
-    """{lang: {"stop_rate", "rep_3", "pass_rate", "n"}} over the probe replies of one language (the
-    specialized course is held to its bounds on the EN and on the FR probes separately)."""
+    """{lang: {"stop_rate", "rep_3", "distinct_replies", "bare_rate", "pass_rate", "n"}} over the probe
+    replies of one language (the specialized course is held to its bounds on the EN and on the FR
+    probes separately). rep_3 is None when no reply held a 3-gram (too short to measure)."""
     import statistics
 
-    from mambaft.evaluate.metrics import repeated_ngram_rate
+    from mambaft.evaluate.metrics import reply_quality, repeated_ngram_rate
     out = {}
     for lang in sorted({r.get("lang") for r in results if r.get("lang")}):
         rs = [r for r in results if r.get("lang") == lang]
-        reps = [x for x in (repeated_ngram_rate(r.get("answer") or "", 3) for r in rs) if x is not None]
+        answers = [r.get("answer") or "" for r in rs]
+        reps = [x for x in (repeated_ngram_rate(a, 3) for a in answers) if x is not None]
+        q = reply_quality([r.get("id") for r in rs], answers, [not r.get("hit_limit") for r in rs])
         out[lang] = {"stop_rate": 1.0 - sum(bool(r.get("hit_limit")) for r in rs) / len(rs),
-                     "rep_3": statistics.fmean(reps) if reps else 0.0,
+                     "rep_3": statistics.fmean(reps) if reps else None,
+                     "distinct_replies": q["distinct_replies"], "bare_rate": q["bare_rate"],
                      "pass_rate": sum(bool(r.get("passed")) for r in rs) / len(rs), "n": len(rs)}
     return out
 
 
 def behaviour_table(rows: dict) -> str:
-    """One line per model: how its replies end and loop, overall and on each language's probes."""
+    """One line per model: how its replies end, loop, differ and say something (on the split named in
+    each line), then its probes, overall and per language."""
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     lines = []
     for name, r in rows.items():
         langs = "  ".join(f"{lang}: stop {f(b['stop_rate'])} rep_3 {f(b['rep_3'])} pass {f(b['pass_rate'])}"
                           for lang, b in (r.get("probes_by_lang") or {}).items())
-        lines.append(f"{name:>14}: stop {f(r['stop_rate'])}  rep_3 {f(r['rep_3'])}  tokens {f(r['mean_new_tokens'], 1)}"
-                     f"  end token {f(r['end_token_rate'])}  probes {f(r['probe_pass_rate'])}  | probes {langs}")
+        lines.append(f"{name:>14} [{r.get('replies_split') or '-'}, {r.get('replies') or 0} replies]: "
+                     f"stop {f(r['stop_rate'])}  rep_3 {f(r['rep_3'])}  distinct {f(r.get('distinct_replies'))}  "
+                     f"bare {f(r.get('bare_rate'))}  words {f(r.get('mean_words'), 1)}  tokens "
+                     f"{f(r['mean_new_tokens'], 1)}  end token {f(r['end_token_rate'])}\n"
+                     f"{'':>14} [probes]: passed {f(r['probe_pass_rate'])}  | {langs}")
     return "\n".join(lines)
 
 
+# Which rows gave which number of a model's summary row (summary.json says it beside the numbers).
+_TEST = "test split: held-out validation questions that chose nothing (each model's replies_split)"
+SPLITS = {
+    **{k: _TEST for k in ("stop_rate", "limit_rate", "end_token_rate", "stop_string_rate", "rep_3", "too_short_3",
+                          "distinct_replies", "bare_rate", "mean_words", "mean_new_tokens", "bleu", "chrf",
+                          "instruction_ppl")},
+    **{k: "probes: the fixed prompts of mambaft.evaluate.probes" for k in ("probe_pass_rate", "probe_by_kind",
+                                                                          "probes_by_lang", "probe_replies")},
+    "p_end_mean": "fixed complete answers (mambaft.evaluate.metrics.COMPLETE_ANSWERS)",
+    "text_ppl": "held-out plain text (wiki_en, wiki_fr)",
+    "chosen": "selection split: the val questions that chose the checkpoint, never reported as a result",
+}
+
+
 def evaluation_summary(results: Sequence[dict]) -> dict:
-    """Per model: how replies ended, p(end), probe pass rates, loops, BLEU, perplexities."""
+    """Per model: how replies ended, looped, differed (on the split in `replies_split`), p(end), probe
+    pass rates, BLEU, perplexities."""
     rows = {}
     for r in results:
         deg, probes = r.get("degeneration") or {}, (r.get("probes") or {}).get("summary") or {}
+        pdeg = (r.get("probes") or {}).get("degeneration") or {}
         ans, ppl = r.get("answers") or {}, r.get("perplexity") or {}
-        limit = deg.get("limit_rate")
+        limit, plimit = deg.get("limit_rate"), pdeg.get("limit_rate")
         rows[r["name"]] = {
+            "replies_split": deg.get("split"), "replies": deg.get("replies"),
             "end_token_rate": deg.get("end_token_rate"), "stop_string_rate": deg.get("stop_string_rate"),
             "limit_rate": limit, "stop_rate": None if limit is None else 1.0 - limit,
             "mean_new_tokens": deg.get("mean_new_tokens"), "rep_3": deg.get("rep_3"),
+            "too_short_3": deg.get("too_short_3"), "distinct_replies": deg.get("distinct_replies"),
+            "bare_rate": deg.get("bare_rate"), "mean_words": deg.get("mean_words"),
             "p_end_mean": (r.get("end_token") or {}).get("mean"),
             "probe_pass_rate": probes.get("pass_rate"), "probe_by_kind": probes.get("by_kind"),
+            "probe_replies": {"stop_rate": None if plimit is None else 1.0 - plimit, "rep_3": pdeg.get("rep_3"),
+                              "distinct_replies": pdeg.get("distinct_replies"), "bare_rate": pdeg.get("bare_rate"),
+                              "n": pdeg.get("replies")},
             "bleu": ans.get("bleu"), "chrf": ans.get("chrf"),
+            "instruction_ppl": (ppl.get("instruction") or {}).get("all", {}).get("ppl"),
             "probes_by_lang": probe_behaviour_by_lang((r.get("probes") or {}).get("results") or []),
             "text_ppl": {k: v.get("ppl") for k, v in (ppl.get("text") or {}).items() if isinstance(v, dict)},
             "errors": r.get("errors") or {}}
     return rows
 
 
-def final_summary(rows: dict, table, context, files: dict, choice=None) -> dict:
-    """The numbers of notebook 04: per model, the headline comparisons, and which checkpoint is
-    "fine-tuned" and why."""
+def verdict(rows: dict, strategy: str, model: str = "fine-tuned", base: str = "base") -> dict:
+    """The verdict of notebook 04 from the bounds (mambaft.evaluate.bounds, the same rules as
+    `mambaft ranges`): {"checks": [Check as dict], "verdict": one line, "text": the lines to print}."""
+    from dataclasses import asdict
+
+    from mambaft.course.ranges import checks, flat_record
+    from mambaft.evaluate.bounds import verdict as one_line
+
+    rec = flat_record(rows[model], rows.get(base), strategy)
+    cs = checks(rec)
+    text = [f'"{model}" against the bounds ({rec.get("replies_split") or "no"} split\'s replies; probes vs {base}):']
+    text += ["  " + c.line() for c in cs] + [f"=> {model} {one_line(cs)}"]
+    ok = {c.rule: c.ok for c in cs}
+    if ok.get("stops") and not (ok.get("distinct replies") and ok.get("not bare")):
+        text.append(f"   It learned the FORMAT of a reply (it stops) but not to answer: its replies repeat or are "
+                    f"bare. Do not call this run a success.")
+    return {"checks": [asdict(c) for c in cs], "verdict": one_line(cs), "text": "\n".join(text)}
+
+
+def final_summary(rows: dict, table, context, files: dict, choice=None, strategy: Optional[str] = None) -> dict:
+    """The numbers of notebook 04: per model, the headline comparisons, which checkpoint is
+    "fine-tuned" and why, which split gave each number, and (with `strategy`) the verdict."""
     pick = lambda key: {name: r[key] for name, r in rows.items()}  # noqa: E731
     chosen = None if choice is None else {"step": choice.step, "path": str(choice.path), "rule": choice.rule,
-                                          "reason": choice.reason, "candidates": choice.table}
-    return {"models": rows, "chosen": chosen, "stop_rate": pick("stop_rate"), "rep_3": pick("rep_3"),
-            "mean_new_tokens": pick("mean_new_tokens"), "end_token_rate": pick("end_token_rate"),
-            "probe_pass_rate": pick("probe_pass_rate"), "p_end_mean": pick("p_end_mean"),
-            "bleu": pick("bleu"), "answers": table.records(),
-            "context": context.summary if context is not None else None, "files": files}
+                                          "reason": choice.reason, "split": "selection",
+                                          "candidates": choice.table}
+    out = {"models": rows, "chosen": chosen, "splits": SPLITS, "stop_rate": pick("stop_rate"), "rep_3": pick("rep_3"),
+           "distinct_replies": pick("distinct_replies"), "bare_rate": pick("bare_rate"),
+           "mean_words": pick("mean_words"),
+           "mean_new_tokens": pick("mean_new_tokens"), "end_token_rate": pick("end_token_rate"),
+           "probe_pass_rate": pick("probe_pass_rate"), "p_end_mean": pick("p_end_mean"),
+           "bleu": pick("bleu"), "answers": table.records(),
+           "context": context.summary if context is not None else None, "files": files}
+    if strategy is not None and "fine-tuned" in rows:
+        v = verdict(rows, strategy)
+        out["verdict"] = {"checks": v["checks"], "verdict": v["verdict"]}
+    return out

@@ -6,6 +6,7 @@ Public API (imported lazily, so `import mambaft.data` stays cheap and side-effec
     plan_budget(cfg, stats, num_gpus=None) -> dict                   mambaft.data.planner
     load_text_documents(name, limit=None, split="train") -> list     mambaft.data.text
     fetch(package) -> Path                                           mambaft.data.registry
+    heldout_rows(val, "selection" | "test", seed) -> indices         mambaft.data.heldout
 
     mambaft prepare --strategy smoke --out outputs/data_smoke
 """
@@ -21,6 +22,7 @@ _LAZY = {
     "TEXT_SOURCES": "mambaft.data.text",
     "fetch": "mambaft.data.registry",
     "PACKAGES": "mambaft.data.registry",
+    "heldout_rows": "mambaft.data.heldout",
 }
 
 __all__ = sorted(_LAZY)

@@ -6,7 +6,7 @@
 
 Output (`out_dir`): a `datasets.DatasetDict` (save_to_disk) with splits train and val, columns
 id, conversation_id, source, lang, kind ("chat" | "text"), messages, input_ids, labels, n_tokens,
-n_trained, dropped_messages; plus stats.json, preview.txt (trained tokens in [brackets]) and
+n_trained, dropped_messages (val also `heldout`: "selection" | "test", mambaft.data.heldout); plus stats.json, preview.txt (trained tokens in [brackets]) and
 chat_template.json. "specialized" writes phase1/ and phase2/, each like that, and a stats.json
 holding both. Rows never exceed cfg.max_seq_len.
 
@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from mambaft import durable
-from mambaft.data import filters, mix
+from mambaft.data import filters, heldout, mix
 from mambaft.data.planner import plan_budget
 from mambaft.data.render import pack_text, render_batch
 from mambaft.data.text_chat import text_conversations
@@ -345,12 +345,17 @@ def _mix(cfg, got: _Loaded, chat_idx: dict, is_val: np.ndarray, text_idx: dict, 
     return mix.shuffled(train, cfg.seed), sorted(val), uniq
 
 
-def _save_splits(full, train: list, val: list, out_dir: Path):
-    """Step 6: the DatasetDict (train, val) selected from `full`, saved into `out_dir`."""
+def _save_splits(full, train: list, val: list, out_dir: Path, seed: int):
+    """Step 6: the DatasetDict (train, val) selected from `full`, saved into `out_dir`. Each val row
+    carries its held-out role (column `heldout`: "selection" picks the checkpoint, "test" gives the
+    reported numbers; mambaft.data.heldout), fixed here by the seed that made the split."""
     from datasets import DatasetDict
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    dd = DatasetDict({"train": full.select(train), "val": full.select(val)})
+    val_ds = full.select(val)
+    val_ds = val_ds.add_column(heldout.COLUMN, heldout.assign_roles(
+        _col(val_ds, "conversation_id").tolist(), _col(val_ds, "source").tolist(), seed))
+    dd = DatasetDict({"train": full.select(train), "val": val_ds})
     # Explicit shard counts: datasets writes no shard at all for an empty split (val_fraction=0) and
     # then cannot load it back. ~500 MB shards: input_ids + labels as int32 = 8 bytes per token.
     n_bytes = 8 * int(_col(full, "n_tokens").sum()) if len(full) else 0
@@ -374,7 +379,7 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
     chat, chat_idx, is_val = _drop_cap_split(cfg, chat, got.per)
     full, text_idx, replay_idx = _append_text_and_replay(cfg, chat, got.text_rows, got.per, replay, label)
     train, val, uniq = _mix(cfg, got, chat_idx, is_val, text_idx, replay_idx, replay, text_fraction, progress, label)
-    dd = _save_splits(full, train, val, out_dir)
+    dd = _save_splits(full, train, val, out_dir, cfg.seed)
     t_saved = time.perf_counter()
     # --- 7. stats, preview, template ---------------------------------------------------------------
     stats = _stats(cfg, got.per, dd, uniq, got.bad, mode, label)
@@ -420,6 +425,8 @@ def _stats(cfg, per: dict, dd, uniq: dict, bad: BadRows, mode: str, label: str) 
                    "long_reply": sum(s["long_reply"] for s in per.values()),
                    "bad_rows": bad.total, "max_row_tokens": int(n_tok.max()) if len(n_tok) else 0},
         "bad_rows": bad.to_dict(),
+        # val rows per source and held-out role (selection: chooses the checkpoint; test: reported)
+        "heldout": heldout.split_counts(dd["val"], cfg.seed),
     }
 
 

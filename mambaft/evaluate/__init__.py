@@ -3,7 +3,8 @@ benchmarks, the diagnosis of a base model, and the side-by-side comparison of se
 
 Submodules load only when used (nothing heavy happens on import):
     mambaft.evaluate.probes       PROBES, run_probes        (the plan's success probes, EN + FR)
-    mambaft.evaluate.metrics      perplexity, degeneration, BLEU/chrF
+    mambaft.evaluate.metrics      perplexity, degeneration, reply quality (distinct, bare), BLEU/chrF
+    mambaft.evaluate.bounds       the bounds a fine-tuned model must meet, and the verdict
     mambaft.evaluate.benchmarks   HellaSwag / ARC-Easy / PIQA by log-likelihood
     mambaft.evaluate.diagnosis    receptive field, dead parameters, end token, symptoms
     mambaft.evaluate.suite        evaluate_model (`mambaft evaluate`)

@@ -38,7 +38,13 @@ COLUMNS = [
     ("bpb_instr", "instruction bits/byte", lambda r: _get(r, "perplexity", "instruction", "all", "bpb"), True),
     ("bpb_wiki_en", "held-out EN bits/byte", lambda r: _get(r, "perplexity", "text", "wiki_en", "bpb"), True),
     ("bpb_wiki_fr", "held-out FR bits/byte", lambda r: _get(r, "perplexity", "text", "wiki_fr", "bpb"), True),
+    # the reply numbers below come from one split, named here: "test" (held-out questions that chose
+    # nothing), or "probes" when the model was evaluated without data
+    ("replies_from", "replies from", lambda r: _get(r, "degeneration", "split"), None),
     ("rep_3", "repeated 3-grams", lambda r: _get(r, "degeneration", "rep_3"), True),
+    ("distinct_replies", "distinct replies", lambda r: _get(r, "degeneration", "distinct_replies"), False),
+    ("bare_rate", "bare replies", lambda r: _get(r, "degeneration", "bare_rate"), True),
+    ("mean_words", "words/reply", lambda r: _get(r, "degeneration", "mean_words"), None),
     ("distinct_2", "distinct-2", lambda r: _get(r, "degeneration", "distinct_2"), False),
     ("limit_rate", "hit token limit", lambda r: _get(r, "degeneration", "limit_rate"), True),
     ("p_end", "p(end | answer)", lambda r: _get(r, "end_token", "mean"), False),
@@ -92,7 +98,16 @@ def markdown_table(rows: list) -> str:
     for row in rows:
         lines.append(f"| {row['name']} | " + " | ".join(_fmt(row[c[0]]) for c in cols) + " |")
     arrows = ", ".join(f"{label} {'lower' if low else 'higher'}" for _, label, _, low in cols if low is not None)
-    return "\n".join(lines) + f"\n\nBetter: {arrows}.\n"
+    return "\n".join(lines) + f"\n\nBetter: {arrows}.\n\n{SPLITS_NOTE}\n"
+
+
+# Which held-out rows gave which number (mambaft.data.heldout): the report says it under every table.
+SPLITS_NOTE = ("Splits: probes = the fixed probes (mambaft.evaluate.probes); repeated 3-grams, distinct "
+               "and bare replies, words/reply, hit token limit, BLEU/chrF and instruction perplexity = the split named in "
+               "\"replies from\" (test: held-out validation questions that chose nothing; the selection "
+               "split chose the checkpoint and is not reported); held-out bits/byte = held-out plain text. "
+               "A bare reply has fewer than 3 words or is a lone option letter; distinct replies = distinct "
+               "normalised replies / distinct questions.")
 
 
 def probe_answers(results: Sequence[dict]) -> list:
@@ -210,6 +225,8 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
          "Bits per byte (lower is better)", "perplexity.png", "bits/byte")
     bars({"repeated 3-grams": [_get(r, "degeneration", "rep_3") for r in results],
           "distinct-2": [_get(r, "degeneration", "distinct_2") for r in results],
+          "distinct replies": [_get(r, "degeneration", "distinct_replies") for r in results],
+          "bare replies": [_get(r, "degeneration", "bare_rate") for r in results],
           "hit limit": [_get(r, "degeneration", "limit_rate") for r in results],
           "p(end | answer)": [_get(r, "end_token", "mean") for r in results]},
          "Degeneration and stopping", "degeneration.png", "rate / probability")
@@ -223,7 +240,7 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
         fig, ax = plt.subplots(figsize=(7, 4))
         xs = [x for x, _, _ in points]
         for key, label, get, _ in COLUMNS:
-            if key in ("probes", "p_end", "limit_rate", "rep_3"):
+            if key in ("probes", "p_end", "limit_rate", "rep_3", "distinct_replies", "bare_rate"):
                 ys = [get(r) for _, _, r in points]
                 if any(y is not None for y in ys):
                     ax.plot(xs, [y if y is not None else float("nan") for y in ys], "o-", label=label)
@@ -269,7 +286,7 @@ def html_report(results: Sequence[dict], rows: list, plots: list) -> str:
              "body{font-family:sans-serif;max-width:1200px;margin:auto} table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top} .pass{background:#dfd}"
              ".fail{background:#fdd}</style></head><body><h1>Model comparison</h1>",
-             f"<table><tr><th>model</th>{head}</tr>{body}</table>"]
+             f"<table><tr><th>model</th>{head}</tr>{body}</table>", f"<p><i>{e(SPLITS_NOTE)}</i></p>"]
     parts += [f"<p><img src='{e(p.name)}' alt='{e(p.stem)}'></p>" for p in plots]
     parts.append("<h2>Probe answers side by side</h2>")
     names = [r["name"] for r in results]

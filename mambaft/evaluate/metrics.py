@@ -11,6 +11,7 @@ comparable, bits per byte are.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import Counter, defaultdict
 from typing import Iterable, Optional, Sequence
@@ -154,7 +155,7 @@ def heldout_perplexity(lm, names: Sequence[str] = ("wiki_en", "wiki_fr"), limit_
     return out
 
 
-# --- degeneration ----------------------------------------------------------------------------------
+# --- degeneration and reply quality ----------------------------------------------------------------
 def _words(text: str) -> list:
     return text.lower().split()
 
@@ -165,7 +166,9 @@ def ngrams(tokens: Sequence, n: int) -> list:
 
 def repeated_ngram_rate(text: str, n: int = 3) -> Optional[float]:
     """Share of the text's word n-grams that repeat an earlier n-gram of the same text:
-    1 - distinct/total ("a b c a b c", n=3: 4 trigrams, 3 distinct -> 0.25). None if no n-gram."""
+    1 - distinct/total ("a b c a b c", n=3: 4 trigrams, 3 distinct -> 0.25). None if the text is
+    too short to hold an n-gram: "too short to measure", never a perfect 0.0 (issue 23: "A." is no
+    proof that a model does not loop)."""
     grams = ngrams(_words(text), n)
     return 1 - len(set(grams)) / len(grams) if grams else None
 
@@ -176,11 +179,86 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
+# Reply quality (issue 23): a model that answers "A." to every question stops and never loops, so stop
+# rate and rep_3 alone call it a success. These say whether the replies differ and say something.
+BARE_WORDS = 3      # a reply of fewer words is bare ("Paris." is 1 word, "It is Paris." is 3)
+# A lone option letter, what a model that learned multiple-choice answers says to anything:
+# "A", "A.", "b)", "(b)", "C:"
+_OPTION_LETTER = re.compile(r"^\(?[a-z]\)?[.):]?$", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+
+
+def reply_words(text: str) -> list:
+    """The words of a reply: whitespace-separated pieces holding a letter or digit ("A." is one word,
+    "- -" none)."""
+    return [w for w in text.split() if _WORD.search(w)]
+
+
+def is_option_letter(text: str) -> bool:
+    return bool(_OPTION_LETTER.match(text.strip()))
+
+
+def is_bare(text: str) -> bool:
+    """Fewer than BARE_WORDS words, or a lone option letter. An empty reply is bare, and so is every
+    reply too short to hold a 3-gram (it has fewer than 3 whitespace pieces, so fewer than 3 words)."""
+    return len(reply_words(text)) < BARE_WORDS or is_option_letter(text)
+
+
+def normalise_reply(text: str) -> str:
+    """What two replies must share to be the same reply: their lower-cased words, punctuation and
+    spacing dropped ("A." = "a", "I don't know." = "i don t know")."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _hashable(p):
+    return tuple(p) if isinstance(p, list) else p
+
+
+def distinct_replies(prompts: Sequence, texts: Sequence[str]) -> float:
+    """Distinct normalised replies / distinct prompts, at most 1 (sampled replies to a repeated prompt
+    may differ: they cannot make up for another prompt's copy). A constant reply to n prompts: 1/n.
+    NaN without replies."""
+    if len(prompts) != len(texts):
+        raise ValueError(f"{len(prompts)} prompts but {len(texts)} replies")
+    if not texts:
+        return float("nan")
+    return min(1.0, len({normalise_reply(t) for t in texts}) / len(set(map(_hashable, prompts))))
+
+
+def useful_replies(prompts: Sequence, texts: Sequence[str], stopped: Sequence[bool]) -> float:
+    """Distinct normalised replies among those that stopped and are not bare, over distinct prompts (at
+    most 1): the share of prompts that got a reply of their own. A constant reply scores at most 1/n;
+    replies that all differ, stop and say 3 words or more score 1. NaN without replies."""
+    if not texts:
+        return float("nan")
+    kept = {normalise_reply(t) for t, s in zip(texts, stopped) if s and not is_bare(t)}
+    return min(1.0, len(kept) / len(set(map(_hashable, prompts))))
+
+
+def reply_quality(prompts: Sequence, texts: Sequence[str], stopped: Sequence[bool]) -> dict:
+    """Whether replies differ and say something (the text a user sees, one per prompt):
+        distinct_replies  distinct normalised replies / distinct prompts
+        bare_rate         share of replies with fewer than 3 words, or a lone option letter
+        mean_words        words per reply
+        too_short_3       share of replies too short to hold a 3-gram (unmeasured by rep_3, and bare)
+        useful_replies    distinct replies that stopped and are not bare / distinct prompts
+    `prompts` identifies each reply's prompt (ids or text), `stopped`: ended before the token limit."""
+    n = len(texts)
+    nan = float("nan")
+    return {"prompts": len(set(map(_hashable, prompts))),
+            "distinct_replies": distinct_replies(prompts, texts),
+            "bare_rate": sum(map(is_bare, texts)) / n if n else nan,
+            "mean_words": statistics.fmean(len(reply_words(t)) for t in texts) if n else nan,
+            "too_short_3": sum(repeated_ngram_rate(t, 3) is None for t in texts) / n if n else nan,
+            "useful_replies": useful_replies(prompts, texts, stopped)}
+
+
 def degeneration(replies: Sequence) -> dict:
-    """Loops and stopping over a set of `EvalReply`: mean repeated n-gram rate (n = 2, 3, 4, over
-    replies that have such n-grams), distinct-1/2, and how replies ended (end token / next-turn
-    marker / token limit)."""
-    texts = [r.text for r in replies]
+    """Loops, stopping and reply quality over a set of `EvalReply`, judged on the answer a user sees:
+    mean repeated n-gram rate (n = 2, 3, 4, over the replies long enough to hold such n-grams; NaN
+    when none is), distinct-1/2, how replies ended (end token / next-turn marker / token limit), and
+    `reply_quality` (distinct and bare replies, words per reply)."""
+    texts = [r.answer for r in replies]
     out: dict = {"replies": len(replies)}
     for n in (2, 3, 4):
         rates = [x for x in (repeated_ngram_rate(t, n) for t in texts) if x is not None]
@@ -193,6 +271,7 @@ def degeneration(replies: Sequence) -> dict:
     out["end_token_rate"] = ends[STOP_END] / total
     out["stop_string_rate"] = ends[STOP_STRING] / total
     out["mean_new_tokens"] = statistics.fmean(r.n_new for r in replies) if replies else float("nan")
+    out.update(reply_quality([tuple(r.prompt_ids) for r in replies], texts, [not r.hit_limit for r in replies]))
     return out
 
 

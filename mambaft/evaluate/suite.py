@@ -4,7 +4,8 @@
     mambaft evaluate --model smollm2 --out runs/eval/smollm2          # the reference row alone
 
 `--data` is a prepared dataset folder (`mambaft prepare --out DIR`: a DatasetDict with a `val`
-split). Without it, instruction perplexity and BLEU/chrF are left out. `--limit N` caps every part
+split). Without it, instruction perplexity and BLEU/chrF are left out. Of the val split, only the TEST
+rows are scored by default (`heldout`, mambaft.data.heldout): the selection rows chose the checkpoint. `--limit N` caps every part
 (validation rows, generated answers, benchmark items, held-out documents) for quick runs.
 Library call for the notebooks: `evaluate_model(path_or_model, ...) -> dict`.
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..data.heldout import TEST, heldout_rows
 from .benchmarks import BENCHMARKS, run_benchmarks
 from .lm import load_lm
 from .metrics import (answer_scores, degeneration, end_token_probability, heldout_perplexity,
@@ -47,6 +49,25 @@ def load_val_split(data):
     return data
 
 
+def _data_seed(data, default: int) -> int:
+    """The seed a prepared folder was split with (its stats.json), else `default`: the held-out roles
+    of a val split without a `heldout` column are recomputed from it."""
+    if isinstance(data, (str, Path)):
+        stats = Path(data) / "stats.json"
+        if stats.is_file():
+            seed = json.loads(stats.read_text(encoding="utf-8")).get("seed")
+            if isinstance(seed, int):
+                return seed
+    return default
+
+
+def heldout_split(data, role: str = TEST, seed: int = 0):
+    """A prepared dataset (folder, DatasetDict or Dataset) -> the val rows of one held-out role
+    (TEST, SELECTION or "all"), in stratified order (each source at its share of any prefix)."""
+    val = load_val_split(data)
+    return val.select(heldout_rows(val, role, _data_seed(data, seed)))
+
+
 def json_safe(o):
     """JSON-safe: NaN and inf -> None, tuples -> lists, paths -> str, numpy/torch scalars -> numbers."""
     if hasattr(o, "item") and callable(o.item) and not isinstance(o, (dict, list, tuple, str)):
@@ -70,20 +91,25 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
                    text_split: str = "heldout",
                    window: int = 256, val_rows: Optional[int] = 500, answer_pairs: int = 100,
                    device: Optional[str] = None, precision: str = "fp32", progress: bool = True,
-                   strict: bool = False) -> dict:
+                   strict: bool = False, heldout: str = TEST) -> dict:
     """Measure one model and return (and, with `out`, write to out/results.json) a dict:
 
         model         what was evaluated (path, step, architecture, parameters)
-        probes        {"results": [one dict per probe], "summary": pass rates}
-        degeneration  rep_2/3/4, distinct_1/2, limit / end-token / stop-string rates (probe and
-                      validation replies together)
+        probes        {"results": [one dict per probe], "summary": pass rates,
+                       "degeneration": the probe replies' degeneration (as below)}
+        degeneration  over the `heldout` split's replies (the probes' when there is no `data`; its
+                      "split" says which): rep_2/3/4, distinct_1/2, limit / end-token / stop-string
+                      rates, reply quality (distinct and bare replies, words per reply)
         end_token     p(end token | complete answer)
         perplexity    {"instruction": per source (needs `data`), "text": {set: ppl, bpb}}
-        answers       BLEU and chrF of greedy answers against validation answers (needs `data`)
+        answers       BLEU and chrF of greedy answers to the `heldout` split's questions against their
+                      answers (needs `data`), and every reply
         benchmarks    {name: acc, acc_norm, n, chance}
         errors        {part: message} for parts that could not run (strict=True raises instead)
 
-    `limit` caps val_rows, answer_pairs, bench_limit and text_docs at once (quick runs)."""
+    `limit` caps val_rows, answer_pairs, bench_limit and text_docs at once (quick runs). `heldout`:
+    which val rows `data` contributes: "test" (the default: rows that chose nothing), "selection"
+    (the rows that chose the checkpoint) or "all"."""
     if limit is not None:
         val_rows, answer_pairs = min(val_rows or limit, limit), min(answer_pairs, limit)
         bench_limit, text_docs = min(bench_limit or limit, limit), min(text_docs, limit)
@@ -94,7 +120,8 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
     settings = dict(limit=limit, max_new_tokens=max_new_tokens, seed=seed, bench_limit=bench_limit,
                     text_sets=list(text_sets), text_docs=text_docs, text_tokens=text_tokens,
                     text_split=text_split, window=window, val_rows=val_rows, answer_pairs=answer_pairs,
-                    precision=precision, data=str(data) if isinstance(data, (str, Path)) else None)
+                    precision=precision, data=str(data) if isinstance(data, (str, Path)) else None,
+                    heldout=heldout if data is not None else None)
     res: dict = {"name": lm.name, "model": lm.describe(), "errors": {}, "timing_s": {}, "settings": settings}
 
     def part(key: str, fn):
@@ -112,37 +139,44 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
         finally:
             res["timing_s"][key] = round(time.perf_counter() - t0, 2)
 
-    replies = []
+    probe_replies, test_replies = [], []
     if probes:
         def _probes():
             rs = lm.replies([p.messages for p in PROBES], max_new_tokens=max_new_tokens, seed=seed)
-            replies.extend(rs)
+            probe_replies.extend(rs)
             results = score_probes(PROBES, rs)
-            return {"results": results, "summary": summarize_probes(results)}
+            return {"results": results, "summary": summarize_probes(results), "degeneration": degeneration(rs)}
         res["probes"] = part("probes", _probes)
     res["end_token"] = part("end_token", lambda: end_token_probability(lm))
 
     res["perplexity"] = {}
     val = None
     if data is not None:
-        val = part("data", lambda: load_val_split(data))
+        val = part("data", lambda: heldout_split(data, heldout, seed))
     if val is not None:
+        settings["heldout_rows"] = len(val)
         res["perplexity"]["instruction"] = part(
             "instruction_perplexity", lambda: instruction_perplexity(lm, val, val_rows, progress))
 
         def _answers():
-            pairs = validation_pairs(val, answer_pairs)
+            pairs = validation_pairs(val)[:answer_pairs]
             scores, rs = answer_scores(lm, pairs, max_new_tokens, seed, progress)
-            replies.extend(rs)
+            test_replies.extend(rs)
+            scores["split"] = heldout
             scores["examples"] = [{"question": h[-1]["content"], "reference": ref, "answer": r.answer}
                                   for (h, ref), r in list(zip(pairs, rs))[:10]]
+            # every reply, so a run folder can be re-judged later without the model
+            scores["replies"] = [{"question": h[-1]["content"], "answer": r.answer, "stopped_by": r.stopped_by}
+                                 for (h, _), r in zip(pairs, rs)]
             return scores
         res["answers"] = part("answers", _answers)
     if text_sets:
         res["perplexity"]["text"] = part("text_perplexity", lambda: heldout_perplexity(
             lm, text_sets, text_docs, window, text_tokens, progress, text_split))
-    if replies:
-        res["degeneration"] = degeneration(replies)
+    if test_replies:
+        res["degeneration"] = {"split": heldout, **degeneration(test_replies)}
+    elif probe_replies:
+        res["degeneration"] = {"split": "probes", **degeneration(probe_replies)}
     if benchmarks:
         res["benchmarks"] = part("benchmarks", lambda: run_benchmarks(lm, benchmarks, bench_limit,
                                                                       bench_source, progress))
@@ -164,8 +198,11 @@ def format_summary(res: dict) -> str:
                      "  ".join(f"{k} {v:.0%}" for k, v in s["by_kind"].items()))
     if res.get("degeneration"):
         d = res["degeneration"]
-        lines.append(f"degeneration: rep_3 {d['rep_3'] or 0:.3f}  distinct_2 {d['distinct_2'] or 0:.3f}  "
-                     f"hit limit {d['limit_rate']:.0%}  ended by end token {d['end_token_rate']:.0%}")
+        f = lambda v, p=3: "unmeasured" if v is None else f"{v:.{p}f}"  # noqa: E731
+        lines.append(f"replies ({d.get('split')}, {d['replies']}): rep_3 {f(d['rep_3'])}  distinct replies "
+                     f"{f(d.get('distinct_replies'), 2)}  bare {f(d.get('bare_rate'), 2)}  words/reply "
+                     f"{f(d.get('mean_words'), 1)}  distinct_2 {f(d['distinct_2'])}  hit limit {d['limit_rate']:.0%}  "
+                     f"ended by end token {d['end_token_rate']:.0%}")
     if res.get("end_token"):
         lines.append(f"p(end | complete answer): mean {res['end_token']['mean']:.3g}")
     ppl = res.get("perplexity") or {}

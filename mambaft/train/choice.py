@@ -4,12 +4,21 @@ The demo base is a 7.7M-parameter model trained for minutes; after a few hundred
 greedy replies sit on a knife edge. On one run the step-200 checkpoint stopped in 0.97 of its replies
 and the step-300 one in 0.53 (issue 18), while the validation loss fell at every evaluation: the lowest
 validation loss does not pick the model that behaves. So the choice reads how each checkpoint's greedy
-replies to held-out validation questions behaved when it was saved (`reply_behaviour`, logged in
-metrics.jsonl at every evaluation):
+replies to held-out SELECTION-split questions behaved when it was saved (`reply_behaviour`, logged in
+metrics.jsonl at every evaluation; the test split and the probes choose nothing):
 
-    score = stop rate - repeated-3-gram rate - empty-reply rate          (each in [0, 1])
+    score = useful - rep_3                                                   (in [-1, 1])
+    useful = distinct replies that stopped and are not bare / distinct questions   (in [0, 1])
 
-highest score wins; ties go to the lower validation loss, then the later step. Rules:
+A bare reply has fewer than 3 words or is a lone option letter ("A."); rep_3 is the mean repeated-3-gram
+rate, and counts as 1 (the worst) when no reply was long enough to hold a 3-gram: too short to measure
+is never a perfect 0. So a checkpoint that answers every one of n questions the same way scores at most
+1/n (one useful reply), and one whose replies all differ, stop and say 3 words or more scores
+stop - rep_3: a constant reply ranks below any varied one that stops as often, unless that one loops
+(rep_3 above stop - 1/n). Issue 23: the score it replaces, stop - rep_3 - empty, gave "A." to every
+question the perfect 1.0.
+
+Highest score wins; ties go to the lower validation loss, then the later step. Rules:
     "behaviour"  the score above (the default)
     "val_loss"   the lowest validation loss (the classic early-stopping choice)
     "last"       the newest checkpoint
@@ -31,14 +40,16 @@ class Choice:
     path: Path
     rule: str
     reason: str
-    table: list          # one dict per candidate: step, val_loss, stop, rep_3, empty, score
+    table: list          # one dict per candidate: step, val_loss, stop, rep_3, distinct, bare, useful, score
 
 
 def behaviour_score(row: dict) -> Optional[float]:
-    """stop - rep_3 - empty of one evaluation row, or None when it has no reply behaviour."""
-    if row.get("val_stop_rate") is None:
+    """useful - rep_3 of one evaluation row (rep_3 unmeasured: 1), or None when the row has no reply
+    quality (no replies, or a run logged before issue 23's metrics)."""
+    if row.get("val_useful") is None:
         return None
-    return row["val_stop_rate"] - (row.get("val_rep_3") or 0.0) - (row.get("val_empty_rate") or 0.0)
+    rep3 = row.get("val_rep_3")
+    return row["val_useful"] - (1.0 if rep3 is None else rep3)
 
 
 def choose_checkpoint(records: Sequence, eval_rows: Sequence[dict], rule: str = "behaviour") -> Choice:
@@ -55,7 +66,8 @@ def choose_checkpoint(records: Sequence, eval_rows: Sequence[dict], rule: str = 
         row = by_step.get(rec.step, {})
         val = rec.val_loss if rec.val_loss is not None else row.get("val_loss")
         table.append({"step": rec.step, "val_loss": val, "stop": row.get("val_stop_rate"),
-                      "rep_3": row.get("val_rep_3"), "empty": row.get("val_empty_rate"),
+                      "rep_3": row.get("val_rep_3"), "distinct": row.get("val_distinct"),
+                      "bare": row.get("val_bare_rate"), "useful": row.get("val_useful"),
                       "score": behaviour_score(row), "record": rec})
     newest = max(table, key=lambda t: t["step"])
     pick, reason = None, ""
@@ -65,10 +77,12 @@ def choose_checkpoint(records: Sequence, eval_rows: Sequence[dict], rule: str = 
             inf = math.inf
             pick = max(scored, key=lambda t: (round(t["score"], 9), -(t["val_loss"] if t["val_loss"] is not None
                                                                       else inf), t["step"]))
-            reason = (f"best behaviour on held-out validation questions: stop {pick['stop']:.2f}, "
-                      f"rep_3 {pick['rep_3']:.2f}, empty {pick['empty']:.2f} (score {pick['score']:.2f})")
+            f = lambda v: "unmeasured" if v is None else f"{v:.2f}"  # noqa: E731
+            reason = (f"best replies to the selection split's questions: stop {f(pick['stop'])}, "
+                      f"rep_3 {f(pick['rep_3'])}, distinct {f(pick['distinct'])}, bare {f(pick['bare'])} "
+                      f"(score {pick['score']:.2f})")
         else:
-            rule, reason = "val_loss", "no reply behaviour was logged; "
+            rule, reason = "val_loss", "no reply quality was logged; "
     if rule == "val_loss" and pick is None:
         with_loss = [t for t in table if t["val_loss"] is not None]
         if with_loss:

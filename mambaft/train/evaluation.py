@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from mambaft.data.heldout import SELECTION, heldout_rows
 from mambaft.data.text import load_text_documents
 from mambaft.evaluate.metrics import HELDOUT_WINDOW, degeneration, text_windows, validation_pairs
 from mambaft.evaluate.probes import PROBES
@@ -25,11 +26,11 @@ from .batches import collate
 
 
 def val_rows(val_ds, max_rows: int, seed: int) -> list[int]:
-    """A fixed subset of the val split: the first `max_rows` of a seeded permutation, so every
-    evaluation of a run (and of a resumed run) scores the same rows whatever order `prepare` wrote."""
-    n = len(val_ds)
-    g = torch.Generator().manual_seed(seed + 7919)
-    return torch.randperm(n, generator=g)[:min(n, max_rows)].tolist()
+    """The rows every evaluation of a run scores (val loss, reply behaviour): at most `max_rows` of the
+    SELECTION split, in its stratified order (each source at its share of any prefix), the same at
+    every evaluation and on resume. The test split is never scored here: it chooses nothing (the
+    checkpoint choice reads these rows), so notebook 04 can report on it (mambaft.data.heldout)."""
+    return heldout_rows(val_ds, SELECTION, seed, limit=max_rows)
 
 
 @torch.no_grad()
@@ -177,12 +178,20 @@ def write_probe_answers(path: Path, step: int, rows: list[dict]) -> dict:
 @torch.no_grad()
 def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, *,
                     max_new_tokens: int = 64) -> dict:
-    """Greedy replies to held-out validation questions (the history up to each row's last assistant
-    turn) -> how they behave, for choosing a checkpoint without looking at the probes:
-        val_stop_rate     share of replies that ended before max_new_tokens
-        val_rep_3         mean repeated-3-gram rate (loops; 0.0 when no reply has a 3-gram)
-        val_empty_rate    share of replies that stopped with nothing to show
-        val_reply_tokens  mean new tokens per reply
+    """Greedy replies to held-out SELECTION-split questions (the history up to each row's last
+    assistant turn) -> how they behave, for choosing a checkpoint without looking at the probes or
+    the test split (mambaft.evaluate.metrics.degeneration, judged on the answer a user sees):
+        val_stop_rate       share of replies that ended before max_new_tokens
+        val_rep_3           mean repeated-3-gram rate over replies that hold a 3-gram; None when none
+                            does (too short to measure is not a perfect 0)
+        val_too_short_3     share of replies too short to hold a 3-gram
+        val_distinct        distinct normalised replies / distinct questions
+        val_bare_rate       share of replies under 3 words or a lone option letter ("A.")
+        val_useful          distinct replies that stopped and are not bare / distinct questions
+        val_mean_words      words per reply
+        val_empty_rate      share of replies with nothing to show
+        val_reply_tokens    mean new tokens per reply
+        val_replies         how many questions were answered
     Validation questions, not the probes: notebook 04 then reports the probes untouched by the choice."""
 
     pairs = validation_pairs(val_ds.select(list(indices))) if len(indices) else []
@@ -197,6 +206,8 @@ def reply_behaviour(model, val_ds, indices: Sequence[int], tokenizer, template, 
         model.train(was_training)
     d = degeneration(replies)
     rep3 = d["rep_3"]
-    return {"val_stop_rate": 1.0 - d["limit_rate"], "val_rep_3": 0.0 if math.isnan(rep3) else rep3,
+    return {"val_stop_rate": 1.0 - d["limit_rate"], "val_rep_3": None if math.isnan(rep3) else rep3,
+            "val_too_short_3": d["too_short_3"], "val_distinct": d["distinct_replies"],
+            "val_bare_rate": d["bare_rate"], "val_useful": d["useful_replies"], "val_mean_words": d["mean_words"],
             "val_empty_rate": sum(1 for r in replies if not r.answer.strip()) / len(replies),
-            "val_reply_tokens": d["mean_new_tokens"]}
+            "val_reply_tokens": d["mean_new_tokens"], "val_replies": len(replies)}
