@@ -249,13 +249,15 @@ def test_generate_refuses_a_nonsensical_temperature(small_gpt2_folder):
     assert p.returncode == 2 and p.stderr.strip().startswith("mambaft generate: error: temperature="), p.stderr
 
 
-def test_a_checkpoint_with_nan_weights_warns_on_load_and_is_refused_as_a_base(tmp_path, data):
+def test_a_checkpoint_with_nan_weights_is_refused_on_load_and_as_a_base(tmp_path, data):
     model = learnable_model(seed=5)
     with torch.no_grad():
         model.dense1.weight[0, 0] = math.nan
     path = save_checkpoint(model, tmp_path / "nan_model")
-    with pytest.warns(RuntimeWarning, match="hold NaN/inf"):
-        _, info = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"hold NaN/inf \(e.g. dense1.weight\)"):   # issue 28: every entry point
+        load_checkpoint(path)
+    with pytest.warns(RuntimeWarning, match="hold NaN/inf"):                     # `info` asks to see them
+        _, info = load_checkpoint(path, allow_nonfinite=True)
     assert info.nonfinite == ["dense1.weight"]
     with pytest.raises(CheckpointError, match="refusing to fine-tune from it"):
         finetune(tiny(2), path, data, tmp_path / "run", **QUIET)
