@@ -59,7 +59,7 @@ def write_manifest(folder: PathLike) -> dict:
     folder = Path(folder)
     entries = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST:   # a model/manifest.json is listed
             entries[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     path = folder / MANIFEST
     path.write_text(json.dumps({"files": entries}, indent=1, sort_keys=True) + "\n", encoding="utf-8")

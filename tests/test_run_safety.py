@@ -155,7 +155,8 @@ def test_zero_length_files_without_a_manifest_are_not_a_checkpoint(tmp_path, dat
     step = out / "checkpoints" / "step_0000004"
     (step / "manifest.json").unlink()                          # as written before manifests existed
     (step / "trainer_state.pt").write_bytes(b"")              # what a power loss after the rename leaves
-    assert ck.verify(step) == ["trainer_state.pt is missing or empty"]
+    assert ck.verify(step) == ["no manifest.json"]            # issue 28: unverified, unless trusted explicitly
+    assert ck.verify(step, trust_legacy=True) == ["trainer_state.pt is missing or empty"]
     assert ck.verify(out / "checkpoints" / "step_0000002") == []
 
 

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from mambaft.hf.export import FORMATS, run_facts
-from mambaft.outdir import claim_model_output, mark, write_model
+from mambaft.outdir import claim_model_output, write_model
 
 
 def main(argv=None) -> None:
@@ -32,6 +32,4 @@ def main(argv=None) -> None:
     model, info = load_checkpoint(a.model)
     out = write_model(a.to, model, a.format, template=info.template, tokenizer=info.tokenizer,
                           step=info.step, epoch=info.epoch or 0, training=info.training, card=card)
-    if out.is_dir():
-        mark(out, "export")
     print(f"wrote {out} (transformers format: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True))")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from mambaft.checkpoint import load_checkpoint
-from mambaft.outdir import claim_model_output, mark, write_model
+from mambaft.outdir import claim_model_output, write_model
 from mambaft.model.kernels.swelu import LAM_FORMULAS
 
 
@@ -29,6 +29,4 @@ def main(argv=None) -> None:
     if a.to:
         out = write_model(a.to, model, a.format, template=info.template, tokenizer=info.tokenizer,
                               step=info.step, epoch=info.epoch or 0, training=info.training)
-        if out.is_dir():
-            mark(out, "info")
         print(f"wrote {out} ({a.format})")
