@@ -36,7 +36,7 @@ from .errors import UserError
 from .model import MambaSWELUConfig, build_model
 from .model.kernels.swelu import LAM_FORMULAS
 from .template import DEFAULT_TEMPLATE, TEMPLATE_FILE, ChatTemplate
-from .tokenizer import TextTokenizer, load_tokenizer
+from .tokenizer import GPT2_VOCAB_SIZE, TextTokenizer, load_tokenizer
 
 FOLDER_FORMAT = "mambaft-model"
 FORMAT_VERSION = 1
@@ -125,28 +125,58 @@ def infer_config(sd: dict, saved: dict, path: Path, lam_formula: Optional[str]) 
     return cfg, inferred
 
 
+def _fit_problems(own: dict, sd: dict, tied: bool) -> list[str]:
+    """Why the file's tensors do not fit the model `own` describes ({name: tensor, meta or real}):
+    missing/unexpected keys, shape mismatches, and non-floating weights where the model holds
+    floats (an int, bool or complex tensor cast to float is silently a different model)."""
+    sd = dict(sd)
+    if tied:
+        sd.setdefault("lm_head.weight", sd.get("token_embedding.weight"))
+    missing = sorted(k for k in set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    common = sorted(set(sd) & set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in common if tuple(sd[k].shape) != tuple(own[k].shape)]
+    dtypes = [f"{k} ({str(sd[k].dtype).replace('torch.', '')})" for k in common
+              if own[k].is_floating_point() and not sd[k].is_floating_point()]
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        parts.append("shape mismatches: " + "; ".join(shapes[:8]))
+    if dtypes:
+        parts.append(f"non-floating weights ({len(dtypes)}): " + ", ".join(dtypes[:8]))
+    return parts
+
+
+def _check_fit(cfg: MambaSWELUConfig, sd: dict, path: Path) -> None:
+    """The file's tensors against the model its config describes, built on the meta device (no
+    memory): a config.json claiming d_model 10**6 is refused here, before 20-512 GB are allocated."""
+    try:
+        with torch.device("meta"):
+            own = build_model(cfg).state_dict()
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its config does not describe a buildable model ({e})") from e
+    parts = _fit_problems(own, sd, cfg.tie_embeddings)
+    if parts:
+        raise CheckpointError(f"{path}: weights do not fit a {cfg.architecture} MambaSWELU "
+                              f"({cfg.n_layers} layers, d_model {cfg.d_model}): " + " | ".join(parts))
+
+
 def _load_into(model: torch.nn.Module, sd: dict, path: Path) -> None:
     """Strict load with a readable account of every missing/unexpected key and shape mismatch."""
     own = model.state_dict()
     tied = model.config.tie_embeddings
-    sd = dict(sd)
-    if tied:
-        sd.setdefault("lm_head.weight", sd.get("token_embedding.weight"))
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(sd) & set(own)) if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:8]))
+    parts = _fit_problems(own, sd, tied)
+    if parts:
         raise CheckpointError(f"{path}: weights do not fit a {model.config.architecture} MambaSWELU "
                               f"({model.config.n_layers} layers, d_model {model.config.d_model}): " +
                               " | ".join(parts))
+    sd = dict(sd)
+    if tied:
+        sd.setdefault("lm_head.weight", sd.get("token_embedding.weight"))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
 
 
@@ -213,6 +243,8 @@ def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
     from safetensors.torch import load_file
 
     cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for f in (cfg_file, weights, path / TEMPLATE_FILE, path / "tokenizer.json"):
+        _refuse_special(f)
     if not weights.is_file():
         pts = sorted(path.glob("*.pt"))
         hint = f" (it holds {pts[0].name}: pass that file)" if pts else ""
@@ -239,9 +271,21 @@ def _read_folder(path: Path) -> tuple[dict, CheckpointInfo]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: cannot be read (truncated or corrupt?): {e}") from e
     template, source = DEFAULT_TEMPLATE, "default (no chat_template.json in the folder)"
-    if (path / TEMPLATE_FILE).is_file():
-        template, source = ChatTemplate.load(path), str(path / TEMPLATE_FILE)
-    tok = load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    try:
+        if (path / TEMPLATE_FILE).is_file():
+            template, source = ChatTemplate.load(path), str(path / TEMPLATE_FILE)
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path / TEMPLATE_FILE}: not a usable chat template ({_first_line(e)})") from e
+    try:
+        tok = load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path / 'tokenizer.json'}: not a usable tokenizer ({_first_line(e)})") from e
+    # The stock GPT-2 tokenizer beside a smaller test-sized vocabulary (what save_checkpoint writes by
+    # default for the tiny fixtures) is let through; any other tokenizer must fit the embedding.
+    if tok is not None and tok.vocab_size > cfg.vocab_size and tok.vocab_size != GPT2_VOCAB_SIZE:
+        raise CheckpointError(f"{path / 'tokenizer.json'}: holds {tok.vocab_size:,} token ids but the model's "
+                              f"vocabulary has {cfg.vocab_size:,}: ids past {cfg.vocab_size - 1} have no "
+                              "embedding (the tokenizer of another model?)")
     info = CheckpointInfo(path=path, format="folder", config=cfg, step=meta.get("step"),
                           epoch=meta.get("epoch"), saved_config=meta["model"], template=template,
                           template_source=source, tokenizer=tok, training=meta.get("training", {}))
@@ -264,22 +308,59 @@ def _read_hf(path: Path, meta: dict) -> tuple[dict, CheckpointInfo]:
     return got["state_dict"], info
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _refuse_special(path: Path) -> None:
+    """Only regular files are read: a FIFO would block the reader forever, a device never ends."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise CheckpointError(f"{path}: not a regular file (a named pipe, socket or device): refusing to read it")
+
+
+def _verify_model_manifest(path: Path) -> None:
+    """A model folder's manifest.json (its own, or its checkpoint's entries for model/), verified."""
+    from mambaft import durable
+    if (path / durable.MANIFEST).is_file():
+        problems = durable.verify_manifest(path)
+    elif (path.parent / durable.MANIFEST).is_file():
+        problems = durable.verify_manifest(path.parent, only=path.name + "/")
+    else:
+        return
+    if problems:
+        raise CheckpointError(f"{path}: does not match its manifest: {'; '.join(problems[:3])}"
+                              f"{' ...' if len(problems) > 3 else ''} (damaged or edited after it was written)")
+
+
 def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                    lam_formula: Optional[str] = None) -> tuple[torch.nn.Module, CheckpointInfo]:
+                    lam_formula: Optional[str] = None, *,
+                    allow_nonfinite: bool = False) -> tuple[torch.nn.Module, CheckpointInfo]:
     """Load an original `.pt`, a mambaft model folder or an exported transformers folder.
-    Returns (model in eval mode, info)."""
+    Returns (model in eval mode, info). Checked before use: only regular files, the folder's
+    manifest, config sizes against the tensors' shapes (before any allocation), floating weights,
+    the tokenizer's ids against the vocabulary; NaN/inf weights are refused unless
+    `allow_nonfinite` (then named in info.nonfinite and info.notes, for `info` and the trainer's
+    fallback)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or model folder")
+    _refuse_special(path)
     if lam_formula is not None and lam_formula not in LAM_FORMULAS:
         raise CheckpointError(f"lam_formula={lam_formula!r}: expected one of {sorted(LAM_FORMULAS)}")
     sd, info = _read_folder(path) if path.is_dir() else _read_original(path, lam_formula)
+    _check_fit(info.config, sd, path)
+    if info.format == "folder":
+        # after the specific checks (their messages say more), before anything is allocated: what
+        # they cannot see, a flipped byte in a weight, only the checksum can
+        _verify_model_manifest(path)
     model = build_model(info.config)
     _load_into(model, sd, path)
     info.nonfinite = nonfinite_tensors(model)
     if info.nonfinite:
         msg = (f"{path}: {len(info.nonfinite)} of {len(model.state_dict())} tensors hold NaN/inf "
                f"(e.g. {', '.join(info.nonfinite[:3])}): this model's outputs are garbage")
+        if not allow_nonfinite:
+            raise CheckpointError(msg)
         info.notes.append(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     if info.tokenizer is None:
@@ -361,6 +442,8 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], format: str 
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (template or DEFAULT_TEMPLATE).save(tmp)
         (tokenizer or load_tokenizer()).save(tmp)
+        from mambaft import durable
+        durable.write_manifest(tmp)   # sizes and sha256: load_checkpoint verifies them (issue 28)
         _atomic_replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

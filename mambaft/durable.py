@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 MANIFEST = "manifest.json"
 PathLike = Union[str, Path]
@@ -59,7 +59,7 @@ def write_manifest(folder: PathLike) -> dict:
     folder = Path(folder)
     entries = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST:   # a model/manifest.json is listed
             entries[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     path = folder / MANIFEST
     path.write_text(json.dumps({"files": entries}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -67,20 +67,35 @@ def write_manifest(folder: PathLike) -> dict:
     return entries
 
 
-def verify_manifest(folder: PathLike) -> list[str]:
+def read_manifest(folder: PathLike) -> dict:
+    """{relative path: {"size": int, "sha256": str}} of folder/manifest.json; ValueError when it
+    is not that shape (a damaged manifest must read as damaged, never crash the reader)."""
+    d = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    files = d.get("files") if isinstance(d, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("size"), int)
+            and isinstance(v.get("sha256"), str) for k, v in files.items()):
+        raise ValueError("not {'files': {path: {size, sha256}}}")
+    return files
+
+
+def verify_manifest(folder: PathLike, only: str = "") -> list[str]:
     """What does not match the manifest (missing, wrong size, wrong checksum); [] when intact.
-    A folder without a manifest gives ["no manifest.json"]."""
+    A folder without a manifest gives ["no manifest.json"]. `only`: check the entries under this
+    prefix alone (a checkpoint's "model/")."""
     folder = Path(folder)
     try:
-        entries = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        entries = {k: v for k, v in read_manifest(folder).items() if k.startswith(only)}
     except FileNotFoundError:
         return [f"no {MANIFEST}"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         return [f"{MANIFEST} is unreadable ({type(e).__name__})"]
     problems = []
     for rel, want in entries.items():
         p = folder / rel
-        if not p.is_file():
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            problems.append(f"{MANIFEST} names a path outside the folder ({rel})")
+        elif not p.is_file():
             problems.append(f"{rel} is missing")
         elif p.stat().st_size != want["size"]:
             problems.append(f"{rel} has {p.stat().st_size:,} bytes, the manifest says {want['size']:,}")
@@ -132,6 +147,56 @@ def replace_dir(tmp: PathLike, final: PathLike) -> None:
 
 def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+# How the writers that are not plain OSErrors say ENOSPC: torch.save's zip writer ("unexpected pos":
+# it wrote fewer bytes than it asked for), safetensors' Rust error ("os error 28"), json/shutil as text
+_FULL_TEXT = ("No space left", "StorageFull", "file write failed", "os error 28", "Disk quota exceeded")
+
+
+def is_full_error(e: BaseException, where: Optional[PathLike] = None) -> bool:
+    """ENOSPC/EDQUOT from any writer, also when wrapped (the cause chain is followed). torch's
+    "unexpected pos" counts only when `where`'s filesystem really has (almost) no room left."""
+    seen = 0
+    while e is not None and seen < 8:
+        if is_disk_full(e) or any(t in str(e) for t in _FULL_TEXT):
+            return True
+        if "unexpected pos" in str(e) and where is not None and free_bytes(where) < (1 << 20):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def free_bytes(path: PathLike) -> int:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return -1
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def disk_full_error(e: BaseException, path: PathLike, what: str, need: Optional[int] = None,
+                    after: str = "") -> "DiskFullError":
+    """One line for a full disk: the path, the free space, what it needs (when known), what was done."""
+    from mambaft.errors import DiskFullError
+    free = free_bytes(path)
+    needs = f", needs about {mb(need)}" if need else ""
+    return DiskFullError(errno.ENOSPC, f"disk full while writing {what} at {path} ({mb(max(free, 0))} free"
+                         f"{needs}){'; ' + after if after else ''}. Free some space and run the same "
+                         "command again")
+
+
+def tree_bytes(path: PathLike) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 
 def pid_alive(pid: int) -> bool:

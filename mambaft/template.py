@@ -136,7 +136,20 @@ class ChatTemplate:
     def load(cls, directory: Union[str, Path]) -> "ChatTemplate":
         path = Path(directory)
         path = path / TEMPLATE_FILE if path.is_dir() else path
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        from mambaft.errors import DataError
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(d, dict):
+                raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            tpl = cls.from_dict(d)
+            bad = [f.name for f in dataclasses.fields(cls) if f.type in ("str", str)
+                   and not isinstance(getattr(tpl, f.name), str)]
+            if bad:
+                raise ValueError(f"field(s) {bad} must be text")
+            return tpl
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
+            # a UserError: `mambaft CMD` says this in one line, never a traceback
+            raise DataError(f"{path}: not a usable chat template ({e})") from e
 
 
 DEFAULT_TEMPLATE = ChatTemplate()

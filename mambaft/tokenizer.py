@@ -92,7 +92,8 @@ def load_tokenizer(name_or_path: Optional[Union[str, Path]] = None) -> TextToken
             try:
                 tok = TextTokenizer(Tokenizer.from_file(str(path)), source=str(path))
             except Exception as e:
-                raise ValueError(f"{path}: not a readable tokenizers JSON file ({e})") from e
+                from mambaft.errors import DataError   # a UserError: one line from `mambaft CMD`
+                raise DataError(f"{path}: not a readable tokenizers JSON file ({e})") from e
         else:
             try:
                 tok = TextTokenizer(Tokenizer.from_pretrained(key), source=f"hub:{key}")

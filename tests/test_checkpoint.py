@@ -23,7 +23,7 @@ def test_round_trip_original_folder_original_is_bit_identical(tiny_ckpt_path, tm
     model, info = load_checkpoint(tiny_ckpt_path)
     folder = save_checkpoint(model, tmp_path / "folder", template=info.template, step=info.step)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "chat_template.json", "config.json", "model.safetensors", "tokenizer.json"]
+        "chat_template.json", "config.json", "manifest.json", "model.safetensors", "tokenizer.json"]   # issue 28: a manifest
     model2, info2 = load_checkpoint(folder)
     assert model2.lm_head.weight is model2.token_embedding.weight        # still tied
     back = save_checkpoint(model2, tmp_path / "back.pt", format="original", step=info2.step)

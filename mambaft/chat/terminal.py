@@ -18,6 +18,7 @@ import sys
 from typing import TextIO
 
 from mambaft.chat.session import ChatSession, ChatSettings
+from mambaft.errors import UserError
 
 HELP = ("commands: /reset (forget the conversation), /quit or /exit, /settings (show), "
         "/set NAME=VALUE (e.g. /set temperature=0.3), /help")
@@ -35,6 +36,15 @@ def _parse_value(name: str, raw: str):
     return int(raw) if field.type in ("int", int) else float(raw)
 
 
+def _check_fits(s: ChatSettings, session: ChatSession) -> None:
+    """A setting is checked when it is set, not when the next reply fails with it: max_new_tokens
+    must leave the prompt some of the model's max_seq_len positions."""
+    limit = getattr(session, "max_seq_len", None)
+    if isinstance(limit, int) and s.max_new_tokens >= limit:
+        raise ValueError(f"max_new_tokens={s.max_new_tokens}: this model sees {limit} positions, so at most "
+                         f"{limit - 1} (the prompt needs at least one)")
+
+
 def show_settings(s: ChatSettings) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(s).items())
 
@@ -45,6 +55,10 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = 
         stdout.write(text)
         stdout.flush()
 
+    if stdin is None or getattr(stdin, "closed", False):
+        # `mambaft chat <&-` or a service without stdin: nothing can ever be read
+        raise UserError("no input to read: stdin is closed. Run chat in a terminal, or pipe the messages "
+                        "in (echo Hello | mambaft chat --model PATH)")
     interactive = stdin is sys.stdin and stdin.isatty()
     if interactive:
         try:
@@ -87,7 +101,9 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = 
                 try:
                     if not eq:
                         raise ValueError("usage: /set NAME=VALUE")
-                    session.settings = session.settings.replace(**{name.strip(): _parse_value(name.strip(), raw.strip())})
+                    new = session.settings.replace(**{name.strip(): _parse_value(name.strip(), raw.strip())})
+                    _check_fits(new, session)
+                    session.settings = new
                     write(show_settings(session.settings) + "\n")
                 except ValueError as e:
                     write(f"error: {e}\n")
@@ -101,6 +117,9 @@ def run_chat(session: ChatSession, stdin: TextIO, stdout: TextIO, stats: bool = 
             session.send(text, on_delta=write)
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
             write(" [interrupted]\n")
+            continue
+        except ValueError as e:    # a message or setting this model cannot take: say so, keep the chat
+            write(f"\nerror: {e}\n")
             continue
         replies += 1
         note = session.last.note             # an empty reply says so instead of a bare "Assistant:"

@@ -42,15 +42,11 @@ def main(argv=None, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = N
                                 no_repeat_ngram_size=a.no_repeat_ngram, max_new_tokens=a.max_new_tokens,
                                 min_new_tokens=a.min_new_tokens,
                                 seed=a.seed, system=a.system)
-    except ValueError as e:
-        print(f"mambaft chat: {e}", file=sys.stderr)
-        return 2
-    from mambaft.checkpoint import CheckpointError, load_checkpoint
-    try:
-        model, info = load_checkpoint(a.model, device=a.device)
-    except (FileNotFoundError, CheckpointError) as e:
-        print(f"mambaft chat: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:   # a UserError: run_command prints "mambaft chat: error: ..." in one line
+        from mambaft.config import ConfigError
+        raise ConfigError(str(e)) from e
+    from mambaft.checkpoint import load_checkpoint
+    model, info = load_checkpoint(a.model, device=a.device)   # its errors: one line from run_command
     session = ChatSession(model, info.tokenizer, info.template, settings, name=info.path.name)
     stdout.write(f"{info.path} ({info.format}, {info.config.architecture} architecture, step {info.step})\n"
                  f"chat template: {info.template.name} ({info.template_source})\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from mambaft.config import make_config, parse_overrides
+from mambaft.config import ConfigError, make_config, parse_overrides
 from mambaft.train.evaluation import load_heldout_texts
 from mambaft.train.run import finetune
 
@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     p.add_argument("--no-resume", action="store_true",
                    help="start over: OUT's previous run is moved into OUT/replaced-<time>/")
+    p.add_argument("--force", action="store_true", help="OUT holds files that are not a run's: move it "
+                   "aside to OUT.replaced-<time> first (nothing is deleted)")
+    p.add_argument("--resume-anyway", action="store_true", help="resume although the base, the data or "
+                   "the config differ from the run's (each difference is still said)")
+    p.add_argument("--trust-legacy-checkpoints", action="store_true", help="resume from a checkpoint "
+                   "without manifest.json (written before mambaft wrote them)")
     p.add_argument("--allow-world-size-change", action="store_true",
                    help="resume a checkpoint saved with another number of processes")
     p.add_argument("--no-progress", action="store_true")
@@ -54,8 +60,11 @@ def main(argv=None) -> int:
                       ("eval_every", "eval_every"), ("keep", "keep_last")):
         value = getattr(a, flag)
         if value is not None:
+            flag_name = "--" + flag.replace("_", "-")
+            if key in overrides and overrides[key] != value:   # one of them would be dropped silently
+                raise ConfigError(f"{flag_name} {value} and --set {key}={overrides[key]} disagree: give one")
             overrides[key] = value
-            how[key] = "--" + flag.replace("_", "-")
+            how[key] = flag_name
     cfg = make_config(a.strategy, **overrides)
     if a.lr_sweep:
         from mambaft.train.sweep import lr_sweep
@@ -74,5 +83,6 @@ def main(argv=None) -> int:
              threads=a.threads, device="cpu" if a.cpu else None, heldout_texts=heldout,
              probes=[] if a.no_probes else None, probe_tokens=a.probe_tokens,
              eval_at_start=not a.no_eval_at_start, tensorboard=a.tensorboard, cli_overrides=how,
-             allow_world_size_change=a.allow_world_size_change)
+             allow_world_size_change=a.allow_world_size_change, force=a.force,
+             resume_anyway=a.resume_anyway, trust_legacy=a.trust_legacy_checkpoints)
     return 0

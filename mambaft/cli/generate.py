@@ -8,6 +8,8 @@ import argparse
 
 from mambaft.generate import check_temperature, generate
 
+MAX_NEW = 100_000   # ~10 tokens/s on a 2-core CPU at 124M: beyond this a typo, not a wish (hours)
+
 
 def main(argv=None) -> None:
     from mambaft.checkpoint import load_checkpoint
@@ -18,6 +20,8 @@ def main(argv=None) -> None:
     p.add_argument("--new", type=int, default=40)
     p.add_argument("--temperature", type=float, default=0.0)
     a = p.parse_args(argv)
+    if not 1 <= a.new <= MAX_NEW:
+        p.error(f"--new {a.new}: expected 1 to {MAX_NEW:,} new tokens")
     check_temperature(a.temperature)
     model, meta = load_checkpoint(a.model)
     tok = meta.tokenizer

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from mambaft.checkpoint import load_checkpoint, save_checkpoint
+from mambaft.checkpoint import load_checkpoint
+from mambaft.outdir import claim_model_output, write_model
 from mambaft.model.kernels.swelu import LAM_FORMULAS
 
 
@@ -17,10 +18,15 @@ def main(argv=None) -> None:
     p.add_argument("--to", help="write a converted copy here")
     p.add_argument("--format", default="folder", choices=["folder", "original", "hf"])
     p.add_argument("--lam-formula", choices=sorted(LAM_FORMULAS))
+    p.add_argument("--force", action="store_true", help="--to exists and is not an earlier output of "
+                   "this command: move it aside to TO.replaced-<time> (nothing is deleted)")
     a = p.parse_args(argv)
-    model, info = load_checkpoint(a.path, lam_formula=a.lam_formula)
+    if a.to:   # checked before the (possibly long) load, and before anything is written
+        claim_model_output(a.to, "info", a.path, force=a.force)
+    # describing a damaged model is what info is for: NaN/inf weights are named, a conversion refused
+    model, info = load_checkpoint(a.path, lam_formula=a.lam_formula, allow_nonfinite=not a.to)
     print(info.describe())
     if a.to:
-        out = save_checkpoint(model, a.to, a.format, template=info.template, tokenizer=info.tokenizer,
+        out = write_model(a.to, model, a.format, template=info.template, tokenizer=info.tokenizer,
                               step=info.step, epoch=info.epoch or 0, training=info.training)
         print(f"wrote {out} ({a.format})")

@@ -24,6 +24,8 @@ def main(argv=None) -> int:
                     help=f"override or add a source; names: {', '.join(SOURCES)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--force", action="store_true",
+                    help="OUT is another command's or holds other files: move it aside to OUT.replaced-<time>")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     srcs = {}
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
         k, v = item.split("=", 1)
         srcs[k] = v
     cfg = make_config(a.strategy, **parse_overrides(a.set))
-    stats = prepare(cfg, a.out, sources=srcs, progress=not a.quiet)
+    stats = prepare(cfg, a.out, sources=srcs, progress=not a.quiet, force=a.force)
     print(summary(stats))
     print(format_plan(stats["plan"]))
     print(f"wrote {a.out}")

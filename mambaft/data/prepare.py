@@ -363,6 +363,20 @@ def _save_splits(full, train: list, val: list, out_dir: Path, seed: int):
     return dd
 
 
+def _empty(got: _Loaded, label: str, stage: str) -> DataError:
+    """Zero training rows is an error, never a 0-row dataset: say what each source lost, and where."""
+    parts = []
+    for name, p in got.per.items():
+        lost = {**dict(p.get("filtered") or {}),
+                **{k: p[k] for k in ("exact_duplicates", "near_duplicates", "too_long", "capped") if p.get(k)}}
+        why = ", ".join(f"{k} {v:,}" for k, v in sorted(lost.items(), key=lambda kv: -kv[1])) or "none dropped"
+        parts.append(f"{name}: {p.get('loaded', 0):,} loaded ({why})")
+    bad = got.bad.total
+    return DataError(f"{label}no training rows left {stage}: " + "; ".join(parts or ["no source gave rows"])
+                     + (f"; {bad:,} malformed input rows skipped" if bad else "")
+                     + ". Loosen the filters (languages, max_seq_len, max_examples_per_source) or add sources")
+
+
 def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, languages, text_fraction: Optional[float],
                    progress: bool, label: str, text_as_chat: bool = False, replay=None) -> dict:
     """One dataset folder: load and clean, render, drop/cap/split, add text and replay, mix by
@@ -374,11 +388,15 @@ def _prepare_phase(cfg, out_dir: Path, chosen: dict, mode: str, tok, *, language
     got = _load_sources(cfg, chosen, tok, languages=languages, text_as_chat=text_as_chat, progress=progress,
                         label=label)
     t_loaded = time.perf_counter()
+    if not got.convs and not any(len(v.get("train", [])) + len(v.get("val", [])) for v in got.text_rows.values()):
+        raise _empty(got, label, "after loading and filtering")
     chat, n_proc = _render(cfg, got.convs, tok, label)
     t_rendered = time.perf_counter()
     chat, chat_idx, is_val = _drop_cap_split(cfg, chat, got.per)
     full, text_idx, replay_idx = _append_text_and_replay(cfg, chat, got.text_rows, got.per, replay, label)
     train, val, uniq = _mix(cfg, got, chat_idx, is_val, text_idx, replay_idx, replay, text_fraction, progress, label)
+    if not train:
+        raise _empty(got, label, "after rendering, the length limit, deduplication and the split")
     dd = _save_splits(full, train, val, out_dir, cfg.seed)
     t_saved = time.perf_counter()
     # --- 7. stats, preview, template ---------------------------------------------------------------
@@ -468,15 +486,21 @@ def _clean_stale_temps(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def prepare(cfg, out_dir, *, sources: Optional[dict] = None, progress: bool = True) -> dict:
+def prepare(cfg, out_dir, *, sources: Optional[dict] = None, progress: bool = True,
+            force: bool = False) -> dict:
     """Prepare the dataset(s) of `cfg.strategy` into `out_dir`; returns the stats (also in stats.json).
-    `sources` maps NAME -> HUB_ID_OR_PATH overrides (the CLI's --source). Atomic: see the module doc."""
+    `sources` maps NAME -> HUB_ID_OR_PATH overrides (the CLI's --source). Atomic: see the module doc.
+    `out_dir` must be absent, empty or an earlier prepare's (mambaft.outdir); `force` moves any other
+    folder aside. It may never hold a local source file: the finished folder replaces it whole."""
 
     import datasets
 
+    from mambaft import outdir
+
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
+    local = {f"source {k}": v for k, v in (sources or {}).items() if Path(v).exists()}
+    outdir.claim(out, "prepare", force=force, own_names=outdir.PREPARE_NAMES, inputs=local,
+                 say=lambda m: _say(True, m))
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(out)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
@@ -487,9 +511,16 @@ def prepare(cfg, out_dir, *, sources: Optional[dict] = None, progress: bool = Tr
     try:
         stats = _prepare(cfg, tmp, dict(sources or {}), progress)
         mark_complete(tmp)
+        outdir.mark(tmp, "prepare")
         fault_inject("prepare_saved")
         durable.replace_dir(tmp, out)
         return stats
+    except Exception as e:
+        if not durable.is_full_error(e, tmp) or isinstance(e, DataError):
+            raise
+        raise durable.disk_full_error(e, getattr(e, "filename", None) or tmp, "the prepared dataset",
+                                      need=durable.tree_bytes(tmp) or None,
+                                      after=f"the half-written copy was removed; {out} is as it was") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # a failed or interrupted run leaves the old output alone
         if not progress and not bars_were_off:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Optional, Union
 
 import torch
 
-from mambaft import runtime
+from mambaft import durable, outdir, runtime
 from mambaft.config import Config, ConfigError, resolve_base, saved_config_dict
 from mambaft.errors import DataError
 
+from . import run_inputs
 from . import run_state as ck
 from .evaluation import load_heldout_texts, load_probes
 from .loop import PhaseInputs, run_phase, write_final
@@ -54,7 +54,7 @@ def load_base(base: Path, cfg: Config, say) -> tuple:
     the dead x_proj/dt_proj frozen (still saved) for the as-trained architecture."""
     from mambaft.checkpoint import load_checkpoint
 
-    model, info = load_checkpoint(base)
+    model, info = load_checkpoint(base, allow_nonfinite=True)   # refused by the caller, naming them
     if cfg.architecture == "selective" and model.config.architecture == "original":
         from mambaft.model.selective import upgrade_to_selective
         model = upgrade_to_selective(model, ssm_state=cfg.ssm_state)
@@ -111,17 +111,17 @@ def move_run_aside(out_dir: Path) -> Optional[Path]:
     return dest
 
 
-def _load_start(cfg: Config, base: Path, latest, say) -> tuple:
-    """The model this phase starts from (newest checkpoint, else the base), refused if non-finite."""
-    from mambaft.checkpoint import CheckpointError, load_checkpoint
-    source = latest.path / ck.MODEL_DIRNAME if latest is not None else base
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # refused below with a clearer message
-        model, info = load_checkpoint(source) if latest is not None else load_base(base, cfg, say)
-    if info.nonfinite:
-        raise CheckpointError(f"{source}: {len(info.nonfinite)} tensors hold NaN/inf (e.g. "
-                              f"{', '.join(info.nonfinite[:3])}); refusing to fine-tune from it")
-    return model, info
+def _check_row_lengths(train, cfg: Config, data_dir: Path) -> None:
+    """max_seq_len is honoured, not only shown in the plan: rows prepared for a longer one are refused
+    here (the batches would otherwise take them up to the model's position table)."""
+    col = "n_tokens" if "n_tokens" in train.column_names else None
+    if not len(train):
+        return
+    longest = int(max(train[col])) if col else max(len(ids) for ids in train["input_ids"])
+    if longest > cfg.max_seq_len:
+        raise DataError(f"{data_dir}: its longest training row has {longest:,} tokens, more than max_seq_len="
+                        f"{cfg.max_seq_len:,}: prepare the data with this max_seq_len (mambaft prepare --set "
+                        f"max_seq_len={cfg.max_seq_len}), or train with --set max_seq_len={longest} or more")
 
 
 def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, *, resume: bool,
@@ -129,6 +129,7 @@ def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, 
     say = (lambda m: print(m, flush=True)) if accelerator.is_main_process else (lambda m: None)
     # Every input is loaded and checked before anything in out_dir changes (the base may live there).
     dd = load_data(data_dir)
+    _check_row_lengths(dd["train"], cfg, data_dir)
     lock = RunLock(out_dir).acquire(say) if accelerator.is_main_process else None
     try:
         return _locked_phase(cfg, base, data_dir, out_dir, accelerator, dd, say, resume=resume,
@@ -138,36 +139,79 @@ def _phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, 
             lock.release()
 
 
+def _check_same_run(out_dir: Path, latest, now: dict, cfg: Config, say, *, resume_anyway: bool) -> None:
+    """Refuse a resume whose base, data or config differ from the run's (mambaft.train.run_inputs).
+    A run recorded before run_inputs.json existed is compared on its checkpoint's config alone."""
+    if (out_dir / run_inputs.RECORD).is_file():
+        run_inputs.check_resume(out_dir, now, resume_anyway=resume_anyway, say=say)
+        return
+    say(f"note: {out_dir / run_inputs.RECORD} is absent (a run started before inputs were recorded): "
+        "its base and data cannot be compared")
+    try:
+        saved = saved_config_dict(json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        say(f"note: {latest.path / ck.CONFIG_FILE} is unreadable ({type(e).__name__}): its config is not compared")
+        return
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in sorted(cfg.to_dict().items())
+               if k in saved and run_inputs.canonical(saved[k]) != run_inputs.canonical(v)]
+    if changed:
+        say("note: config differs from the checkpoint's: " + ", ".join(changed))
+
+
+def _load_start(cfg: Config, base: Path, latest, say) -> tuple:
+    """The model this phase starts from (newest checkpoint, else the base); info.nonfinite names any
+    NaN/inf tensors (the caller falls back to an older checkpoint, or refuses a base)."""
+    from mambaft.checkpoint import load_checkpoint
+    source = latest.path / ck.MODEL_DIRNAME if latest is not None else base
+    if latest is not None:
+        return load_checkpoint(source, allow_nonfinite=True)
+    return load_base(base, cfg, say)
+
+
+def _start_point(cfg: Config, base: Path, out_dir: Path, accelerator, say, *, resume: bool,
+                 trust_legacy: bool) -> tuple:
+    """(checkpoint to resume or None, model, info): the newest checkpoint that verifies and holds
+    finite weights; one with NaN/inf weights is set aside like a damaged one, with a line."""
+    from mambaft.checkpoint import CheckpointError
+    while True:
+        if accelerator.is_main_process and resume:
+            ck.resume_point(out_dir, say, trust_legacy=trust_legacy)   # sets aside what does not verify
+        accelerator.wait_for_everyone()
+        latest = ck.latest_checkpoint(out_dir) if resume else None
+        model, info = _load_start(cfg, base, latest, say)
+        if not info.nonfinite:
+            return latest, model, info
+        if latest is None:
+            raise CheckpointError(f"{base}: {len(info.nonfinite)} tensors hold NaN/inf (e.g. "
+                                  f"{', '.join(info.nonfinite[:3])}); refusing to fine-tune from it")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            say("note: " + ck.set_aside(latest, f"{len(info.nonfinite)} tensors hold NaN/inf, e.g. "
+                                        f"{info.nonfinite[0]}") + "; trying the next older one")
+
+
 def _locked_phase(cfg: Config, base: Path, data_dir: Path, out_dir: Path, accelerator, dd, say, *,
                   resume: bool, progress: bool, heldout_texts, probes, opts: dict) -> dict:
     if accelerator.is_main_process:
         removed = ck.clean_partial(out_dir)
         if removed:
             say(f"removed {len(removed)} half-written checkpoint folder(s) left by a killed run")
-        if resume:
-            ck.resume_point(out_dir, say)   # verifies; a damaged newest one is moved aside, with a line
-    accelerator.wait_for_everyone()
-    latest = ck.latest_checkpoint(out_dir) if resume else None
-    model, info = _load_start(cfg, base, latest, say)
+    latest, model, info = _start_point(cfg, base, out_dir, accelerator, say, resume=resume,
+                                       trust_legacy=opts.get("trust_legacy", False))
     if accelerator.is_main_process:
-        if not resume:
+        now = run_inputs.fingerprints(base, data_dir, cfg.to_dict())
+        if not resume or latest is None:
             moved = move_run_aside(out_dir)
             if moved is not None:
-                say(f"--no-resume: starting over in {out_dir}; the previous run was moved to {moved} "
+                why = ("--no-resume: starting over" if not resume else
+                       "no complete checkpoint to resume from: starting from the base")
+                say(f"{why} in {out_dir}; the previous run was moved to {moved} "
                     "(delete it when you no longer need it)")
-        elif latest is None and (out_dir / "metrics.jsonl").exists():
-            # a run that died before its first checkpoint: its rows would otherwise be logged twice
-            (out_dir / "metrics.jsonl").unlink()
-            shutil.rmtree(out_dir / "probes", ignore_errors=True)
-            say(f"no complete checkpoint in {out_dir}: starting from the base (old metrics.jsonl replaced)")
+        else:
+            _check_same_run(out_dir, latest, now, cfg, say, resume_anyway=opts.get("resume_anyway", False))
+            ck.trim_metrics(out_dir, latest.step, say)
+        run_inputs.write_record(out_dir, now)
     accelerator.wait_for_everyone()
-    if latest is not None:
-        saved = saved_config_dict(json.loads((latest.path / ck.CONFIG_FILE).read_text(encoding="utf-8")))
-        changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
-                   if k in saved and json.dumps(saved[k]) != json.dumps(v)}
-        if changed:
-            say("note: config differs from the checkpoint's: " +
-                ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
     _freeze(model, say)
     template = _chat_template(data_dir, info, say)
     tokenizer = info.tokenizer
@@ -232,7 +276,8 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
              heldout_texts: Optional[dict] = None, probes: Optional[list] = None,
              probe_tokens: int = 64, heldout_tokens: int = 8192, eval_at_start: bool = True,
              max_bad_steps: int = 5, tensorboard: bool = False,
-             cli_overrides: Optional[dict] = None, allow_world_size_change: bool = False) -> dict:
+             cli_overrides: Optional[dict] = None, allow_world_size_change: bool = False,
+             force: bool = False, resume_anyway: bool = False, trust_legacy: bool = False) -> dict:
     """Fine-tune `base` on the prepared `data_dir` into `out_dir`. Works the same in a notebook, from
     the CLI, and in each process of `accelerate launch`.
 
@@ -248,6 +293,12 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
             [] disables them.
         allow_world_size_change: resume a checkpoint saved with another number of processes (the
             global batch, data order and RNG change; refused without it).
+        force: out_dir holds files that are not a run's: move it aside to OUT.replaced-<time> first
+            (without it such a folder is refused; mambaft.outdir).
+        resume_anyway: resume even though the base, the data or the config differ from the run's
+            (each difference is still said; mambaft.train.run_inputs).
+        trust_legacy: resume from a checkpoint without manifest.json (written before mambaft wrote
+            them); without it such checkpoints are set aside as unverified.
     Returns:
         {"final": path, "steps", "losses": [per step], "val_loss", "best_checkpoint", ...}; for
         "specialized" also {"phase1": {...}, "phase2": {...}} with "final" = phase 2's.
@@ -283,25 +334,49 @@ def finetune(cfg: Config, base: Optional[PathLike] = None, data_dir: Optional[Pa
                                                      if isinstance(v, (int, float, str, bool))})
     base_path = resolve_base(base or cfg.base)   # "": the demo base
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():   # checked before the run folder is claimed or made
+        raise FileNotFoundError(f"{data_dir}: no such data folder (write one with `mambaft prepare`)")
+    if accelerator.is_main_process:
+        # the run folder is ours or refused, before anything is written (the base may live in it:
+        # an own run folder keeps its files, a foreign one moved aside by --force may not hold it)
+        outdir.claim(out_dir, "finetune", force=force, own_names=outdir.RUN_NAMES, may_hold_inputs=True,
+                     inputs={"the base model": base_path, "the prepared data": data_dir},
+                     say=lambda m: print(m, flush=True))
+        outdir.mark(out_dir, "finetune")
+    accelerator.wait_for_everyone()
     opts = dict(probe_tokens=probe_tokens, heldout_tokens=heldout_tokens, eval_at_start=eval_at_start,
                 max_bad_steps=max_bad_steps, cli_overrides=cli_overrides,
-                allow_world_size_change=allow_world_size_change)
+                allow_world_size_change=allow_world_size_change, resume_anyway=resume_anyway,
+                trust_legacy=trust_legacy)
     kw = dict(resume=resume, progress=progress, heldout_texts=heldout_texts, probes=probes, opts=opts)
     try:
-        if cfg.strategy != "specialized":
-            return _phase(cfg, base_path, data_dir, out_dir, accelerator, **kw)
-        for sub in ("phase1", "phase2"):
-            if not (data_dir / sub).is_dir():
-                raise FileNotFoundError(f"{data_dir / sub}: strategy specialized needs DATA/phase1 and "
-                                        "DATA/phase2 (written by `mambaft prepare --strategy specialized`)")
-        r1 = _phase(cfg, base_path, data_dir / "phase1", out_dir / "phase1", accelerator, **kw)
-        cfg2 = dataclasses.replace(cfg, max_steps=cfg.phase2_steps,
-                                   warmup_steps=min(cfg.warmup_steps, max(1, cfg.phase2_steps // 10)))
-        if accelerator.is_main_process:
-            print(f"phase 2 ({cfg.domain}): {cfg2.max_steps:,} steps from {r1['final']}", flush=True)
-        r2 = _phase(cfg2, Path(r1["final"]), data_dir / "phase2", out_dir / "phase2", accelerator, **kw)
-        return {**r2, "phase1": r1, "phase2": r2}
+        return _strategy(cfg, base_path, data_dir, out_dir, accelerator, kw)
+    except Exception as e:
+        # a full disk from any writer (json, metrics, final/ copy): one line with the path and the room
+        from mambaft.errors import DiskFullError
+        if isinstance(e, DiskFullError) or not durable.is_full_error(e, out_dir):
+            raise
+        where = getattr(e, "filename", None) or out_dir
+        raise durable.disk_full_error(e, where, "the run", after="the checkpoints written so far are intact "
+                                      "and the rerun removes the half-written files") from e
     finally:
         if log_with:
             accelerator.end_training()
         torch.set_num_threads(previous_threads)
+
+
+def _strategy(cfg: Config, base_path: Path, data_dir: Path, out_dir: Path, accelerator, kw: dict) -> dict:
+    """One phase, or the specialized strategy's two."""
+    if cfg.strategy != "specialized":
+        return _phase(cfg, base_path, data_dir, out_dir, accelerator, **kw)
+    for sub in ("phase1", "phase2"):
+        if not (data_dir / sub).is_dir():
+            raise FileNotFoundError(f"{data_dir / sub}: strategy specialized needs DATA/phase1 and "
+                                    "DATA/phase2 (written by `mambaft prepare --strategy specialized`)")
+    r1 = _phase(cfg, base_path, data_dir / "phase1", out_dir / "phase1", accelerator, **kw)
+    cfg2 = dataclasses.replace(cfg, max_steps=cfg.phase2_steps,
+                               warmup_steps=min(cfg.warmup_steps, max(1, cfg.phase2_steps // 10)))
+    if accelerator.is_main_process:
+        print(f"phase 2 ({cfg.domain}): {cfg2.max_steps:,} steps from {r1['final']}", flush=True)
+    r2 = _phase(cfg2, Path(r1["final"]), data_dir / "phase2", out_dir / "phase2", accelerator, **kw)
+    return {**r2, "phase1": r1, "phase2": r2}

@@ -129,47 +129,113 @@ def best_checkpoint(records: list[CheckpointRecord]) -> Optional[CheckpointRecor
     return min(scored, key=lambda r: (r.val_loss, r.step)) if scored else None
 
 
-def verify(path: Union[str, Path]) -> list[str]:
-    """Problems with one checkpoint folder ([] = intact): checked against its manifest, or, for a
-    checkpoint written before manifests existed, by its required files being non-empty."""
+def verify(path: Union[str, Path], *, trust_legacy: bool = False) -> list[str]:
+    """Problems with one checkpoint folder ([] = intact), checked against its manifest. A checkpoint
+    without one (written before manifests existed, or with it deleted) is unverified: ["no
+    manifest.json"], unless `trust_legacy`, which accepts it when its required files are non-empty."""
     path = Path(path)
     if (path / durable.MANIFEST).is_file():
         problems = durable.verify_manifest(path)
-        listed = json.loads((path / durable.MANIFEST).read_text(encoding="utf-8"))["files"] if not problems else {}
-        problems += [f"{f} is not in the manifest" for f in REQUIRED if not problems and f not in listed]
+        if not problems:
+            listed = durable.read_manifest(path)
+            problems = [f"{f} is not in the manifest" for f in REQUIRED if f not in listed]
         return problems
+    if not trust_legacy:
+        return [f"no {durable.MANIFEST}"]
     return [f"{f} is missing or empty" for f in REQUIRED
             if not (path / f).is_file() or (path / f).stat().st_size == 0]
 
 
-def resume_point(out_dir: Union[str, Path], say: Callable[[str], None]) -> Optional[CheckpointRecord]:
-    """Rank 0: the newest checkpoint that verifies. Each damaged newer one is renamed
-    `damaged-step_N/` (kept for inspection, never counted again) with one line said about it.
-    Raises CheckpointError when checkpoints exist but none is intact."""
+UNVERIFIED = "unverified-"
+
+
+def set_aside(record: CheckpointRecord, why: str, prefix: str = "damaged-") -> str:
+    """Rename a checkpoint `PREFIXstep_N/` (kept for inspection, never counted again); the line to say."""
+    dest, n = record.path.with_name(prefix + record.path.name), 1
+    while dest.exists():
+        n += 1
+        dest = record.path.with_name(f"{prefix.rstrip('-')}{n}-{record.path.name}")
+    os.replace(record.path, dest)
+    return f"{record.path.name} is {prefix.rstrip('-')} ({why}), kept as {dest.name}"
+
+
+def resume_point(out_dir: Union[str, Path], say: Callable[[str], None], *,
+                 trust_legacy: bool = False) -> Optional[CheckpointRecord]:
+    """Rank 0: the newest checkpoint that verifies. Each newer one that does not is renamed
+    `damaged-step_N/` (or `unverified-step_N/` when it has no manifest), kept, never counted again,
+    and said in one line. `trust_legacy` first gives earlier `unverified-` ones their names back.
+    Raises CheckpointError when checkpoints exist but none verifies."""
+    root = Path(out_dir) / CKPT_DIRNAME
+    if trust_legacy and root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith(UNVERIFIED) and _NAME.match(child.name[len(UNVERIFIED):]):
+                target = child.with_name(child.name[len(UNVERIFIED):])
+                if not target.exists():
+                    os.replace(child, target)
     records = list_checkpoints(out_dir)
-    damaged = []
+    skipped = []
     for r in reversed(records):
-        problems = verify(r.path)
+        problems = verify(r.path, trust_legacy=trust_legacy)
         if not problems:
-            if damaged:
-                say(f"resuming from the newest intact checkpoint {r.path.name}: " + "; ".join(damaged))
+            if skipped:
+                say(f"resuming from the newest intact checkpoint {r.path.name}: " + "; ".join(skipped))
             return r
-        dest = r.path.with_name("damaged-" + r.path.name)
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = r.path.with_name(f"damaged{n}-{r.path.name}")
-        os.replace(r.path, dest)
-        damaged.append(f"{r.path.name} is damaged ({problems[0]}{' ...' if len(problems) > 1 else ''}), "
-                       f"kept as {dest.name}")
-    if damaged:
-        raise CheckpointError(f"{Path(out_dir)}: no intact checkpoint to resume from: " + "; ".join(damaged)
-                              + ". Run with --no-resume to start over (the old run is moved aside).")
+        why = f"{problems[0]}{' ...' if len(problems) > 1 else ''}"
+        unverified = problems == [f"no {durable.MANIFEST}"]
+        skipped.append(set_aside(r, why, UNVERIFIED if unverified else "damaged-"))
+    if skipped:
+        legacy = any(UNVERIFIED in s for s in skipped)
+        raise CheckpointError(f"{Path(out_dir)}: no intact checkpoint to resume from: " + "; ".join(skipped)
+                              + ". Run with --no-resume to start over (the old run is moved aside)"
+                              + (", or --trust-legacy-checkpoints to resume from one without a manifest "
+                                 "(written before mambaft wrote them)" if legacy else "") + ".")
     return None
 
 
+def trim_metrics(out_dir: Union[str, Path], step: int, say: Callable[[str], None]) -> None:
+    """Rank 0, before a resume from `step`: metrics.jsonl keeps its readable rows up to `step` (the
+    ones after it are logged again by the resumed run). Unreadable lines (cut by a kill, not JSON,
+    not an object, not UTF-8) never block the resume: they go, byte for byte, to
+    metrics.jsonl.bad-lines, and one line says how many and where they were."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep, bad, later = [], [], 0
+    raw = path.read_bytes().split(b"\n")
+    for i, line in enumerate(raw, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+            row_step = int(row["step"]) if isinstance(row, dict) and "step" in row else None
+        except (ValueError, UnicodeDecodeError, TypeError, OverflowError):
+            row_step = None
+        if row_step is None:
+            bad.append((i, line))
+        elif row_step > step:
+            later += 1
+        else:
+            keep.append(line)
+    if not bad and not later:
+        return
+    if bad:
+        with open(path.with_name("metrics.jsonl.bad-lines"), "ab") as f:
+            f.write(b"".join(l + b"\n" for _, l in bad))
+        lines = ", ".join(str(i) for i, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        say(f"note: {path}: {len(bad)} unreadable line(s) ({lines}) moved to metrics.jsonl.bad-lines")
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_bytes(b"".join(l + b"\n" for l in keep))
+    durable.fsync_path(tmp)
+    os.replace(tmp, path)
+
+
+# half-written files a killed or disk-full run leaves in OUT itself (final/'s copy, the .pt, records)
+_RUN_LEFTOVERS = (".tmp-final", ".final_model.pt.tmp", ".metrics.jsonl.tmp", "metrics.jsonl.tmp", ".run_inputs.json.*.tmp")
+
+
 def clean_partial(out_dir: Union[str, Path]) -> list[Path]:
-    """Remove half-written `.tmp-*` / `.trash-*` / `.old-*` folders left by a killed process."""
+    """Remove half-written `.tmp-*` / `.trash-*` / `.old-*` folders left by a killed process (also
+    after a full disk: they would keep it full), and OUT's own half-written files."""
     root = Path(out_dir) / CKPT_DIRNAME
     removed = []
     if root.is_dir():
@@ -177,6 +243,13 @@ def clean_partial(out_dir: Union[str, Path]) -> list[Path]:
             if child.name.startswith((".tmp-", ".trash-", ".old-")):
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)
+    for pattern in _RUN_LEFTOVERS:
+        for child in Path(out_dir).glob(pattern):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child)
     return removed
 
 
@@ -209,14 +282,19 @@ def tmp_dir(out_dir: Union[str, Path], step: int) -> Path:
     return Path(out_dir) / CKPT_DIRNAME / f".tmp-{step_dirname(step)}"
 
 
-def _disk_full(out_dir: Union[str, Path], step: int, e: OSError) -> DiskFullError:
-    """Remove the half-written folder; say which checkpoints are intact and how to go on."""
+def _disk_full(out_dir: Union[str, Path], step: int, e: BaseException) -> DiskFullError:
+    """Remove the half-written folder; say where, how much room there is and needs, which
+    checkpoints are intact, and how to go on."""
     shutil.rmtree(tmp_dir(out_dir, step), ignore_errors=True)
-    intact = [r.path.name for r in list_checkpoints(out_dir)]
-    return DiskFullError(e.errno, f"disk full while writing checkpoint {step_dirname(step)} in "
-                         f"{Path(out_dir) / CKPT_DIRNAME} ({e.strerror}); the half-written folder was removed, "
-                         f"intact checkpoints: {', '.join(intact) or 'none'}. Free some space and run the same "
-                         "command again to resume.")
+    records = list_checkpoints(out_dir)
+    intact = [r.path.name for r in records]
+    need = durable.tree_bytes(records[-1].path) if records else None
+    root = Path(out_dir) / CKPT_DIRNAME
+    return DiskFullError(28, f"disk full while writing checkpoint {step_dirname(step)} in {root} "
+                         f"({durable.mb(max(durable.free_bytes(root), 0))} free"
+                         + (f", a checkpoint needs about {durable.mb(need)}" if need else "") +
+                         f"); the half-written folder was removed, intact checkpoints: {', '.join(intact) or 'none'}. "
+                         "Free some space and run the same command again to resume.")
 
 
 def begin(out_dir: Union[str, Path], step: int) -> Path:
@@ -235,20 +313,14 @@ def write_rng(tmp: Path, rank: int) -> None:
     try:
         torch.save(capture_rng(), tmp / f"rng_rank{rank}.pt")
     except Exception as e:   # torch.save reports ENOSPC as a RuntimeError from its writer
-        if _is_full(e):
-            raise _disk_full(tmp.parent.parent, int(tmp.name.rsplit("_", 1)[1]), _as_oserror(e)) from e
+        if _is_full(e, tmp):
+            raise _disk_full(tmp.parent.parent, int(tmp.name.rsplit("_", 1)[1]), e) from e
         raise
 
 
-def _is_full(e: BaseException) -> bool:
-    """ENOSPC as an OSError, or as the text of torch's RuntimeError / safetensors' SafetensorError
-    (their writers report the OS error inside their own message)."""
-    return durable.is_disk_full(e) or any(s in str(e) for s in ("No space left", "StorageFull",
-                                                                "file write failed", "os error 28"))
-
-
-def _as_oserror(e: BaseException) -> OSError:
-    return e if isinstance(e, OSError) else OSError(28, "No space left on device")
+def _is_full(e: BaseException, where: Optional[Path] = None) -> bool:
+    """ENOSPC from any writer of a checkpoint (mambaft.durable.is_full_error)."""
+    return durable.is_full_error(e, where)
 
 
 def commit(out_dir: Union[str, Path], step: int, model: torch.nn.Module, *, trainer_state: dict,
@@ -276,8 +348,8 @@ def commit(out_dir: Union[str, Path], step: int, model: torch.nn.Module, *, trai
         # the same step written again (a resumed run passing it a second time): swapped atomically
         durable.replace_dir(tmp, final)
     except Exception as e:
-        if _is_full(e):
-            raise _disk_full(out_dir, step, _as_oserror(e)) from e
+        if _is_full(e, tmp):
+            raise _disk_full(out_dir, step, e) from e
         raise
     fault("after_rename")
     return final

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +49,22 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")   # a \uD800-\uDFFF escape: half of a pair, or alone
+
+
+def lone_surrogate(obj, text: str) -> bool:
+    """True when `obj` (decoded from `text`) holds a lone UTF-16 surrogate such as "\\ud800": JSON
+    allows the escape, but the text is not Unicode and breaks every later step (tokenizer, Arrow).
+    The regex is the cheap test; the encode runs only on the rare text that has such an escape."""
+    if not _SURROGATE.search(text):
+        return False
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _parse_line(raw: bytes):
     """One JSON line -> (object, None) or (None, reason)."""
     try:
@@ -56,11 +74,19 @@ def _parse_line(raw: bytes):
     if not line.strip():
         return None, ""
     try:
-        return json.loads(line), None
+        obj = json.loads(line)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON ({e.msg})"
     except RecursionError:
         return None, "JSON nested too deep"
+    if lone_surrogate(obj, line):
+        return None, "a lone UTF-16 surrogate escape (\\ud800-\\udfff): not Unicode text"
+    return obj, None
+
+
+def _truncated(path: Path, after: str, e: BaseException) -> FormatError:
+    return FormatError(f"{path}: the gzip file is truncated or corrupt after {after} ({type(e).__name__}: "
+                       f"{e}); download or compress it again")
 
 
 def list_files(path: Path, suffixes=ROW_SUFFIXES) -> list[Path]:
@@ -77,7 +103,15 @@ def list_files(path: Path, suffixes=ROW_SUFFIXES) -> list[Path]:
 
 def _iter_jsonl(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
     with _open_bytes(path) as f:   # bytes: one line of invalid UTF-8 costs that line, not the file
-        for lineno, raw in enumerate(f, 1):
+        lines = enumerate(f, 1)
+        lineno = 0
+        while True:
+            try:
+                lineno, raw = next(lines)
+            except StopIteration:
+                break
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:   # the rows before it were read
+                raise _truncated(path, f"line {lineno}", e) from e
             row, reason = _parse_line(raw)
             if reason:
                 bad.add(source, f"{path}:{lineno}", reason)
@@ -113,7 +147,9 @@ def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iter
             bad.add(source, f"{path}:{line}", f"record {item} is cut off or broken ({why}); "
                                               f"{n - start:,} trailing characters ignored")
             return
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and lone_surrogate(obj, text[start:pos]):
+            bad.add(source, f"{path}:{line}", f"item {item} holds a lone UTF-16 surrogate escape: not Unicode text")
+        elif isinstance(obj, dict):
             yield f"{path}:{line} (item {item})", obj
         else:
             bad.add(source, f"{path}:{line}", f"item {item} is {type(obj).__name__}, expected an object")
@@ -122,8 +158,11 @@ def _salvage_json_list(text: str, path: Path, bad: BadRows, source: str) -> Iter
 
 def _iter_json(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dict]]:
     _check_type(path, "JSON")
-    with _open_bytes(path) as f:
-        data = f.read()
+    try:
+        with _open_bytes(path) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise _truncated(path, "its first bytes" if path.stat().st_size < 32 else "some records", e) from e
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:   # bad bytes inside: read it line by line, each bad line reported
@@ -139,10 +178,16 @@ def _iter_json(path: Path, bad: BadRows, source: str) -> Iterator[tuple[str, dic
             return
         rows = next((v for v in obj.values() if isinstance(v, list)), None) if "data" in obj else None
         if rows is None:
-            yield f"{path}:1", obj
+            if lone_surrogate(obj, text):
+                bad.add(source, f"{path}:1", "a lone UTF-16 surrogate escape: not Unicode text")
+            else:
+                yield f"{path}:1", obj
             return
+        maybe = bool(_SURROGATE.search(text))   # one scan of the file, not one per row
         for i, row in enumerate(rows):
-            if isinstance(row, dict):
+            if isinstance(row, dict) and maybe and lone_surrogate(row, "\\ud800"):
+                bad.add(source, f"{path} (item {i})", "a lone UTF-16 surrogate escape: not Unicode text")
+            elif isinstance(row, dict):
                 yield f"{path} (item {i})", row
             else:
                 bad.add(source, f"{path} (item {i})", f"expected an object, got {type(row).__name__}")
