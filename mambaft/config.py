@@ -52,14 +52,15 @@ class Config:
     # Conversations packed back to back, batch_size x max_seq_len tokens per micro-batch (the memory of an
     # unpacked one): one row with no padding for the conv-only model, batch_size rows for the selective
     # one. Positions and the mixers restart at each conversation, so every conversation trains exactly
-    # as alone (mambaft.train.batches). Off by default: the demo's runs were measured with sorted batches.
-    packing: bool = False
+    # as alone (mambaft.train.batches). On by default: exact (tests/test_packing.py), and on the demo's
+    # short Q/A rows a packed step does 4-5x the conversations of a sorted one (docs/demo_recipe.md).
+    packing: bool = True
     # Drop the tokens no trained prediction sees: the as-trained model's prediction reads the last 19
     # tokens only, so a long prompt or user turn keeps just its last 19 (exact: every trained token
     # keeps its logits, loss and gradient; see mambaft.train.trim). 12.8-14.0% fewer tokens to compute on
-    # the offline sets (benchmarks/README.md). The conv-only architecture only; off by default, as
-    # packing: the demo's runs were measured without it, and it draws other dropout masks.
-    trim_context: bool = False
+    # the offline sets (benchmarks/README.md). The conv-only architecture only: make_config turns it
+    # off for "selective" unless it is asked for (where it is refused), so it is on wherever it is exact.
+    trim_context: bool = True
 
     # --- optimisation (AdamW, linear warmup then decay to min_lr_ratio * lr) ------------------
     lr: float = 5e-6
@@ -198,13 +199,10 @@ CPU_COMMON: dict[str, Any] = dict(
 # checkpoint to the next (one seed: val-question stop rate 0.94, 0.69, 0.75 at steps 150, 200, 250), so
 # the choice needs candidates: 12 x 89 MB on disk for the demo base.
 CPU_CHECKPOINTS = 12
-# The demo base is 7.7M parameters trained for minutes: it needs a larger step than the plan's lr
-# (chosen for 124M). 1e-4 does not learn the end token within 150 steps. On quick's short answers 1e-3
-# does within ~50, but its replies swing between stopping and looping from one checkpoint to the next
-# (stop rate 0.93 at step 200, 0.25 at 250, natively); 5e-4 stopped in 0.81-0.86 of replies at steps
-# 200-300 of the same data. The conversational mix (ShareGPT's long answers) needs 1e-3: at 5e-4 its
-# held-out replies first stopped at step 175 of 300, and phase 1 of specialized (200 steps) never did.
-DEMO_LR: dict[str, float] = {"quick": 5e-4, "conversational": 1e-3, "specialized": 1e-3, "smoke": 1e-3}
+# The demo base (17.7M parameters, one hour of CPU pretraining) needs a larger step than the plan's lr
+# (chosen for 124M): 1e-3 packed stopped most often with the most distinct replies of the four
+# settings tried on quick (5e-4 / 1e-3 sorted, 3e-4 / 1e-3 packed; docs/demo_recipe.md).
+DEMO_LR: dict[str, float] = {"quick": 1e-3, "conversational": 1e-3, "specialized": 1e-3, "smoke": 1e-3}
 
 
 # What phase 2 of "specialized" trains on, per domain (online hub sources / offline registry ones).
@@ -330,7 +328,7 @@ def budget_layer(strategy: str, budget: str = "plan", base: Union[str, Path, Non
         plan = PRESETS.get(strategy, {}).get(k)
         layer[k] = (v, "CPU budget" + (f"; the plan's {plan!r} is sized for GPUs" if plan is not None else ""))
     if _is_demo_base(base):
-        layer["lr"] = (DEMO_LR[strategy], "CPU budget: the 7.7M-parameter demo base needs a larger lr than 124M")
+        layer["lr"] = (DEMO_LR[strategy], "CPU budget: the 17.7M-parameter demo base needs a larger lr than 124M")
     return layer
 
 
@@ -376,6 +374,8 @@ def make_config(strategy: str = "conversational", budget: str = "plan", **overri
                 values[k] = max(1, values["max_steps"] // CPU_CHECKPOINTS)
     if "strategy" in overrides and overrides["strategy"] != strategy:
         raise ConfigError(f"strategy={overrides['strategy']!r} conflicts with make_config({strategy!r})")
+    if values.get("architecture") == "selective" and "trim_context" not in overrides:
+        values["trim_context"] = False      # not exact with a scan that carries state across the row
     checked = {k: _check_type(k, v, hints[k]) for k, v in values.items()}
     cfg = Config(**checked)
     if cfg.strategy == "specialized" and cfg.domain is not None:
