@@ -66,23 +66,23 @@ def test_cli_writes_every_file(tiny_ckpt_path, tmp_path):
     out = tmp_path / "hf"
     assert main(["export", str(tiny_ckpt_path), "--to", str(out), "--format", "hf"]) == 0
     names = {p.name for p in out.iterdir()}
+    from mambaft.hf.ship import MODEL_FILES
     assert names == {"config.json", "generation_config.json", "configuration_mambaswelu.py",
                      "modeling_mambaswelu.py", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json", "special_tokens_map.json", "README.md"}
+                     "tokenizer_config.json", "special_tokens_map.json", "README.md",
+                     *MODEL_FILES.values()}
     cfg = json.loads((out / "config.json").read_text())
     model, _ = load_checkpoint(tiny_ckpt_path)
     assert cfg["model_type"] == "mambaswelu" and set(cfg["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     assert {k: cfg[k] for k in model.config.to_dict()} == model.config.to_dict()   # every field
-    gen = json.loads((out / "generation_config.json").read_text())
-    from mambaft.chat import ChatSettings
-    s = ChatSettings()
-    assert gen["eos_token_id"] == 50256 and (gen["temperature"], gen["top_k"], gen["top_p"],
-                                             gen["repetition_penalty"]) == (s.temperature, s.top_k,
-                                                                            s.top_p, s.repetition_penalty)
+    # the end token only: a sampling default would turn a caller's do_sample=False into greedy +
+    # penalty, and max_new_tokens would override lm-eval's max_gen_toks
+    assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": 50256,
+                                                                         "pad_token_id": 50256}
     from safetensors import safe_open
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-    assert "lm_head.weight" not in keys and "token_embedding.weight" in keys   # tied: stored once
+    assert "model.lm_head.weight" not in keys and "model.token_embedding.weight" in keys   # tied: once
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     for key in ("license:", "base_model:", "datasets:", "language:", "pipeline_tag: text-generation"):
@@ -185,27 +185,31 @@ def test_decoding_feeds_one_token_per_step(tiny_original):
         lambda mod, args, kwargs: seen.append((kwargs["input_ids"].shape[1], kwargs.get("mambaswelu_state") is not None)),
         with_kwargs=True)
     windows = []
-    features = hf.features
-    hf.features = lambda ids, **kw: windows.append(ids.shape[1]) or features(ids, **kw)
+    features = hf.model.features
+    hf.model.features = lambda ids, *a, **kw: windows.append(ids.shape[1]) or features(ids, *a, **kw)
     try:
         hf.generate(torch.randint(0, 512, (1, 100)), do_sample=False, max_new_tokens=50)
     finally:
         hook.remove()
-        del hf.features
+        del hf.model.features
     assert seen[0] == (100, False)
     assert seen[1:] == [(1, True)] * 49
     assert windows[0] == 100 and set(windows[1:]) == {model.config.receptive_field}  # steps past 128
 
 
-def test_generation_config_sampling_defaults_match_mambaft_greedy_with_penalty(demo):
-    """A plain `generate(do_sample=False)` uses generation_config.json: the chat's repetition penalty
-    (on the reply only, as in mambaft) and the end token as eos; mambaft with the same settings gives
-    the same tokens."""
+def test_do_sample_false_is_plain_greedy_and_the_penalty_is_on_the_reply_only(demo):
+    """generation_config.json holds the end token only, so `generate(do_sample=False)` is mambaft's
+    plain greedy (before: the chat's repetition_penalty 1.1 was applied too, and this prompt's tokens
+    went into a loop of " United States,"); a penalty passed by the caller looks at the reply only,
+    as in mambaft."""
     model, info, path = demo
     hf = _hf(path)
     prompt = torch.tensor([info.tokenizer.encode("The history of the city begins")])
-    ours = generate(model, prompt, max_new_tokens=30, repetition_penalty=1.1, stop_token_ids=[50256])
-    assert hf.generate(prompt, do_sample=False, max_new_tokens=30).tolist() == ours.tolist()
+    greedy = generate(model, prompt, max_new_tokens=30, stop_token_ids=[50256])
+    assert hf.generate(prompt, do_sample=False, max_new_tokens=30).tolist() == greedy.tolist()
+    ours = generate(model, prompt, max_new_tokens=30, repetition_penalty=1.3, stop_token_ids=[50256])
+    theirs = hf.generate(prompt, do_sample=False, max_new_tokens=30, repetition_penalty=1.3)
+    assert theirs.tolist() == ours.tolist() and ours.tolist() != greedy.tolist()
 
 
 @pytest.mark.slow   # generates past 1024 tokens

@@ -78,8 +78,10 @@ def imports(name: str, top_level_only: bool) -> set[str]:
 def test_every_imported_mambaft_module_exists():
     """Every import of a mambaft module, in the package, the tests and the notebooks, names a file of
     this tree (an installed copy elsewhere would otherwise answer for a module that moved)."""
+    # (mambaft/hf/files/ is the code an exported folder carries: it imports the model files written
+    # beside it there, see mambaft.hf.ship, and is never imported inside the package)
     missing = [f"{name} imports {m}" for name in MODULES for m in imports(name, top_level_only=False)
-               if m not in MODULES]
+               if m not in MODULES and not name.startswith("mambaft.hf.files")]
     sources = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("tests/*.py"))}
     for nb in sorted(ROOT.glob("notebooks/*.ipynb")):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]

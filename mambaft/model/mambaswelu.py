@@ -29,7 +29,7 @@ Deliberate differences from the original code (none change a number in fp32):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -87,13 +87,20 @@ class MambaSWELUConfig:
         return cls(**d)
 
 
+def as_input(x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """x in the dtype of `linear`'s weight. SWELU and the conv compute in fp32, so with bf16/fp16
+    weights (no autocast) their results must come down before the next matmul; with fp32 weights,
+    or under autocast (which casts again anyway, with the same rounding), this is a no-op."""
+    return x.to(linear.weight.dtype)
+
+
 class SimplifiedMamba(nn.Module):
     """The mixer. As trained (architecture "original"), the fallback that actually ran: in_proj ->
     causal depthwise conv -> SWELU x sigmoid gate; no selective scan, no recurrence, no SSM state.
     With architecture "selective" it also carries the gated selective path (`self.selective`,
     mambaft.model.ssm; else None): the same conv and gate, the scan output added before the gate."""
 
-    def __init__(self, cfg: MambaSWELUConfig):
+    def __init__(self, cfg: MambaSWELUConfig, selective: bool = False):
         super().__init__()
         E, K = cfg.d_inner, cfg.d_conv
         self.d_inner, self.d_conv = E, K
@@ -103,8 +110,7 @@ class SimplifiedMamba(nn.Module):
         self.dt_proj = nn.Linear(E, E, bias=True)              # dead: never used by forward
         self.ssm_activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
-        self.selective = (SelectiveSSM(E, cfg.ssm_state, dt_rank(cfg.d_model))
-                          if cfg.architecture == "selective" else None)
+        self.selective = SelectiveSSM(E, cfg.ssm_state, dt_rank(cfg.d_model)) if selective else None
 
     def conv(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs).
@@ -116,8 +122,9 @@ class SimplifiedMamba(nn.Module):
         """The conv at one new column. x: [B, E]; conv_state: [B, E, K-1] (the last K-1 pre-conv
         columns, oldest first). Returns (x_conv [B, E], the next conv_state [B, E, K-1])."""
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, E, K]
-        w = self.conv1d.weight.squeeze(1)                       # [E, K]
-        x_conv = (window * w.to(window.dtype)).sum(-1) + self.conv1d.bias.to(window.dtype)  # [B, E]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32   # as the parallel conv
+        w = self.conv1d.weight.squeeze(1).to(acc)               # [E, K]
+        x_conv = (window.to(acc) * w).sum(-1) + self.conv1d.bias.to(acc)  # [B, E]
         return x_conv, window[..., 1:]
 
     def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, scan=None):
@@ -125,10 +132,10 @@ class SimplifiedMamba(nn.Module):
         selective path, a = SWELU_s(x_conv) also feeds `scan(a) -> (y, ssm state)` and the output is
         out_proj((a + g * y) * sigmoid(z)). Returns (out [.., D], the scan's state or None)."""
         if self.selective is None:
-            return self.out_proj(self.ssm_activation.gate(x_conv, z)), None
+            return self.out_proj(as_input(self.ssm_activation.gate(x_conv, z), self.out_proj)), None
         a = self.ssm_activation(x_conv)                           # [.., E] fp32
         y, state = scan(a)
-        return self.out_proj(self.selective.mix(a, y) * torch.sigmoid(z)), state
+        return self.out_proj(as_input(self.selective.mix(a, y) * torch.sigmoid(z), self.out_proj)), state
 
     def forward(self, u: torch.Tensor, cache: Optional[list] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -160,13 +167,14 @@ class MambaBlock(nn.Module):
     def __init__(self, cfg: MambaSWELUConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.mamba = SimplifiedMamba(cfg)
+        self.mamba = SimplifiedMamba(cfg, selective=False)   # the selective path is added after init
         self.activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, h: torch.Tensor, cache: Optional[list] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache, positions)))
+        # SWELU's result is fp32; .to(h.dtype) is a no-op for fp32 weights and keeps bf16/fp16 ones
+        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache, positions))).to(h.dtype)
 
 
 class MambaStack(nn.Module):
@@ -198,17 +206,25 @@ class MambaSWELU(nn.Module):
     """The model; its mixers are picked by `config.architecture` ("original": as trained;
     "selective": with the gated selective path, see mambaft.model.selective)."""
 
-    def __init__(self, cfg: MambaSWELUConfig):
+    gradient_checkpointing = False   # set by transformers' gradient_checkpointing_enable() (export)
+
+    def __init__(self, cfg: Optional[MambaSWELUConfig] = None):
         super().__init__()
+        if cfg is not None:   # None: empty, for a subclass that calls build() itself (the export)
+            self.config = cfg
+            self.build(cfg)
+
+    def build(self, cfg) -> None:
+        """Create and initialise every submodule on `self`. `cfg`: this file's MambaSWELUConfig or
+        any object with the same fields (the exported transformers config)."""
         if cfg.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={cfg.architecture!r}: expected one of {', '.join(ARCHITECTURES)}")
         if cfg.architecture == "selective" and cfg.ssm_state <= 0:
             raise ValueError(f"ssm_state={cfg.ssm_state}: must be > 0")
-        self.config = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.mamba_stack = MambaStack(replace(cfg, architecture="original"))
+        self.mamba_stack = MambaStack(cfg)
         H = cfg.dense_hidden_dim
         self.dense1 = nn.Linear(cfg.d_model, H)
         self.swelu1 = SWELU(lam_formula=cfg.swelu_lam_formula)
@@ -227,7 +243,7 @@ class MambaSWELU(nn.Module):
             # original's init for the original parts, Mamba's for the new ones (gate = 0). This is the
             # order the random numbers were always drawn in, so a seed still gives the same weights.
             for layer in self.mamba_stack.layers:
-                layer.mamba = SimplifiedMamba(cfg)
+                layer.mamba = SimplifiedMamba(cfg, selective=True)
                 layer.mamba.apply(self._init_weights)
                 layer.mamba.selective.reset_parameters()
 
@@ -252,9 +268,9 @@ class MambaSWELU(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and the dense head: [.., D] -> features f [.., D] in (-1, 1)."""
         h = self.mamba_stack.norm(h)
-        h = self.dropout1(self.swelu1(self.dense1(h)))
-        h = self.dropout2(self.swelu2(self.dense2(h)))
-        return self.swelu3(self.dense3(h))
+        h = self.dropout1(self.swelu1(self.dense1(h)))         # [.., H] fp32 (SWELU)
+        h = self.dropout2(self.swelu2(self.dense2(as_input(h, self.dense2))))
+        return self.swelu3(self.dense3(as_input(h, self.dense3)))
 
     def features(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
                  caches: Optional[list] = None) -> torch.Tensor:
@@ -264,7 +280,12 @@ class MambaSWELU(nn.Module):
         h = self.embed(input_ids, positions)
         packed = positions if positions is not None and positions.dim() == 2 else None
         for i, layer in enumerate(self.mamba_stack.layers):
-            h = layer(h, caches[i] if caches is not None else None, packed)
+            cache = caches[i] if caches is not None else None
+            if self.gradient_checkpointing and self.training and cache is None:
+                # recompute each block in backward (transformers' gradient checkpointing; TRL's default)
+                h = self._gradient_checkpointing_func(layer.__call__, h, None, packed)
+            else:
+                h = layer(h, cache, packed)
         return self.head(h)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -287,7 +308,7 @@ class MambaSWELU(nn.Module):
         f = self.features(input_ids, positions)
         out = {"logits": None, "loss": None, "n_tokens": 0}
         if return_logits:
-            logits = self.lm_head(f).float()                    # [B, L, V]
+            logits = self._logits(f)                            # [B, L, V]
             out["logits"] = logits
             if labels is not None:
                 shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
@@ -307,7 +328,8 @@ class MambaSWELU(nn.Module):
         return min(self.config.receptive_field, self.config.max_seq_len)
 
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(f).float()
+        """Features [.., D] -> fp32 logits [.., V]."""
+        return self.lm_head(as_input(f, self.lm_head)).float()
 
     @property
     def keeps_state(self) -> bool:
