@@ -71,9 +71,15 @@ class MambaSWELUConfig:
         return 1 + self.n_layers * (self.d_conv - 1)
 
     def original_config(self) -> dict:
-        """The five keys the original `Trainer.save_checkpoint` writes."""
-        return {k: getattr(self, k) for k in ("vocab_size", "d_model", "n_layers", "max_seq_len",
-                                              "tie_embeddings")}
+        """Every argument of the original constructor (src/model.py `MambaSWELU.__init__`), so the
+        user's `MambaSWELU(**checkpoint["config"])` (their demo_chat.py) builds this model's shapes.
+        The original Trainer saved only five (vocab_size, d_model, n_layers, max_seq_len,
+        tie_embeddings): the others fell back to the constructor's defaults, which fit the 124M model
+        but not a smaller one (dense1 2048 x 1024 against a demo model's 256 x 128)."""
+        keys = ("vocab_size", "d_model", "n_layers", "d_state", "d_conv", "expand", "max_seq_len",
+                "dense_hidden_dim", "dropout", "tie_embeddings")
+        # swelu_k only sets k's initial value before the state dict loads; 1.0 is its default
+        return {**{k: getattr(self, k) for k in keys}, "swelu_k": 1.0}
 
     def to_dict(self) -> dict:
         return asdict(self)
