@@ -90,6 +90,42 @@ def test_cli_writes_every_file(tiny_ckpt_path, tmp_path):
     assert f"last {model.config.receptive_field} tokens" in card
 
 
+def test_the_folder_ships_mambafts_own_model_files(tiny_original):
+    """One model source: every model file in the folder is mambaft/model/'s file with the rule of
+    mambaft.hf.ship applied (a header line; imports flattened; template constants copied in), every
+    other line identical and in order; the adapter defines no layer of its own."""
+    import difflib
+    import re
+    from mambaft.hf.ship import MODEL_DIR, MODEL_FILES, shipped_text
+    template_source = (MODEL_DIR.parent / "template.py").read_text(encoding="utf-8")
+    _, path = tiny_original
+    for source, name in MODEL_FILES.items():
+        shipped = (path / name).read_text(encoding="utf-8")
+        assert shipped == shipped_text(source), name
+        original = (MODEL_DIR / source).read_text(encoding="utf-8").split("\n")
+        lines = shipped.split("\n")
+        copied_from = template_source.split("\n")
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, original, lines, autojunk=False).get_opcodes():
+            if op == "equal":
+                continue
+            # what the rule removed: relative imports only; what it added: the header, flattened
+            # imports, and definitions copied verbatim from mambaft/template.py
+            assert all(re.match(r"^from \.+[\w.]* import ", ln) for ln in original[i1:i2]), (name, op)
+            assert all(j == 0 or re.match(r"^from \.\w+ import ", ln) or ln in copied_from
+                       or ln.endswith("copied by mambaft export") for j, ln in zip(range(j1, j2), lines[j1:j2])), (name, op)
+        assert "mambaft." not in "".join(re.findall(r"^\s*(?:from|import) \S+", shipped, re.M))
+    adapter = (path / "modeling_mambaswelu.py").read_text(encoding="utf-8")
+    assert not re.search(r"nn\.(Linear|Conv1d|Embedding|LayerNorm)\(", adapter)     # no second model
+    with pytest.raises(ValueError, match="cannot import mambaft"):
+        import mambaft.hf.ship as ship
+        ship.MODEL_DIR, old = path.parent, ship.MODEL_DIR   # a model file that imports mambaft: refused
+        try:
+            (path.parent / "bad.py").write_text("import mambaft.cli\n", encoding="utf-8")
+            shipped_text("bad.py")
+        finally:
+            ship.MODEL_DIR = old
+
+
 def test_cli_refuses_bad_input(tmp_path, capsys):
     from mambaft.cli import main
     assert main(["export", str(tmp_path / "missing.pt"), "--to", str(tmp_path / "x")]) == 2
