@@ -16,6 +16,17 @@ Forward:  h = tok_emb(ids) + pos_emb(0..L-1)
           f = SWELU(dense3(SWELU(dense2(SWELU(dense1(LayerNorm(h)))))))     (no residual: f in (-1, 1))
           logits = f @ tok_emb.weight.T                                    (tied lm_head)
 
+Where each part mirrors the original (Powwpol/SWELU_LLM at 5c61e3d, file:line):
+    MambaSWELUConfig / original_config   src/model.py:45-60 (the constructor's arguments)
+    SimplifiedMamba.__init__             src/mamba_block.py:137-156 (in_proj, conv1d, x_proj, dt_proj, out_proj)
+    SimplifiedMamba.forward, gate_out    src/mamba_block.py:171-189 (chunk, causal conv, SWELU x sigmoid)
+    MambaBlock.forward                   src/mamba_block.py:100-116 (pre-norm, residual)
+    MambaSWELU.embed                     src/model.py:150-158 (token + learned position embedding)
+    MambaSWELU.head                      src/model.py:164-173 (dense1-3 with SWELU), final norm 250
+    MambaSWELU.forward (loss)            src/model.py:176-190 (tied lm_head, shifted cross-entropy)
+    prefill / step past max_seq_len      src/model.py:224 (the crop to the last max_seq_len tokens)
+    SWELU (kernels/swelu.py)             src/swelu.py:51-61
+
 Deliberate differences from the original code (none change a number in fp32):
     * `x_proj` and `dt_proj` are kept (same keys, so the original loads what we save) but never used,
       as in the original forward; `freeze_dead()` takes them out of training.
@@ -23,6 +34,11 @@ Deliberate differences from the original code (none change a number in fp32):
     * `forward(..., return_logits=False)` computes the loss in chunks without the [B, L, V] logits.
     * `prefill`/`step` decode in O(1) per token (rolling conv state); the original re-ran the whole
       sequence for every new token. Past max_seq_len both give the same tokens (see `step`).
+    * bf16/fp16 weights without autocast: SWELU and the conv compute in fp32, so their results are
+      cast to the next Linear's dtype (`as_input`; a no-op for fp32 weights and under autocast).
+    * `build()` creates the submodules (so transformers' adapter in an exported folder can build this
+      same model on itself), and `gradient_checkpointing` recomputes each block in backward when
+      transformers turns it on (TRL's default).
     * Packed rows (`forward(ids, positions=[B, L])`, several conversations per row, positions
       restarting at 0 at each): the conv (and the selective scan) never reach across a restart, so
       each conversation gets the logits it gets alone (kernels/conv.py, kernels/scan.py; tests/test_packing.py).
