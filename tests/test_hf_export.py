@@ -302,7 +302,21 @@ def test_chat_template_ids_and_masks_equal_mambaft(demo, demo_tokenizer, name):
         assert tok.decode(tok("a<|endoftext|>b", add_special_tokens=False)["input_ids"]) == "a<|endoftext|>b"
 
 
-@pytest.mark.slow   # a transformers pipeline generates
+def test_chat_template_text_has_no_private_use_characters(demo, demo_tokenizer):
+    """The rendered text is plain (before: U+E000 between every two segments), and a U+E000 the user
+    typed is kept, as mambaft keeps it (before: dropped). The one exception is the escape of an end
+    text typed in a message ("<|" U+E000 "endoftext|>", the "traps" conversation)."""
+    _, info, _ = demo
+    for conv in CONVERSATIONS.values():
+        text = demo_tokenizer.apply_chat_template(conv, tokenize=False)
+        text = text.replace("<|\ue000endoftext|>", "")
+        assert not [c for c in text if 0xE000 <= ord(c) <= 0xF8FF or c == "\u200b"], repr(text)
+    conv = [{"role": "user", "content": "private \ue000 use"}, {"role": "assistant", "content": "ok \ue000"}]
+    got = demo_tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)
+    assert list(got["input_ids"]) == DEFAULT_TEMPLATE.render(conv, info.tokenizer)[0]
+
+
+
 @pytest.mark.numerics
 def test_pipeline_answers_like_mambaft(demo):
     model, info, path = demo

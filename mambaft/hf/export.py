@@ -86,7 +86,7 @@ def write_hf_folder(model: torch.nn.Module, out: Union[str, Path], *, template: 
     for name in CODE_FILES:
         shutil.copyfile(FILES / name, out / name)
     write_model_code(out)
-    hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
+    hf_tokenizer(tokenizer, template).save(str(out / "tokenizer.json"))
     special = {"eos_token": template.end_of_turn, "pad_token": template.end_of_turn}
     _write_json(out / "special_tokens_map.json", special)
     _write_json(out / "tokenizer_config.json", {
