@@ -4,6 +4,7 @@ Original `.pt` (what Powwpol/SWELU_LLM's Trainer writes; `final_model.pt`, `mode
     {"model_state_dict": 80 fp32 tensors, "config": {vocab_size, d_model, n_layers, max_seq_len,
      tie_embeddings}, "optimizer_state": AdamW, "global_step": int (micro-batches), "epoch": int}
     d_state, d_conv, expand, dense_hidden_dim and dropout are NOT saved: we infer them from shapes.
+    (mambaft's own original-format saves write them all, so the user's code can rebuild any size.)
 
 mambaft model folder:
     config.json          {"format": "mambaft-model", "model": MambaSWELUConfig, "training": {...}}
@@ -391,8 +392,8 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], format: str 
     mambaft.hf.export.write_hf_folder).
 
     The original format is what the user's own chat script loads with a strict `load_state_dict`
-    into the original class: the 80 original keys, fp32, `config` with the original five keys and an
-    int `global_step`. Both writes are atomic (temp file/folder, then rename)."""
+    into the original class: the 80 original keys, fp32, `config` with every argument of the original
+    constructor (`MambaSWELUConfig.original_config`) and an int `global_step`. Both writes are atomic (temp file/folder, then rename)."""
     path = Path(path)
     cfg: MambaSWELUConfig = model.config
     if format == "original":

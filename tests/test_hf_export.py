@@ -66,28 +66,64 @@ def test_cli_writes_every_file(tiny_ckpt_path, tmp_path):
     out = tmp_path / "hf"
     assert main(["export", str(tiny_ckpt_path), "--to", str(out), "--format", "hf"]) == 0
     names = {p.name for p in out.iterdir()}
+    from mambaft.hf.ship import MODEL_FILES
     assert names == {"config.json", "generation_config.json", "configuration_mambaswelu.py",
                      "modeling_mambaswelu.py", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json", "special_tokens_map.json", "README.md"}
+                     "tokenizer_config.json", "special_tokens_map.json", "README.md",
+                     *MODEL_FILES.values()}
     cfg = json.loads((out / "config.json").read_text())
     model, _ = load_checkpoint(tiny_ckpt_path)
     assert cfg["model_type"] == "mambaswelu" and set(cfg["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     assert {k: cfg[k] for k in model.config.to_dict()} == model.config.to_dict()   # every field
-    gen = json.loads((out / "generation_config.json").read_text())
-    from mambaft.chat import ChatSettings
-    s = ChatSettings()
-    assert gen["eos_token_id"] == 50256 and (gen["temperature"], gen["top_k"], gen["top_p"],
-                                             gen["repetition_penalty"]) == (s.temperature, s.top_k,
-                                                                            s.top_p, s.repetition_penalty)
+    # the end token only: a sampling default would turn a caller's do_sample=False into greedy +
+    # penalty, and max_new_tokens would override lm-eval's max_gen_toks
+    assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": 50256,
+                                                                         "pad_token_id": 50256}
     from safetensors import safe_open
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-    assert "lm_head.weight" not in keys and "token_embedding.weight" in keys   # tied: stored once
+    assert "model.lm_head.weight" not in keys and "model.token_embedding.weight" in keys   # tied: once
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     for key in ("license:", "base_model:", "datasets:", "language:", "pipeline_tag: text-generation"):
         assert key in header
     assert f"last {model.config.receptive_field} tokens" in card
+
+
+def test_the_folder_ships_mambafts_own_model_files(tiny_original):
+    """One model source: every model file in the folder is mambaft/model/'s file with the rule of
+    mambaft.hf.ship applied (a header line; imports flattened; template constants copied in), every
+    other line identical and in order; the adapter defines no layer of its own."""
+    import difflib
+    import re
+    from mambaft.hf.ship import MODEL_DIR, MODEL_FILES, shipped_text
+    template_source = (MODEL_DIR.parent / "template.py").read_text(encoding="utf-8")
+    _, path = tiny_original
+    for source, name in MODEL_FILES.items():
+        shipped = (path / name).read_text(encoding="utf-8")
+        assert shipped == shipped_text(source), name
+        original = (MODEL_DIR / source).read_text(encoding="utf-8").split("\n")
+        lines = shipped.split("\n")
+        copied_from = template_source.split("\n")
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, original, lines, autojunk=False).get_opcodes():
+            if op == "equal":
+                continue
+            # what the rule removed: relative imports only; what it added: the header, flattened
+            # imports, and definitions copied verbatim from mambaft/template.py
+            assert all(re.match(r"^from \.+[\w.]* import ", ln) for ln in original[i1:i2]), (name, op)
+            assert all(j == 0 or re.match(r"^from \.\w+ import ", ln) or ln in copied_from
+                       or ln.endswith("copied by mambaft export") for j, ln in zip(range(j1, j2), lines[j1:j2])), (name, op)
+        assert "mambaft." not in "".join(re.findall(r"^\s*(?:from|import) \S+", shipped, re.M))
+    adapter = (path / "modeling_mambaswelu.py").read_text(encoding="utf-8")
+    assert not re.search(r"nn\.(Linear|Conv1d|Embedding|LayerNorm)\(", adapter)     # no second model
+    with pytest.raises(ValueError, match="cannot import mambaft"):
+        import mambaft.hf.ship as ship
+        ship.MODEL_DIR, old = path.parent, ship.MODEL_DIR   # a model file that imports mambaft: refused
+        try:
+            (path.parent / "bad.py").write_text("import mambaft.cli\n", encoding="utf-8")
+            shipped_text("bad.py")
+        finally:
+            ship.MODEL_DIR = old
 
 
 def test_cli_refuses_bad_input(tmp_path, capsys):
@@ -185,27 +221,31 @@ def test_decoding_feeds_one_token_per_step(tiny_original):
         lambda mod, args, kwargs: seen.append((kwargs["input_ids"].shape[1], kwargs.get("mambaswelu_state") is not None)),
         with_kwargs=True)
     windows = []
-    features = hf.features
-    hf.features = lambda ids, **kw: windows.append(ids.shape[1]) or features(ids, **kw)
+    features = hf.model.features
+    hf.model.features = lambda ids, *a, **kw: windows.append(ids.shape[1]) or features(ids, *a, **kw)
     try:
         hf.generate(torch.randint(0, 512, (1, 100)), do_sample=False, max_new_tokens=50)
     finally:
         hook.remove()
-        del hf.features
+        del hf.model.features
     assert seen[0] == (100, False)
     assert seen[1:] == [(1, True)] * 49
     assert windows[0] == 100 and set(windows[1:]) == {model.config.receptive_field}  # steps past 128
 
 
-def test_generation_config_sampling_defaults_match_mambaft_greedy_with_penalty(demo):
-    """A plain `generate(do_sample=False)` uses generation_config.json: the chat's repetition penalty
-    (on the reply only, as in mambaft) and the end token as eos; mambaft with the same settings gives
-    the same tokens."""
+def test_do_sample_false_is_plain_greedy_and_the_penalty_is_on_the_reply_only(demo):
+    """generation_config.json holds the end token only, so `generate(do_sample=False)` is mambaft's
+    plain greedy (before: the chat's repetition_penalty 1.1 was applied too, and this prompt's tokens
+    went into a loop of " United States,"); a penalty passed by the caller looks at the reply only,
+    as in mambaft."""
     model, info, path = demo
     hf = _hf(path)
     prompt = torch.tensor([info.tokenizer.encode("The history of the city begins")])
-    ours = generate(model, prompt, max_new_tokens=30, repetition_penalty=1.1, stop_token_ids=[50256])
-    assert hf.generate(prompt, do_sample=False, max_new_tokens=30).tolist() == ours.tolist()
+    greedy = generate(model, prompt, max_new_tokens=30, stop_token_ids=[50256])
+    assert hf.generate(prompt, do_sample=False, max_new_tokens=30).tolist() == greedy.tolist()
+    ours = generate(model, prompt, max_new_tokens=30, repetition_penalty=1.3, stop_token_ids=[50256])
+    theirs = hf.generate(prompt, do_sample=False, max_new_tokens=30, repetition_penalty=1.3)
+    assert theirs.tolist() == ours.tolist() and ours.tolist() != greedy.tolist()
 
 
 @pytest.mark.slow   # generates past 1024 tokens
@@ -262,7 +302,21 @@ def test_chat_template_ids_and_masks_equal_mambaft(demo, demo_tokenizer, name):
         assert tok.decode(tok("a<|endoftext|>b", add_special_tokens=False)["input_ids"]) == "a<|endoftext|>b"
 
 
-@pytest.mark.slow   # a transformers pipeline generates
+def test_chat_template_text_has_no_private_use_characters(demo, demo_tokenizer):
+    """The rendered text is plain (before: U+E000 between every two segments), and a U+E000 the user
+    typed is kept, as mambaft keeps it (before: dropped). The one exception is the escape of an end
+    text typed in a message ("<|" U+E000 "endoftext|>", the "traps" conversation)."""
+    _, info, _ = demo
+    for conv in CONVERSATIONS.values():
+        text = demo_tokenizer.apply_chat_template(conv, tokenize=False)
+        text = text.replace("<|\ue000endoftext|>", "")
+        assert not [c for c in text if 0xE000 <= ord(c) <= 0xF8FF or c == "\u200b"], repr(text)
+    conv = [{"role": "user", "content": "private \ue000 use"}, {"role": "assistant", "content": "ok \ue000"}]
+    got = demo_tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)
+    assert list(got["input_ids"]) == DEFAULT_TEMPLATE.render(conv, info.tokenizer)[0]
+
+
+
 @pytest.mark.numerics
 def test_pipeline_answers_like_mambaft(demo):
     model, info, path = demo

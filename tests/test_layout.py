@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from mambaft.cli import COMMANDS, usage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +80,10 @@ def imports(name: str, top_level_only: bool) -> set[str]:
 def test_every_imported_mambaft_module_exists():
     """Every import of a mambaft module, in the package, the tests and the notebooks, names a file of
     this tree (an installed copy elsewhere would otherwise answer for a module that moved)."""
+    # (mambaft/hf/files/ is the code an exported folder carries: it imports the model files written
+    # beside it there, see mambaft.hf.ship, and is never imported inside the package)
     missing = [f"{name} imports {m}" for name in MODULES for m in imports(name, top_level_only=False)
-               if m not in MODULES]
+               if m not in MODULES and not name.startswith("mambaft.hf.files")]
     sources = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("tests/*.py"))}
     for nb in sorted(ROOT.glob("notebooks/*.ipynb")):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
@@ -125,8 +129,11 @@ def test_nothing_imports_a_layer_above_its_own():
     assert not wrong, "\n".join(wrong)
 
 
-def test_no_import_cycle_among_module_level_imports():
-    graph = {name: {m for m in imports(name, top_level_only=True) if m in MODULES and m != name}
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["module-level", "function-local too"])
+def test_no_import_cycle(top_level_only):
+    """Function-local imports count too: one hid chat.session -> checkpoint -> hf.export -> chat.session
+    (the export read the chat's settings; they now live in mambaft.chat.settings)."""
+    graph = {name: {m for m in imports(name, top_level_only=top_level_only) if m in MODULES and m != name}
              for name in MODULES}
     cycles, state = [], {}
 

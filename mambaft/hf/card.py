@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from mambaft.chat.settings import ChatSettings
 from mambaft.data.sources import SOURCES
 from mambaft.model import MambaSWELUConfig
 from mambaft.template import ChatTemplate
@@ -129,10 +130,19 @@ def _chat_format(template: ChatTemplate, end_id: int) -> list[str]:
             f"{template.assistant_prefix}{template.answer_lead}{{answer}}{template.end_of_turn}",
             "```", "",
             f"Each answer ends with the end token `{template.end_of_turn}` (id {end_id}), the "
-            "`eos_token_id` of generation_config.json, which also holds the chat's default sampling. "
+            "`eos_token_id` of generation_config.json, which holds nothing else: `generate(do_sample="
+            "False)` is plain greedy. mambaft's chat samples with " + _chat_sampling() + "; "
+            "`repetition_penalty` and `no_repeat_ngram_size` look at the reply only, as in mambaft. "
             "Trained tokens are the answer (with its leading space) and the end token: the template's "
             "`{% generation %}` block, so `return_assistant_tokens_mask=True` (TRL's assistant-only "
             "loss) masks the same tokens as mambaft.", ""]
+
+
+def _chat_sampling() -> str:
+    """mambaft chat's default sampling, as generate() keyword arguments."""
+    s = ChatSettings()
+    return (f"`do_sample=True, temperature={s.temperature}, top_k={s.top_k}, top_p={s.top_p}, "
+            f"repetition_penalty={s.repetition_penalty}, max_new_tokens={s.max_new_tokens}`")
 
 
 def _training(cfg: MambaSWELUConfig, training: dict, strategy: Optional[str], step: Optional[int],
@@ -180,5 +190,5 @@ def _limits(cfg: MambaSWELUConfig) -> list[str]:
                   "to the last max_seq_len tokens)."]
     return lines + ["- A small model trained briefly: answers are often wrong, repetitive or off-topic; "
                     "do not rely on them.",
-                    "- Batched generation supports left padding; beam search is not supported.",
+                    "- Batched generation supports left padding; beam search is refused (num_beams > 1).",
                     "- No GGUF / llama.cpp / Ollama: llama.cpp has no implementation of this architecture.", ""]

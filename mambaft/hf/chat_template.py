@@ -5,18 +5,23 @@
 
 1. mambaft tokenizes the template segment by segment ("User: hi\\n", "Assistant:", " answer", end id,
    "\\n") and concatenates; transformers renders one string and tokenizes it whole. GPT-2's
-   pre-tokenizer regex gives different pieces at some joins: "User: hi \\n" then "Assistant:" is
-   [.., " \\n"] alone but [.., " ", "\\n", "Assistant"] in one string. So the Jinja template writes a
-   private-use character (SEGMENT_BREAK, U+E000) between segments, and the exported tokenizer's
-   pre-tokenizer first splits on it and removes it: each segment is then pre-tokenized alone, as
-   in mambaft.
+   pre-tokenizer regex gives other pieces at one kind of join only: a segment that ends in a
+   whitespace run ("hi \\n": the message's trailing spaces, then the turn separator) followed by the
+   next role prefix. Alone, " \\n" is one piece (whitespace to the end of the string); in one string
+   the regex keeps the last whitespace character for the next word: " ", "\\n". So the exported
+   tokenizer's pre-tokenizer first isolates every whitespace run that ends with the separator right
+   before a role prefix (`boundary_pattern`), and each side is then pre-tokenized as mambaft does.
+   The template's text carries no marker of any kind. The other joins ("Assistant:" then " answer",
+   the answer then the end token, the end token then "\\n") already split the same in both stacks.
 2. mambaft's tokenizer keeps "<|endoftext|>" typed in a message as text (only the template inserts
    the end id); transformers turns that string into the end token wherever it appears. The Jinja
    template escapes it in message content as "<|" U+E000 "endoftext|>": the string no longer matches
-   the special token, and the break falls where GPT-2's regex splits anyway ("<|" punctuation, then
-   letters), so the text gets exactly mambaft's ids.
-Cost: a U+E000 typed by a user is dropped by the exported tokenizer (mambaft would encode its 3
-bytes). It is a private-use character that no text in the course's data contains.
+   the special token, and the exported pre-tokenizer removes a U+E000 only right before
+   "endoftext|>", where GPT-2's regex splits anyway, so the text gets exactly mambaft's ids. That is
+   the only place a private-use character appears, and only in a message that contains the end text.
+Costs (tests/test_hf_export.py shows both stacks agree elsewhere): a message that itself contains
+whitespace, the separator and a role prefix ("a \\nUser: b") gets other ids at that spot, and a
+U+E000 typed right before "endoftext|>" is dropped. No text in the course's data contains either.
 
 `{% generation %}` marks what mambaft trains (labels != -100): the answer with its leading space and
 the end token, so `return_assistant_tokens_mask=True` (TRL's assistant-only loss) equals the labels.
@@ -24,15 +29,16 @@ the end token, so `return_assistant_tokens_mask=True` (TRL's assistant-only loss
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Union
 
-from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from mambaft.template import ChatTemplate
 from mambaft.tokenizer import TextTokenizer
 
-SEGMENT_BREAK = "\ue000"
+ESCAPE = "\ue000"     # inside a typed end-of-turn text only (point 2)
 
 
 def _lit(text: str) -> str:
@@ -44,27 +50,42 @@ def escaped(template: ChatTemplate) -> str:
     """How the end-of-turn text is written inside message content (see point 2 of the docstring)."""
     eot = template.end_of_turn
     cut = 2 if eot.startswith("<|") else 1
-    return eot[:cut] + SEGMENT_BREAK + eot[cut:]
+    return eot[:cut] + ESCAPE + eot[cut:]
+
+
+def escape_pattern(template: ChatTemplate) -> str:
+    """The escape character, where `escaped` puts it (point 2)."""
+    return re.escape(ESCAPE) + f"(?={re.escape(escaped(template).split(ESCAPE, 1)[1])})"
+
+
+def boundary_pattern(template: ChatTemplate) -> str:
+    """A whitespace run ending with the turn separator, right before a role prefix (point 1)."""
+    t = template
+    if not t.turn_separator.strip() == "" or not t.turn_separator:
+        raise ValueError(f"chat template {t.name!r}: the transformers export needs a whitespace "
+                         f"turn_separator, got {t.turn_separator!r}")
+    prefixes = "|".join(re.escape(p) for p in (t.system_prefix, t.user_prefix, t.assistant_prefix))
+    return rf"\s*{re.escape(t.turn_separator)}(?={prefixes})"
 
 
 def jinja_template(template: ChatTemplate) -> str:
     """The Jinja source equivalent to `template.segments` (both train_on="all_assistant" and the
     generation prompt). Written on one line: Jinja whitespace control cannot then add or eat text."""
-    t, br = template, _lit(SEGMENT_BREAK)
+    t = template
     content = f"message['content'] | replace({_lit(t.end_of_turn)}, {_lit(escaped(t))})"
     roles = ", ".join(_lit(r) for r in ("system", "user", "assistant"))
     return "".join([
         "{%- for message in messages -%}",
         f"{{%- set content = {content} -%}}",
         "{%- if message['role'] == 'system' -%}",
-        f"{{{{ {_lit(t.system_prefix)} + content + {_lit(t.turn_separator)} + {br} }}}}",
+        f"{{{{ {_lit(t.system_prefix)} + content + {_lit(t.turn_separator)} }}}}",
         "{%- elif message['role'] == 'user' -%}",
-        f"{{{{ {_lit(t.user_prefix)} + content + {_lit(t.turn_separator)} + {br} }}}}",
+        f"{{{{ {_lit(t.user_prefix)} + content + {_lit(t.turn_separator)} }}}}",
         "{%- elif message['role'] == 'assistant' -%}",
-        f"{{{{ {_lit(t.assistant_prefix)} + {br} }}}}",
-        f"{{%- generation -%}}{{{{ {_lit(t.answer_lead)} + content + {br} + {_lit(t.end_of_turn)} }}}}"
+        f"{{{{ {_lit(t.assistant_prefix)} }}}}",
+        f"{{%- generation -%}}{{{{ {_lit(t.answer_lead)} + content + {_lit(t.end_of_turn)} }}}}"
         "{%- endgeneration -%}",
-        f"{{{{ {_lit(t.turn_separator)} + {br} }}}}",
+        f"{{{{ {_lit(t.turn_separator)} }}}}",
         "{%- else -%}",
         f"{{{{ raise_exception('role ' + message['role'] + ' is not one of ' + {_lit(roles)}) }}}}",
         "{%- endif -%}",
@@ -73,23 +94,26 @@ def jinja_template(template: ChatTemplate) -> str:
     ])
 
 
-def hf_tokenizer(tokenizer: TextTokenizer) -> Tokenizer:
-    """mambaft's tokenizer with the segment-break split in front of its pre-tokenizer, and special
-    tokens matched in text (transformers' behaviour; the template escapes typed ones)."""
+def hf_tokenizer(tokenizer: TextTokenizer, template: ChatTemplate) -> Tokenizer:
+    """mambaft's tokenizer with the two splits of the module docstring in front of its pre-tokenizer,
+    and special tokens matched in text (transformers' behaviour; the template escapes typed ones)."""
     tok = Tokenizer.from_str(tokenizer.tok.to_str())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(SEGMENT_BREAK, "removed"),
-                                                 tok.pre_tokenizer])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(escape_pattern(template)), "removed"),
+        pre_tokenizers.Split(Regex(boundary_pattern(template)), "isolated"),
+        tok.pre_tokenizer])
     tok.encode_special_tokens = False
     return tok
 
 
 def mambaft_tokenizer(path: Union[str, Path]) -> TextTokenizer:
-    """The exported tokenizer.json back as mambaft's tokenizer (the split removed again)."""
+    """The exported tokenizer.json back as mambaft's tokenizer (the splits removed again; folders of
+    earlier exports had one split, on U+E000)."""
     path = Path(path)
     spec = json.loads(path.read_text(encoding="utf-8"))
     pre = spec.get("pre_tokenizer") or {}
-    if pre.get("type") == "Sequence" and len(pre["pretokenizers"]) == 2:
-        first = pre["pretokenizers"][0]
-        if first.get("type") == "Split" and first.get("pattern", {}).get("String") == SEGMENT_BREAK:
-            spec["pre_tokenizer"] = pre["pretokenizers"][1]
+    if pre.get("type") == "Sequence" and len(pre["pretokenizers"]) in (2, 3):
+        *splits, last = pre["pretokenizers"]
+        if all(p.get("type") == "Split" for p in splits):
+            spec["pre_tokenizer"] = last
     return TextTokenizer(Tokenizer.from_str(json.dumps(spec)), source=str(path))

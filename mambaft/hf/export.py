@@ -2,10 +2,13 @@
 
     DIR/config.json                  model_type "mambaswelu", auto_map, every architecture field, and
                                      under "mambaft" what load_checkpoint needs to come back exactly
-    DIR/generation_config.json       eos = the end token; the chat's default sampling (ChatSettings)
-    DIR/configuration_mambaswelu.py  the standalone config and model classes (mambaft/hf/files/)
+    DIR/generation_config.json       the end token only: generate(do_sample=False) is plain greedy
+                                     (the chat's sampling defaults are in the card)
+    DIR/configuration_mambaswelu.py  the transformers config and the adapter (mambaft/hf/files/)
     DIR/modeling_mambaswelu.py
-    DIR/model.safetensors            fp32 weights, mambaft's names; the tied embedding stored once
+    DIR/mambaswelu.py, ssm.py,       mambaft's model code itself, imports flattened (mambaft.hf.ship)
+        kernels_*.py
+    DIR/model.safetensors            fp32 weights, "model." + mambaft's names; the tied embedding once
     DIR/tokenizer.json, tokenizer_config.json (with the Jinja chat_template), special_tokens_map.json
     DIR/README.md                    the model card (mambaft.hf.card)
 
@@ -25,6 +28,7 @@ import torch
 
 from mambaft.hf.card import model_card
 from mambaft.hf.chat_template import hf_tokenizer, jinja_template, mambaft_tokenizer
+from mambaft.hf.ship import write_model_code
 from mambaft.model import MambaSWELUConfig
 from mambaft.template import ChatTemplate
 from mambaft.tokenizer import TextTokenizer
@@ -36,6 +40,7 @@ AUTO_MAP = {"AutoConfig": "configuration_mambaswelu.MambaSWELUConfig",
             "AutoModelForCausalLM": "modeling_mambaswelu.MambaSWELUForCausalLM"}
 WEIGHTS_FILE = "model.safetensors"
 FORMATS = ("hf",)
+PREFIX = "model."     # MambaSWELUForCausalLM.model is mambaft's MambaSWELU (transformers' usual layout)
 
 
 def is_hf_config(meta: dict) -> bool:
@@ -47,15 +52,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def generation_config(end_id: int) -> dict:
-    """The chat's default sampling (mambaft.chat.ChatSettings), stopping at the end token."""
-    from mambaft.chat.session import ChatSettings
-    s = ChatSettings()
-    gen = {"eos_token_id": end_id, "pad_token_id": end_id, "do_sample": s.temperature > 0,
-           "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-           "repetition_penalty": s.repetition_penalty, "max_new_tokens": s.max_new_tokens}
-    if s.no_repeat_ngram_size:
-        gen["no_repeat_ngram_size"] = s.no_repeat_ngram_size
-    return gen
+    """Stop at the end token, nothing else: a sampling default here would also apply to a caller's
+    `generate(do_sample=False)` (a repetition penalty) and override an evaluation harness's own length
+    (max_new_tokens beats lm-eval's max_gen_toks). The chat's defaults are printed in the card."""
+    return {"eos_token_id": end_id, "pad_token_id": end_id}
 
 
 def write_hf_folder(model: torch.nn.Module, out: Union[str, Path], *, template: ChatTemplate,
@@ -69,10 +69,10 @@ def write_hf_folder(model: torch.nn.Module, out: Union[str, Path], *, template: 
     out.mkdir(parents=True, exist_ok=True)
     cfg: MambaSWELUConfig = model.config
     end_id = template.end_id(tokenizer)
-    sd = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+    sd = {PREFIX + k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
           for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)      # tied: stored once; transformers re-ties it on load
+        sd.pop(PREFIX + "lm_head.weight", None)      # tied: stored once; transformers re-ties it on load
     save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt"})   # "pt": what transformers expects
     (out / WEIGHTS_FILE).chmod(0o644)   # a temp folder's files are private; a model is a normal file
     _write_json(out / "config.json", {
@@ -85,7 +85,8 @@ def write_hf_folder(model: torch.nn.Module, out: Union[str, Path], *, template: 
     _write_json(out / "generation_config.json", generation_config(end_id))
     for name in CODE_FILES:
         shutil.copyfile(FILES / name, out / name)
-    hf_tokenizer(tokenizer).save(str(out / "tokenizer.json"))
+    write_model_code(out)
+    hf_tokenizer(tokenizer, template).save(str(out / "tokenizer.json"))
     special = {"eos_token": template.end_of_turn, "pad_token": template.end_of_turn}
     _write_json(out / "special_tokens_map.json", special)
     _write_json(out / "tokenizer_config.json", {
@@ -108,7 +109,10 @@ def read_hf_folder(path: Path, meta: dict) -> dict:
     extra = meta.get("mambaft") or {}
     template = ChatTemplate.from_dict(extra["chat_template"]) if "chat_template" in extra else None
     tok_file = path / "tokenizer.json"
-    return {"state_dict": load_file(str(path / WEIGHTS_FILE)), "config": cfg, "template": template,
+    sd = load_file(str(path / WEIGHTS_FILE))
+    if any(k.startswith(PREFIX) for k in sd):      # (folders of earlier exports had no prefix)
+        sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
+    return {"state_dict": sd, "config": cfg, "template": template,
             "tokenizer": mambaft_tokenizer(tok_file) if tok_file.is_file() else None,
             "step": extra.get("step"), "epoch": extra.get("epoch"), "training": extra.get("training") or {}}
 

@@ -16,6 +16,17 @@ Forward:  h = tok_emb(ids) + pos_emb(0..L-1)
           f = SWELU(dense3(SWELU(dense2(SWELU(dense1(LayerNorm(h)))))))     (no residual: f in (-1, 1))
           logits = f @ tok_emb.weight.T                                    (tied lm_head)
 
+Where each part mirrors the original (Powwpol/SWELU_LLM at 5c61e3d, file:line):
+    MambaSWELUConfig / original_config   src/model.py:45-60 (the constructor's arguments)
+    SimplifiedMamba.__init__             src/mamba_block.py:137-156 (in_proj, conv1d, x_proj, dt_proj, out_proj)
+    SimplifiedMamba.forward, gate_out    src/mamba_block.py:171-189 (chunk, causal conv, SWELU x sigmoid)
+    MambaBlock.forward                   src/mamba_block.py:100-116 (pre-norm, residual)
+    MambaSWELU.embed                     src/model.py:150-158 (token + learned position embedding)
+    MambaSWELU.head                      src/model.py:164-173 (dense1-3 with SWELU), final norm 250
+    MambaSWELU.forward (loss)            src/model.py:176-190 (tied lm_head, shifted cross-entropy)
+    prefill / step past max_seq_len      src/model.py:224 (the crop to the last max_seq_len tokens)
+    SWELU (kernels/swelu.py)             src/swelu.py:51-61
+
 Deliberate differences from the original code (none change a number in fp32):
     * `x_proj` and `dt_proj` are kept (same keys, so the original loads what we save) but never used,
       as in the original forward; `freeze_dead()` takes them out of training.
@@ -23,13 +34,18 @@ Deliberate differences from the original code (none change a number in fp32):
     * `forward(..., return_logits=False)` computes the loss in chunks without the [B, L, V] logits.
     * `prefill`/`step` decode in O(1) per token (rolling conv state); the original re-ran the whole
       sequence for every new token. Past max_seq_len both give the same tokens (see `step`).
+    * bf16/fp16 weights without autocast: SWELU and the conv compute in fp32, so their results are
+      cast to the next Linear's dtype (`as_input`; a no-op for fp32 weights and under autocast).
+    * `build()` creates the submodules (so transformers' adapter in an exported folder can build this
+      same model on itself), and `gradient_checkpointing` recomputes each block in backward when
+      transformers turns it on (TRL's default).
     * Packed rows (`forward(ids, positions=[B, L])`, several conversations per row, positions
       restarting at 0 at each): the conv (and the selective scan) never reach across a restart, so
       each conversation gets the logits it gets alone (kernels/conv.py, kernels/scan.py; tests/test_packing.py).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -71,9 +87,15 @@ class MambaSWELUConfig:
         return 1 + self.n_layers * (self.d_conv - 1)
 
     def original_config(self) -> dict:
-        """The five keys the original `Trainer.save_checkpoint` writes."""
-        return {k: getattr(self, k) for k in ("vocab_size", "d_model", "n_layers", "max_seq_len",
-                                              "tie_embeddings")}
+        """Every argument of the original constructor (src/model.py `MambaSWELU.__init__`), so the
+        user's `MambaSWELU(**checkpoint["config"])` (their demo_chat.py) builds this model's shapes.
+        The original Trainer saved only five (vocab_size, d_model, n_layers, max_seq_len,
+        tie_embeddings): the others fell back to the constructor's defaults, which fit the 124M model
+        but not a smaller one (dense1 2048 x 1024 against a demo model's 256 x 128)."""
+        keys = ("vocab_size", "d_model", "n_layers", "d_state", "d_conv", "expand", "max_seq_len",
+                "dense_hidden_dim", "dropout", "tie_embeddings")
+        # swelu_k only sets k's initial value before the state dict loads; 1.0 is its default
+        return {**{k: getattr(self, k) for k in keys}, "swelu_k": 1.0}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,13 +109,20 @@ class MambaSWELUConfig:
         return cls(**d)
 
 
+def as_input(x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """x in the dtype of `linear`'s weight. SWELU and the conv compute in fp32, so with bf16/fp16
+    weights (no autocast) their results must come down before the next matmul; with fp32 weights,
+    or under autocast (which casts again anyway, with the same rounding), this is a no-op."""
+    return x.to(linear.weight.dtype)
+
+
 class SimplifiedMamba(nn.Module):
     """The mixer. As trained (architecture "original"), the fallback that actually ran: in_proj ->
     causal depthwise conv -> SWELU x sigmoid gate; no selective scan, no recurrence, no SSM state.
     With architecture "selective" it also carries the gated selective path (`self.selective`,
     mambaft.model.ssm; else None): the same conv and gate, the scan output added before the gate."""
 
-    def __init__(self, cfg: MambaSWELUConfig):
+    def __init__(self, cfg: MambaSWELUConfig, selective: bool = False):
         super().__init__()
         E, K = cfg.d_inner, cfg.d_conv
         self.d_inner, self.d_conv = E, K
@@ -103,8 +132,7 @@ class SimplifiedMamba(nn.Module):
         self.dt_proj = nn.Linear(E, E, bias=True)              # dead: never used by forward
         self.ssm_activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
-        self.selective = (SelectiveSSM(E, cfg.ssm_state, dt_rank(cfg.d_model))
-                          if cfg.architecture == "selective" else None)
+        self.selective = SelectiveSSM(E, cfg.ssm_state, dt_rank(cfg.d_model)) if selective else None
 
     def conv(self, x: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Causal depthwise conv. x: [B, L, E] -> [B, L, E] (padding K-1, keep the first L outputs).
@@ -116,8 +144,9 @@ class SimplifiedMamba(nn.Module):
         """The conv at one new column. x: [B, E]; conv_state: [B, E, K-1] (the last K-1 pre-conv
         columns, oldest first). Returns (x_conv [B, E], the next conv_state [B, E, K-1])."""
         window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)  # [B, E, K]
-        w = self.conv1d.weight.squeeze(1)                       # [E, K]
-        x_conv = (window * w.to(window.dtype)).sum(-1) + self.conv1d.bias.to(window.dtype)  # [B, E]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32   # as the parallel conv
+        w = self.conv1d.weight.squeeze(1).to(acc)               # [E, K]
+        x_conv = (window.to(acc) * w).sum(-1) + self.conv1d.bias.to(acc)  # [B, E]
         return x_conv, window[..., 1:]
 
     def gate_out(self, x_conv: torch.Tensor, z: torch.Tensor, scan=None):
@@ -125,10 +154,10 @@ class SimplifiedMamba(nn.Module):
         selective path, a = SWELU_s(x_conv) also feeds `scan(a) -> (y, ssm state)` and the output is
         out_proj((a + g * y) * sigmoid(z)). Returns (out [.., D], the scan's state or None)."""
         if self.selective is None:
-            return self.out_proj(self.ssm_activation.gate(x_conv, z)), None
+            return self.out_proj(as_input(self.ssm_activation.gate(x_conv, z), self.out_proj)), None
         a = self.ssm_activation(x_conv)                           # [.., E] fp32
         y, state = scan(a)
-        return self.out_proj(self.selective.mix(a, y) * torch.sigmoid(z)), state
+        return self.out_proj(as_input(self.selective.mix(a, y) * torch.sigmoid(z), self.out_proj)), state
 
     def forward(self, u: torch.Tensor, cache: Optional[list] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -160,13 +189,14 @@ class MambaBlock(nn.Module):
     def __init__(self, cfg: MambaSWELUConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.mamba = SimplifiedMamba(cfg)
+        self.mamba = SimplifiedMamba(cfg, selective=False)   # the selective path is added after init
         self.activation = SWELU(lam_formula=cfg.swelu_lam_formula)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, h: torch.Tensor, cache: Optional[list] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache, positions)))
+        # SWELU's result is fp32; .to(h.dtype) is a no-op for fp32 weights and keeps bf16/fp16 ones
+        return h + self.dropout(self.activation(self.mamba(self.norm(h), cache, positions))).to(h.dtype)
 
 
 class MambaStack(nn.Module):
@@ -198,17 +228,25 @@ class MambaSWELU(nn.Module):
     """The model; its mixers are picked by `config.architecture` ("original": as trained;
     "selective": with the gated selective path, see mambaft.model.selective)."""
 
-    def __init__(self, cfg: MambaSWELUConfig):
+    gradient_checkpointing = False   # set by transformers' gradient_checkpointing_enable() (export)
+
+    def __init__(self, cfg: Optional[MambaSWELUConfig] = None):
         super().__init__()
+        if cfg is not None:   # None: empty, for a subclass that calls build() itself (the export)
+            self.config = cfg
+            self.build(cfg)
+
+    def build(self, cfg) -> None:
+        """Create and initialise every submodule on `self`. `cfg`: this file's MambaSWELUConfig or
+        any object with the same fields (the exported transformers config)."""
         if cfg.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={cfg.architecture!r}: expected one of {', '.join(ARCHITECTURES)}")
         if cfg.architecture == "selective" and cfg.ssm_state <= 0:
             raise ValueError(f"ssm_state={cfg.ssm_state}: must be > 0")
-        self.config = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.mamba_stack = MambaStack(replace(cfg, architecture="original"))
+        self.mamba_stack = MambaStack(cfg)
         H = cfg.dense_hidden_dim
         self.dense1 = nn.Linear(cfg.d_model, H)
         self.swelu1 = SWELU(lam_formula=cfg.swelu_lam_formula)
@@ -227,7 +265,7 @@ class MambaSWELU(nn.Module):
             # original's init for the original parts, Mamba's for the new ones (gate = 0). This is the
             # order the random numbers were always drawn in, so a seed still gives the same weights.
             for layer in self.mamba_stack.layers:
-                layer.mamba = SimplifiedMamba(cfg)
+                layer.mamba = SimplifiedMamba(cfg, selective=True)
                 layer.mamba.apply(self._init_weights)
                 layer.mamba.selective.reset_parameters()
 
@@ -252,9 +290,9 @@ class MambaSWELU(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and the dense head: [.., D] -> features f [.., D] in (-1, 1)."""
         h = self.mamba_stack.norm(h)
-        h = self.dropout1(self.swelu1(self.dense1(h)))
-        h = self.dropout2(self.swelu2(self.dense2(h)))
-        return self.swelu3(self.dense3(h))
+        h = self.dropout1(self.swelu1(self.dense1(h)))         # [.., H] fp32 (SWELU)
+        h = self.dropout2(self.swelu2(self.dense2(as_input(h, self.dense2))))
+        return self.swelu3(self.dense3(as_input(h, self.dense3)))
 
     def features(self, input_ids: torch.Tensor, positions: Optional[torch.Tensor] = None,
                  caches: Optional[list] = None) -> torch.Tensor:
@@ -264,7 +302,12 @@ class MambaSWELU(nn.Module):
         h = self.embed(input_ids, positions)
         packed = positions if positions is not None and positions.dim() == 2 else None
         for i, layer in enumerate(self.mamba_stack.layers):
-            h = layer(h, caches[i] if caches is not None else None, packed)
+            cache = caches[i] if caches is not None else None
+            if self.gradient_checkpointing and self.training and cache is None:
+                # recompute each block in backward (transformers' gradient checkpointing; TRL's default)
+                h = self._gradient_checkpointing_func(layer.__call__, h, None, packed)
+            else:
+                h = layer(h, cache, packed)
         return self.head(h)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -287,7 +330,7 @@ class MambaSWELU(nn.Module):
         f = self.features(input_ids, positions)
         out = {"logits": None, "loss": None, "n_tokens": 0}
         if return_logits:
-            logits = self.lm_head(f).float()                    # [B, L, V]
+            logits = self._logits(f)                            # [B, L, V]
             out["logits"] = logits
             if labels is not None:
                 shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
@@ -307,7 +350,8 @@ class MambaSWELU(nn.Module):
         return min(self.config.receptive_field, self.config.max_seq_len)
 
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(f).float()
+        """Features [.., D] -> fp32 logits [.., V]."""
+        return self.lm_head(as_input(f, self.lm_head)).float()
 
     @property
     def keeps_state(self) -> bool:

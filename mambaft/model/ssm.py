@@ -56,7 +56,8 @@ class SelectiveSSM(nn.Module):
 
     def project(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """a [..., E] -> (delta [..., E], B [..., N], C [..., N]), fp32."""
-        d_r, Bm, Cm = self.dbc_proj(a).split([self.rank, self.ssm_state, self.ssm_state], dim=-1)
+        # a is fp32 (SWELU): in the weights' dtype for the matmul (a no-op for fp32 weights)
+        d_r, Bm, Cm = self.dbc_proj(a.to(self.dbc_proj.weight.dtype)).split([self.rank, self.ssm_state, self.ssm_state], dim=-1)
         delta = F.softplus(self.delta_proj(d_r).float())
         return delta, Bm.float(), Cm.float()
 

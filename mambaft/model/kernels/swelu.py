@@ -6,8 +6,9 @@ One learnable scalar `k` per module (init 1.0). Odd, bounded in (-1, 1), saturat
 very steep near 0 (|z|**k with k ~ 0.4), which bf16 cannot resolve: it is always computed in fp32,
 even under autocast. The op order mirrors the original so fp32 results match it bit for bit.
 
-Later versions of the original project added a scale `lam` with two different formulas; the 124M
-checkpoint has none. Loading `lam` keys requires naming the formula (`LAM_FORMULAS`).
+Later versions of the original project added a scale `lam`; the 124M checkpoint has none. Loading
+`lam` keys requires naming the formula (`LAM_FORMULAS`): "scaled" is the one of the user's commit
+049fe10 (src/swelu.py), computed in its op order, so fp32 values equal it bit for bit.
 
 Speed (the pow/exp chain dominates the elementwise time of a training step): `swelu` runs a custom
 autograd Function that keeps only its input (bf16 under autocast: 2 B/element instead of the ~5 fp32
@@ -23,9 +24,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-# The two `lam` variants of later SWELU versions. "outer" is the one in the public repository's
-# later src/swelu.py; "inner" scales the input instead. We never guess which one a checkpoint used.
+# The `lam` variants of later SWELU versions; we never guess which one a checkpoint used.
+# "scaled": commit 049fe10's src/swelu.py (lam_eff = |lam| + 1e-6, like k_eff); "outer" scales the
+# output by lam as given, "inner" scales the input.
 LAM_FORMULAS = {
+    "scaled": "sign(z) * lam_eff * (1 - exp(-(|z| / lam_eff + 1e-8) ** k_eff)), lam_eff = |lam| + 1e-6 "
+              "(commit 049fe10)",
     "outer": "lam * sign(z) * (1 - exp(-(|z| + 1e-8) ** k_eff))",
     "inner": "sign(z) * (1 - exp(-(|lam * z| + 1e-8) ** k_eff))",
 }
@@ -119,6 +123,10 @@ def swelu_reference(z: torch.Tensor, k: torch.Tensor, lam: Optional[torch.Tensor
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.to(dtype)
         k_eff = torch.abs(k.to(dtype)) + 1e-6
+        if lam is not None and lam_formula == "scaled":       # 049fe10's ops, in its order
+            lam_eff = torch.abs(lam.to(dtype)) + 1e-6
+            power = torch.pow(torch.abs(z) / lam_eff + 1e-8, k_eff)
+            return torch.sign(z) * (lam_eff * (1.0 - torch.exp(-power)))
         base = torch.abs(z)
         if lam is not None and lam_formula == "inner":
             base = torch.abs(lam.to(dtype) * z)
