@@ -109,7 +109,19 @@ def run_command(name: str, fn: Callable, argv: list) -> int:
         return EXIT_INTERRUPTED
 
 
+def log_to_stderr() -> None:
+    """The library's messages (the `mambaft` loggers, INFO and up) on stderr, as the text they say."""
+    import logging
+    log = logging.getLogger("mambaft")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
+    log_to_stderr()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv[:1]
     if debug:   # `mambaft --debug CMD ...` as well as `mambaft CMD ... --debug`

@@ -116,10 +116,12 @@ def plan_budget(cfg, stats: Optional[dict] = None, num_gpus: Optional[int] = Non
     return out
 
 
-def format_plan(plan: dict) -> str:
+def format_plan(plan: dict, warnings: bool = True) -> str:
+    """The plan as text; `warnings=False` leaves out its WARNING lines (shown once already: `prepare`
+    logs the warnings of the plan it saves)."""
     lines = [f"global batch {plan['global_batch']} rows ({plan['num_gpus']} GPU(s)); "
              f"tokens seen ~{plan['tokens_seen']:,}"]
     for name, e in plan["epochs_per_source"].items():
         lines.append(f"  {name:<24} {e:8.2f} epochs")
-    lines += [f"WARNING: {w}" for w in plan["warnings"]]
+    lines += [f"WARNING: {w}" for w in plan["warnings"]] if warnings else []
     return "\n".join(lines)
