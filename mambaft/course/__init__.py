@@ -216,6 +216,7 @@ _LAZY = {
     "worked_summary": "worked",
     "LOSS_TOLERANCE": "worked",
     "setup_notebook": "notebook",
+    "output_to": "notebook",
     "finetune_command": "launch",
     "child_env": "launch",
     "launch_finetune": "launch",

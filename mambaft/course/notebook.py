@@ -13,10 +13,12 @@ Calling it again changes nothing (one handler, one patch).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from tqdm.std import tqdm as std_tqdm
 
@@ -42,6 +44,16 @@ def setup_notebook() -> None:
         datasets.logging.set_verbosity_warning()
     except ImportError:  # pragma: no cover - a dependency of the package
         pass
+
+
+@contextlib.contextmanager
+def output_to(path):
+    """Print what the block prints (stdout and stderr) into the file `path` instead of the notebook:
+    a training run's plan and evaluation lines, which its log file keeps. Library logs still show."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield path
 
 
 def _line_bars() -> None:
@@ -72,9 +84,9 @@ class LineBar(std_tqdm):
         from IPython.display import display
 
         from mambaft.plots import StatusLine
-        text = self.__str__() if msg is None else msg
-        if not text:          # leave=False clears the bar at the end: keep its last state instead
-            return True
+        # msg "" is leave=False clearing the bar at its end: show its final state instead (a bar
+        # shorter than mininterval was never drawn, and would stay at its first "0%")
+        text = msg or self.__str__()
         if self._handle is None:
             self._handle = display(StatusLine(text), display_id=True)
         else:
