@@ -143,6 +143,29 @@ class MetricsReader:
 
 
 # --- drawing -------------------------------------------------------------------------------------
+_INLINE_FIGURE = None   # the Figure subclass below, made on first use (matplotlib loads only when drawing)
+
+
+def new_figure(**kwargs):
+    """A bare matplotlib Figure (no pyplot: no global state, works headless) that shows itself inline.
+
+    A plain `Figure` returned by a cell prints `<Figure size 800x320 with 1 Axes>`: IPython draws figures
+    only when a backend registered a PNG formatter for them (`%matplotlib inline`), and nothing in a
+    kernel that never imports pyplot does. This subclass carries its own `_repr_png_`, so the figure
+    is an image wherever IPython displays it (a live kernel, papermill's saved notebook), with no
+    backend to register. Elsewhere it is a Figure like any other (savefig, subplots)."""
+    global _INLINE_FIGURE
+    if _INLINE_FIGURE is None:
+        from matplotlib.figure import Figure
+
+        class InlineFigure(Figure):
+            def _repr_png_(self) -> bytes:
+                return figure_png(self)
+
+        _INLINE_FIGURE = InlineFigure
+    return _INLINE_FIGURE(**kwargs)
+
+
 def _ema(values: list, beta: float = 0.9) -> list:
     """Bias-corrected exponential moving average (the trend under a noisy per-step loss)."""
     out, avg = [], 0.0
@@ -156,11 +179,9 @@ def plot_metrics(source: Union[str, Path, Metrics], out_png: Union[str, Path, No
                  title: Optional[str] = None):
     """A 2x2 figure: train/val loss, learning rate, tokens/s, held-out perplexity. Saves `out_png`.
 
-    Uses a bare matplotlib Figure (no pyplot): no global state, works headless."""
-    from matplotlib.figure import Figure
-
+    A figure of `new_figure`: no pyplot state, and an image when a notebook cell returns it."""
     metrics = source if isinstance(source, Metrics) else Metrics(read_metrics(source))
-    fig = Figure(figsize=(11, 7), layout="constrained")
+    fig = new_figure(figsize=(11, 7), layout="constrained")
     ax_loss, ax_lr, ax_tps, ax_ppl = fig.subplots(2, 2).ravel()
     steps, loss = metrics.series("loss")
     if steps:
@@ -195,6 +216,7 @@ def plot_metrics(source: Union[str, Path, Metrics], out_png: Union[str, Path, No
 
 
 def figure_png(fig) -> bytes:
+    """The figure as PNG bytes, at 80 dpi (an 11 x 7 in figure -> 880 x 560 px, about 60 KB)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()

@@ -79,3 +79,19 @@ def small_gpt2_folder(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "small_gpt2"
     save_checkpoint(make_small_gpt2_model(), path)
     return path
+
+
+# The smoke course's papermill parameters: tiny sizes, every notebook, the chat cell included.
+COURSE_PARAMS = {"SMOKE_STEPS": 2, "SWEEP_STEPS": 2, "MAX_NEW_TOKENS": 12, "EVAL_LIMIT": 3, "BENCH_LIMIT": 0,
+                 "CONTEXT_WINDOWS": 2, "CHAT": True, "PREVIEW_ROWS": 2, "SEED": 3}
+
+
+@pytest.fixture(scope="session")
+def smoke_course(small_gpt2_folder, tmp_path_factory):
+    """The five notebooks run once per session by papermill on the small model (a few minutes on
+    2 cores): (run_dir, base). tests/test_notebooks.py asserts what they record, the browser test opens
+    the executed notebooks in JupyterLab."""
+    from mambaft.course import runner as course_runner
+    out = tmp_path_factory.mktemp("course")
+    res = course_runner.run_course("smoke", str(small_gpt2_folder), out, params=COURSE_PARAMS, progress=False)
+    return res["run_dir"], small_gpt2_folder

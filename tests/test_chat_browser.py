@@ -16,6 +16,7 @@ Chromium: Debian's package (`.ci/run` installs it); playwright drives it through
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,9 +100,10 @@ def stray_processes(marker: str) -> list:
     return found
 
 
-@pytest.fixture()
-def lab(tmp_path):
-    """JupyterLab on 127.0.0.1 serving tmp_path/chat.ipynb; every process it started is stopped after."""
+@contextlib.contextmanager
+def jupyterlab(root: Path, home: Path):
+    """JupyterLab on 127.0.0.1 (a free port, a random token) serving `root`; yields (base url, token);
+    every process it started is stopped after, the kernels first."""
     chromium = find_chromium()
     if not chromium:
         need("chromium", "apt-get install chromium, or set MAMBAFT_CHROMIUM")
@@ -109,28 +111,27 @@ def lab(tmp_path):
         import playwright.sync_api  # noqa: F401
     except ImportError:
         need("the playwright package", "pip install playwright")
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell(SETUP, metadata={"jupyter": {"source_hidden": True}}),
-                nbformat.v4.new_code_cell(HISTORIES)]
-    nbformat.write(nb, tmp_path / "chat.ipynb")
-    home = tmp_path / "jupyter"
-    news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    settings = home / "settings" / "@jupyterlab"
+    news = settings / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')      # no "get notified about Jupyter news?" toast
+    # Every cell in the DOM (JupyterLab 4 renders only the cells in view by default): an image further
+    # down exists to be checked, and a screenshot shows what a reader scrolls to.
+    tracker = settings / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "ws"),
            "OMP_NUM_THREADS": "1"}
     port, token = free_port(), secrets.token_hex(16)
-    log = open(tmp_path / "lab.log", "w")
+    log = open(home / "lab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
          f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={tmp_path}", "--allow-root", "--LabApp.expose_app_in_browser=True",
+         f"--ServerApp.root_dir={root}", "--allow-root", "--LabApp.expose_app_in_browser=True",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
     def api(method: str, path: str):
@@ -148,9 +149,9 @@ def lab(tmp_path):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"JupyterLab did not start: {(home / 'lab.log').read_text()[-2000:]}")
                 time.sleep(0.3)
-        yield {"url": f"{base}/lab/tree/chat.ipynb?token={token}", "chromium": chromium, "dir": tmp_path}
+        yield {"base": base, "token": token, "chromium": chromium, "api": api}
     finally:
         try:   # kernels first (they are the server's children), then the server itself
             for k in api("GET", "/api/kernels") or []:
@@ -167,10 +168,25 @@ def lab(tmp_path):
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(5)
         log.close()
-        for pid in stray_processes(str(tmp_path)):   # a kernel the shutdown missed
-            os.kill(pid, signal.SIGKILL)
+        for marker in {str(root), str(home)}:    # a kernel the shutdown missed
+            for pid in stray_processes(marker):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
-        assert stray_processes(str(tmp_path)) == [], "processes left running"
+        assert stray_processes(str(root)) == [] and stray_processes(str(home)) == [], "processes left running"
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    """JupyterLab serving tmp_path/chat.ipynb (see `jupyterlab`)."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell(SETUP, metadata={"jupyter": {"source_hidden": True}}),
+                nbformat.v4.new_code_cell(HISTORIES)]
+    nbformat.write(nb, tmp_path / "chat.ipynb")
+    with jupyterlab(tmp_path, tmp_path / "jupyter") as server:
+        yield {"url": f"{server['base']}/lab/tree/chat.ipynb?token={server['token']}",
+               "chromium": server["chromium"], "dir": tmp_path}
 
 
 def test_chat_in_jupyterlab(lab):
@@ -278,3 +294,59 @@ def test_chat_in_jupyterlab(lab):
         for name in ("chat_two_turns.png", "chat_stopped.png", "chat_cleared.png"):
             shutil.copy(shots / name, Path(copy_to) / name)
     assert time.monotonic() - t0 < 240
+
+
+# Images of the outputs JupyterLab rendered from image/png (the image mime renderer), in the notebook
+# panel on screen.
+PANEL_IMAGES = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedImage img"
+
+
+def test_executed_course_notebooks_show_their_figures_in_jupyterlab(smoke_course, tmp_path):
+    """Each executed notebook of the smoke course (tests/conftest.py: smoke_course), opened in
+    JupyterLab as a reader opens it: every image/png output is an <img> that decoded (naturalWidth > 0).
+    One screenshot per notebook, at its first figure (MAMBAFT_BROWSER_SHOTS=docs/screenshots refreshes
+    the committed ones)."""
+    import nbformat
+    from playwright.sync_api import expect, sync_playwright
+
+    from mambaft import course
+    run_dir, _ = smoke_course
+    root = tmp_path / "course"
+    root.mkdir()
+    expected = {}
+    for name in course.NOTEBOOKS:
+        shutil.copy(run_dir / f"{name}.ipynb", root / f"{name}.ipynb")
+        nb = nbformat.read(str(root / f"{name}.ipynb"), as_version=4)
+        expected[name] = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                             for o in c.outputs)
+    assert expected["00_diagnosis"] >= 1 and expected["02_smoke_test"] >= 1, expected
+    shots = []
+    with jupyterlab(root, tmp_path / "jupyter") as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=server["chromium"], args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            for name in course.NOTEBOOKS:
+                # ?reset: a fresh workspace, so only this notebook is open
+                page.goto(f"{server['base']}/lab/tree/{name}.ipynb?reset&token={server['token']}")
+                page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell", timeout=90_000)
+                images = page.locator(PANEL_IMAGES)
+                expect(images).to_have_count(expected[name], timeout=30_000)
+                page.wait_for_function(
+                    "([sel, n]) => [...document.querySelectorAll(sel)]"
+                    ".filter(i => i.complete && i.naturalWidth > 0).length === n",
+                    arg=[PANEL_IMAGES, expected[name]], timeout=30_000)
+                widths = images.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+                assert all(w > 0 for w in widths), (name, widths)
+                if expected[name]:
+                    images.first.scroll_into_view_if_needed()
+                shot = tmp_path / f"course_{name}.png"
+                page.screenshot(path=str(shot))
+                shots.append(shot)
+                for s in server["api"]("GET", "/api/sessions") or []:   # the kernel it started: not needed
+                    server["api"]("DELETE", f"/api/sessions/{s['id']}")
+        finally:
+            browser.close()
+    copy_to = os.environ.get("MAMBAFT_BROWSER_SHOTS")
+    if copy_to:
+        for shot in shots:
+            shutil.copy(shot, Path(copy_to) / shot.name)

@@ -181,7 +181,18 @@ def test_every_course_notebook_is_thin_and_has_one_literal_parameters_cell():
         assert "make_config(STRATEGY" in after, name
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
             f"{name} is committed with outputs"
-        longest = max(sum(1 for ln in c.source.splitlines() if ln.strip()) for c in code if c is not tagged[0])
+        # Notebook 02's worked step (the cell that calls micro_step) is the one longer cell: its shift,
+        # mask and mean are written out in plain torch to be read, beside the library's step.
+        worked = [c for c in code if "micro_step(" in c.source]
+        assert len(worked) == (name == "02_smoke_test"), name
+        assert all(sum(1 for ln in c.source.splitlines() if ln.strip()) <= 12 for c in worked), name
+        # The first cell holds imports only (and the notebook's set-up call): its length is no logic.
+        head = ast.parse(code[0].source).body
+        assert all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in head[:-1]), name
+        assert isinstance(head[-1], (ast.Import, ast.ImportFrom)) or \
+            ast.unparse(head[-1]) == "course.setup_notebook()", name
+        longest = max(sum(1 for ln in c.source.splitlines() if ln.strip()) for c in code
+                      if c is not tagged[0] and c is not code[0] and c not in worked)
         assert longest <= 6, f"{name}: a code cell of {longest} lines (the library holds the logic)"
         assert nb.cells[0].cell_type == "markdown" and nb.cells[-1].cell_type == "markdown", name
     nb03 = (course_runner.NOTEBOOK_DIR / "03_finetune_multi_gpu.ipynb").read_text()
@@ -222,3 +233,82 @@ def test_failure_names_the_notebook_and_the_cell(tmp_path, capsys, monkeypatch):
 def test_unknown_notebook_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--only 07_x"):
         course_runner.run_course("smoke", "", tmp_path, only=["07_x"])
+
+
+def test_the_configuration_prints_as_what_differs_from_the_preset(cpu, small_gpt2_folder):
+    """Notebook 01 prints the table (each changed value: the preset's, this run's, the origin); the
+    others print one line."""
+    values = course.course_overrides("quick", str(small_gpt2_folder), seed=7)
+    cfg = make_config("quick", **values.overrides)
+    rows = {ln.split()[0]: ln for ln in values.table(cfg).splitlines()[2:-1]}
+    assert rows["max_steps"].split()[1:3] == ["10000", "300"] and "CPU budget" in rows["max_steps"]
+    assert rows["seed"].split()[1:3] == [str(make_config("quick").seed), "7"]
+    assert rows["seed"].endswith("notebook parameter SEED")
+    assert "weight_decay" not in rows and "lr" not in rows     # the preset's own values: unchanged
+    assert values.table(cfg).splitlines()[-1] == "  => 8 rows/step x 300 steps = 2,400 rows"
+    line = values.line(cfg)
+    assert "\n" not in line and line.startswith("strategy quick on cpu: 8 rows/step x 300 steps, lr 1e-05, seed 7")
+
+
+def test_notebooks_00_to_02_end_with_exercises_and_the_answers_ship_beside_them():
+    """Each of 00-02 ends with 2-3 "change, predict, rerun" exercises; notebooks/answers.md answers them
+    and holds 2-3 more for each of 03 and 04."""
+    import re
+    answers = (course_runner.NOTEBOOK_DIR / "answers.md").read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (\d\d) [^\n]*\n(.*?)(?=^## |\Z)", answers, re.S | re.M))
+    assert sorted(sections) == ["00", "01", "02", "03", "04"]
+    for name in course.NOTEBOOKS[:3]:
+        nb = nbformat.read(str(course_runner.NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+        last = nb.cells[-1].source
+        assert last.startswith("## Try it yourself") and f"answers.md`, section {name[:2]}" in last, name
+        items = re.findall(r"^\d\. ", last, re.M)
+        assert 2 <= len(items) <= 3 and last.count("*Predict") == len(items), name
+        assert len(re.findall(r"^\d\. ", sections[name[:2]], re.M)) == len(items), name
+    for n in ("03", "04"):   # the lead adds these cells to 03 and 04: each says what to predict
+        items = re.findall(r"^\d\. ", sections[n], re.M)
+        assert 2 <= len(items) <= 3 and sections[n].count("*Predict") == len(items), n
+
+
+def test_setup_notebook_logs_plain_text_and_draws_a_bar_as_one_line(monkeypatch, capsys):
+    """course.setup_notebook(): `mambaft` messages at INFO and up on stdout as their text, once however
+    often it is called; a tqdm.auto bar is one display updated in place, ending on its final state."""
+    import logging
+    import warnings
+
+    import datasets
+    import tqdm.auto
+    import tqdm.autonotebook
+
+    from mambaft.course import notebook as nb_setup
+    shown = []
+
+    class Handle:
+        def update(self, obj):
+            shown[-1] = str(obj)
+
+    def fake_display(obj, display_id=False):
+        assert display_id is True           # updatable in place, never a new output per redraw
+        shown.append(str(obj))
+        return Handle()
+
+    log = logging.getLogger("mambaft")
+    monkeypatch.setattr("IPython.display.display", fake_display)
+    for module in (tqdm.auto, tqdm.autonotebook):
+        monkeypatch.setattr(module, "tqdm", module.tqdm)      # restored after the test
+    monkeypatch.setattr(log, "handlers", [])
+    monkeypatch.setattr(log, "propagate", True)
+    monkeypatch.setattr(log, "level", log.level)
+    monkeypatch.setattr(warnings, "filters", warnings.filters[:])
+    try:
+        nb_setup.setup_notebook()
+        nb_setup.setup_notebook()
+        assert len(log.handlers) == 1
+        logging.getLogger("mambaft.data.prepare").info("[prepare] mode offline")
+        logging.getLogger("mambaft.data.prepare").debug("not shown")
+        assert capsys.readouterr() == ("[prepare] mode offline\n", "")
+        for _ in tqdm.auto.tqdm(range(40), desc="lr sweep"):
+            pass
+        assert len(shown) == 1 and shown[0].startswith("lr sweep: 100%") and "40/40" in shown[0], shown
+        assert capsys.readouterr() == ("", "")                # nothing on stderr, no stray newline
+    finally:
+        datasets.enable_progress_bars()

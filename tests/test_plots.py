@@ -79,6 +79,19 @@ def test_plot_draws_exactly_the_logged_numbers(tmp_path):
     assert imread(tmp_path / "plots" / "loss.png").shape[:2] == (700, 1100)   # 11 x 7 in at 100 dpi
 
 
+
+def test_the_course_figures_show_as_images_where_a_cell_returns_them(tmp_path):
+    """A cell whose last line returns a figure must show a PNG, in a kernel that never imported pyplot
+    (the receptive-field cell of notebook 00 printed `<Figure size 800x320 with 1 Axes>`)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    from mambaft.course import plot_receptive_field
+    rf = {"rel_change": [0.5, 0.1, 1e-15], "receptive_field": 2}
+    for fig in (plot_metrics(Metrics([{"step": 1, "loss": 2.0}])), plot_receptive_field(rf, tmp_path / "rf.png")):
+        data, _ = DisplayFormatter().format(fig)       # what IPython puts in the cell's output
+        assert data["image/png"][:8] == PNG_MAGIC, sorted(data)
+    assert (tmp_path / "rf.png").read_bytes()[:8] == PNG_MAGIC
+
 WRITER = textwrap.dedent("""
     import json, sys, time
     path, n = sys.argv[1], int(sys.argv[2])

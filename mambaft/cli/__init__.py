@@ -15,6 +15,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Callable
@@ -109,7 +110,23 @@ def run_command(name: str, fn: Callable, argv: list) -> int:
         return EXIT_INTERRUPTED
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each message (a test's capture, a redirect)."""
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
+def log_to_stderr() -> None:
+    """The library's messages (the `mambaft` loggers, INFO and up) on stderr, as the text they say."""
+    log = logging.getLogger("mambaft")
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
+    log_to_stderr()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv[:1]
     if debug:   # `mambaft --debug CMD ...` as well as `mambaft CMD ... --debug`

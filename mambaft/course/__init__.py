@@ -1,7 +1,8 @@
 """The course: the run-folder layout of the five notebooks and the values they train with. What
 they record is in `summaries`, the fine-tune subprocess of notebook 03 in `launch`, the models of a run
 (checkpoints, the chosen one, the export) in `models`, the papermill runner (`mambaft course`) in
-`runner`, the ranges over several runs (`mambaft ranges`) in `ranges`. Notebooks write
+`runner`, the ranges over several runs (`mambaft ranges`) in `ranges`, what the base knows in
+`knowledge`, notebook 02's step worked by hand in `worked`, the notebooks' quiet set-up in `notebook`. Notebooks write
 `from mambaft import course` and call `course.NAME` for any of them (loaded on first use).
 
 Each notebook reads its inputs from and writes its results to RUN_DIR (a papermill parameter):
@@ -26,7 +27,7 @@ from typing import Any, Optional, Union
 
 # The CPU budget tables are read here as course.CPU_BUDGET etc. (tests, notebooks); they live in config.
 from mambaft.config import (CPU_BUDGET, CPU_CHECKPOINTS, CPU_COMMON, DEMO_BASE, DEMO_LR, ROOT,  # noqa: F401
-                            STRATEGIES, Config, config_origins, resolve_base)
+                            STRATEGIES, Config, config_origins, make_config, resolve_base)
 
 CONTEXT_REPAIR = DEMO_BASE / "context_repair"   # the context repair measured on the demo base (README)
 NOTEBOOKS = ("00_diagnosis", "01_data_preparation", "02_smoke_test", "03_finetune_multi_gpu", "04_evaluation")
@@ -55,6 +56,32 @@ class CourseValues:
             lines.append(f"  {key} = {getattr(cfg, key)!r}  ({self.origins.get(key, 'derived by make_config')})")
         lines.append(f"  => {cfg.global_batch} rows/step x {cfg.max_steps:,} steps = {cfg.rows_seen:,} rows")
         return "\n".join(lines)
+
+    def table(self, cfg) -> str:
+        """What this run changes in the strategy's preset (`make_config(strategy)`, the plan's GPU
+        numbers), one row per value: the preset's value, this run's, and where it came from."""
+        preset = make_config(cfg.strategy).to_dict()
+        changed = [k for k, v in cfg.to_dict().items() if k != "strategy" and v != preset.get(k)]
+        rows = [(k, _short(preset.get(k)), _short(getattr(cfg, k)), self.origins.get(k, "derived by make_config"))
+                for k in sorted(changed)]
+        w = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("value", "preset", "this run"))]
+        lines = [f"strategy {cfg.strategy} on {self.device}: {len(rows)} values differ from the preset",
+                 f"  {'value':<{w[0]}}  {'preset':>{w[1]}}  {'this run':>{w[2]}}  origin"]
+        lines += [f"  {k:<{w[0]}}  {a:>{w[1]}}  {b:>{w[2]}}  {o}" for k, a, b, o in rows]
+        lines.append(f"  => {cfg.global_batch} rows/step x {cfg.max_steps:,} steps = {cfg.rows_seen:,} rows")
+        return "\n".join(lines)
+
+    def line(self, cfg) -> str:
+        """The configuration in one line (notebook 01 prints the full `table`)."""
+        return (f"strategy {cfg.strategy} on {self.device}: {cfg.global_batch} rows/step x {cfg.max_steps:,} "
+                f"steps, lr {cfg.lr:g}, seed {cfg.seed}, base {self.base} (what differs from the preset: "
+                f"notebook 01)")
+
+
+def _short(value: Any, width: int = 28) -> str:
+    """A config value in at most `width` characters (source dicts are long)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def has_gpu() -> bool:
@@ -183,6 +210,14 @@ _LAZY = {
     "evaluation_summary": "summaries",
     "verdict": "summaries",
     "final_summary": "summaries",
+    "base_continuations": "knowledge",
+    "FACTS": "knowledge",
+    "first_batch": "worked",
+    "worked_model": "worked",
+    "worked_summary": "worked",
+    "LOSS_TOLERANCE": "worked",
+    "setup_notebook": "notebook",
+    "output_to": "notebook",
     "finetune_command": "launch",
     "child_env": "launch",
     "launch_finetune": "launch",

@@ -10,10 +10,13 @@ from mambaft.course import PathLike, phase_dirs
 from mambaft.course.models import checkpoints
 
 
-def diagnosis_summary(d: dict) -> dict:
-    """The numbers of notebook 00 (from mambaft.evaluate.diagnosis.diagnose)."""
+def diagnosis_summary(d: dict, knows=None) -> dict:
+    """The numbers of notebook 00 (from mambaft.evaluate.diagnosis.diagnose) and, when given, what
+    the base knows (mambaft.course.knowledge.base_continuations)."""
     sym, deg = d["symptoms"], d["symptoms"]["degeneration"]
-    return {"model": d["model"], "receptive_field": d["receptive_field"]["receptive_field"],
+    knowledge = None if knows is None else {"known": knows.known, "checked": knows.checked,
+                                            "distinct": knows.distinct, "continuations": knows.records()}
+    return {"knowledge": knowledge, "model": d["model"], "receptive_field": d["receptive_field"]["receptive_field"],
             "receptive_field_saturated": d["receptive_field"]["saturated"],
             "parameters": d["facts"].get("parameters"), "dead_parameters": d["facts"].get("dead_parameters"),
             "p_end_mean": d["end_token"]["mean"], "p_end_above_half": d["end_token"]["above_half"],
@@ -24,9 +27,10 @@ def diagnosis_summary(d: dict) -> dict:
 
 
 def plot_receptive_field(rf: dict, path: Optional[PathLike] = None):
-    """Relative change of the last logits when the token k positions back changes (log scale)."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    """Relative change of the last logits when the token k positions back changes (log scale). The
+    figure shows inline when a notebook cell returns it (mambaft.plots.new_figure)."""
+    from mambaft.plots import new_figure
+    fig = new_figure(figsize=(8, 3.2), layout="constrained")
     ax = fig.subplots()
     ks = list(range(1, len(rf["rel_change"]) + 1))
     ax.semilogy(ks, [max(c, 1e-18) for c in rf["rel_change"]], marker="o", ms=3)
@@ -58,9 +62,11 @@ def data_summary(stats: dict, plan_course: dict, plan_gpu: dict) -> dict:
     return out
 
 
-def smoke_summary(res: dict, sweep: Optional[dict], table) -> dict:
+def smoke_summary(res: dict, sweep: Optional[dict], table, worked: Optional[dict] = None) -> dict:
+    """The numbers of notebook 02: the step worked by hand (course.worked_summary), the short run,
+    the sweep and the first generations."""
     losses = res.get("losses") or []
-    return {"steps": res.get("steps"), "first_loss": losses[0] if losses else None,
+    return {"worked": worked, "steps": res.get("steps"), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "losses": losses, "final": res.get("final"),
             "val_loss": res.get("val_loss"),
             "best_lr": sweep["best_lr"] if sweep else None, "sweep_scores": sweep["scores"] if sweep else None,

@@ -15,7 +15,7 @@ Without `stats` (before any download) it uses the published sizes of the hub dat
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 MAX_EPOCHS = 3.0
 SMALL_MODEL_LR = (5e-5, 1e-4)          # fine-tuning range of ~100M-parameter models
@@ -116,10 +116,12 @@ def plan_budget(cfg, stats: Optional[dict] = None, num_gpus: Optional[int] = Non
     return out
 
 
-def format_plan(plan: dict) -> str:
+def format_plan(plan: dict, shown: Sequence[str] = ()) -> str:
+    """The plan as text, with a WARNING line for each of its warnings not in `shown` (those printed
+    already: `prepare` logs the warnings of the plan it saves, and a notebook says each once)."""
     lines = [f"global batch {plan['global_batch']} rows ({plan['num_gpus']} GPU(s)); "
              f"tokens seen ~{plan['tokens_seen']:,}"]
     for name, e in plan["epochs_per_source"].items():
         lines.append(f"  {name:<24} {e:8.2f} epochs")
-    lines += [f"WARNING: {w}" for w in plan["warnings"]]
+    lines += [f"WARNING: {w}" for w in plan["warnings"] if w not in shown]
     return "\n".join(lines)

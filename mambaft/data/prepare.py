@@ -23,9 +23,9 @@ file is always used; a name not in the config is added with weight 1).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,9 +78,14 @@ def _list_col(ds, name: str, width: int) -> np.ndarray:
     return pc.list_flatten(ds.select_columns([name]).with_format("arrow")[:][name]).to_numpy().reshape(-1, width)
 
 
+# "[prepare] ..." lines: the CLI shows them on stderr (mambaft.cli.main), a course notebook as plain text
+# (mambaft.course.setup_notebook); WARNING lines at level WARNING.
+log = logging.getLogger(__name__)
+
+
 def _say(progress: bool, msg: str) -> None:
     if progress:
-        print(f"[prepare] {msg}", file=sys.stderr, flush=True)
+        (log.warning if msg.startswith("WARNING: ") else log.info)(f"[prepare] {msg}")
 
 
 def resolve_sources(hub: dict, offline: dict, overrides: dict, data_mode: str, progress: bool = True,
