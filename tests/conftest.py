@@ -9,9 +9,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# `mambaft pretrain` restarts itself with the launcher environment (runtime.relaunch_in_launch_env);
-# inside pytest an exec would replace the test process, so tests call it in place.
-os.environ.setdefault("MAMBAFT_NO_RELAUNCH", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_relaunch(monkeypatch):
+    """`mambaft pretrain` restarts itself with the launcher environment (runtime.relaunch_in_launch_env);
+    called in this process, an exec would replace pytest, so in-process calls run in place. A test
+    whose subprocess must relaunch removes the variable from that subprocess's environment."""
+    monkeypatch.setenv("MAMBAFT_NO_RELAUNCH", "1")
 FIXTURES = ROOT / "tests" / "fixtures"
 
 

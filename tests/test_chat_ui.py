@@ -263,10 +263,12 @@ def test_mambaft_chat_command_reads_stdin(small_gpt2_folder):
 
 
 def test_terminal_refuses_bad_flags_by_name(small_gpt2_folder, capsys):
-    assert terminal_main(["--model", str(small_gpt2_folder), "--top-p", "1.5"]) == 2
-    assert "top_p=1.5" in capsys.readouterr().err
+    from mambaft.cli import main as mambaft_main      # as a user runs it: `mambaft chat ...`
+    assert mambaft_main(["chat", "--model", str(small_gpt2_folder), "--top-p", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "mambaft chat: error:" in err and "top_p=1.5" in err and "Traceback" not in err
     missing = small_gpt2_folder.parent / "no_such_model"
-    assert terminal_main(["--model", str(missing)]) == 2
+    assert mambaft_main(["chat", "--model", str(missing)]) == 2
     assert f"{missing}: no such checkpoint" in capsys.readouterr().err
 
 

@@ -2,8 +2,8 @@
 training losses kept in tests/fixtures/loss_curve.json, rerun and compared here, so numeric drift in the
 loop, the batches, the loss or the model (either mixer) fails a test.
 
-The curve was recorded before issue 13's refactor of the loop and the model (commit in the JSON's
-"recorded_at"). To record it again, on purpose, after a change that is MEANT to move the numbers:
+The curve was recorded again when the demo base was replaced (d_model 256, the demo-base issue;
+commit in the JSON's "recorded_at"). To record it again, on purpose, after a change that is MEANT to move the numbers:
 
     MAMBAFT_RECORD_LOSS_CURVE=1 python -m pytest -q tests/test_loss_curve.py
 """
@@ -29,8 +29,8 @@ CURVE = ROOT / "tests" / "fixtures" / "loss_curve.json"
 # Each run: the smoke preset cut to 20 optimizer steps of 4 rows (the 8 question/answer pairs of
 # tests/test_train_loop.py, so 10 epochs of them), fp32, one thread, one evaluation at the end.
 RUNS = {
-    # the as-trained architecture, sorted (unpacked) batches
-    "original": dict(),
+    # the as-trained architecture, sorted (unpacked) batches, every token kept
+    "original": dict(packing=False, trim_context=False),
     # the context repair: the selective upgrade of the same base (scan, gates at 0, 10x lr on them),
     # and packed rows (positions and both mixers' states restart at each conversation)
     "selective_packed": dict(architecture="selective", packing=True),

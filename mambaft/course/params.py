@@ -29,9 +29,11 @@ PARAMS = {
     "RUN_DIR": (str, None),
     "SEED": (int, 0, None),
     "MAX_NEW_TOKENS": (int, 16, 256),
+    "KNOW_TOKENS": (int, 4, 64),
     "PREVIEW_ROWS": (int, 0, 12),
     "SMOKE_STEPS": (int, 2, 200),
     "SWEEP_STEPS": (int, 0, 100),
+    "WORKED_ROWS": (int, 1, 64),
     "NUM_PROCESSES": (int, 1, 64),
     "MAX_STEPS": (int, 0, 100_000),      # 0: the strategy's steps
     "ACCELERATE_CONFIG": (str, None),
@@ -41,7 +43,8 @@ PARAMS = {
     "CONTEXT_WINDOWS": (int, 0, 256),
 }
 # parameters that only change what is shown or measured afterwards: a rerun may change them freely
-PRESENTATION = frozenset({"PREVIEW_ROWS", "MAX_NEW_TOKENS", "EVAL_LIMIT", "BENCH_LIMIT", "CHAT",
+PRESENTATION = frozenset({"PREVIEW_ROWS", "MAX_NEW_TOKENS", "KNOW_TOKENS", "WORKED_ROWS", "EVAL_LIMIT",
+                          "BENCH_LIMIT", "CHAT",
                           "CONTEXT_WINDOWS"})
 
 
