@@ -1,8 +1,9 @@
 """Which checkpoint of a run the course calls "fine-tuned": the checkpoint choice.
 
-The demo base is a 7.7M-parameter model trained for minutes; after a few hundred fine-tuning steps its
-greedy replies sit on a knife edge. On one run the step-200 checkpoint stopped in 0.97 of its replies
-and the step-300 one in 0.53 (issue 18), while the validation loss fell at every evaluation: the lowest
+The demo base is a 17.7M-parameter model pretrained for an hour on a CPU; after a few hundred
+fine-tuning steps its greedy replies sit on a knife edge. On one run of the previous demo base the
+step-200 checkpoint stopped in 0.97 of its replies and the step-300 one in 0.53 (issue 18), while the
+validation loss fell at every evaluation: the lowest
 validation loss does not pick the model that behaves. So the choice reads how each checkpoint's greedy
 replies to held-out SELECTION-split questions behaved when it was saved (`reply_behaviour`, logged in
 metrics.jsonl at every evaluation; the test split and the probes choose nothing):
