@@ -23,7 +23,9 @@ def main(argv=None) -> int:
     p.add_argument("target", nargs="?", default="conversational", help="a strategy, or a prepared data folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields (values read as JSON)")
     p.add_argument("--budget", default="plan", choices=BUDGETS)
-    a = p.parse_args(argv)
+    # intermixed: KEY=VALUE may come before or after --budget (`config quick --budget cpu base=X`);
+    # plain parse_args stops filling the positionals at the first option and rejects what follows
+    a = p.parse_intermixed_args(argv)
     overrides = parse_overrides(a.overrides)
     if Path(a.target).is_dir():
         stats = json.loads((Path(a.target) / "stats.json").read_text(encoding="utf-8"))
