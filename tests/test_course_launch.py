@@ -228,3 +228,28 @@ def test_preflight_is_skipped_on_a_cpu_with_a_line():
     said = []
     assert launch.preflight_env(2, gpu=False, say=said.append) == {}
     assert said == ["pre-flight: skipped (no GPU visible; the CPU run needs no NCCL settings)"]
+
+
+def test_the_estimate_command_times_exactly_the_notebooks_config(cpu, small_gpt2_folder):
+    from mambaft.cli import plan as plan_cli
+    from mambaft.config import parse_overrides
+    values = course.course_overrides("quick", str(small_gpt2_folder))
+    cfg = make_config("quick", **values.overrides)
+    cmd = launch.estimate_command(cfg, "D", 2, steps=3)
+    assert cmd[1:4] == ["-m", "mambaft", "plan"]
+    a = plan_cli.build_parser().parse_intermixed_args(cmd[4:])
+    assert (a.target, a.num_processes, a.measure_steps, a.data, a.base) == \
+        ("quick", 2, 3, str(Path("D").absolute()), str(small_gpt2_folder))
+    assert make_config(a.target, base=a.base, **parse_overrides(a.overrides)) == cfg
+    # the plan's own box is estimated on the plan, not on the CPU budget the course passes
+    plan = plan_cli.plan_config("quick", parse_overrides(a.overrides))
+    assert (plan.max_steps, plan.num_gpus, plan.batch_size, plan.grad_accum) == (10_000, 6, 4, 8)
+    assert plan_cli.plan_config("quick", {"max_steps": 5000}).max_steps == 5000   # a user's own value stays
+
+
+def test_an_accelerate_yaml_sets_the_expected_process_count(tmp_path):
+    (tmp_path / "six.yaml").write_text((ROOT / "configs" / "accelerate" / "6x4090.yaml").read_text())
+    n, why = launch.num_processes(make_config("quick"), 0, gpus=0, accelerate_config=tmp_path / "six.yaml")
+    assert n == 6 and "six.yaml" in why
+    with pytest.raises(FileNotFoundError, match="ACCELERATE_CONFIG='nope.yaml'"):
+        launch.num_processes(make_config("quick"), 0, accelerate_config="nope.yaml")

@@ -20,9 +20,24 @@ PARAMS = {"SMOKE_STEPS": 2, "SWEEP_STEPS": 2, "MAX_NEW_TOKENS": 12, "EVAL_LIMIT"
 
 @pytest.fixture(scope="module")
 def run(small_gpt2_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("course")
-    res = course_runner.run_course("smoke", str(small_gpt2_folder), out, params=PARAMS, progress=False)
-    return res["run_dir"], small_gpt2_folder
+    """`mambaft course --base base --out runs` typed in the user's own folder (relative paths; the
+    kernels run in the repository root): everything must land under ./runs."""
+    import os
+    import shutil
+
+    from mambaft.cli import course as course_cli
+    caller = tmp_path_factory.mktemp("user")
+    shutil.copytree(small_gpt2_folder, caller / "base")
+    sets = [a for k, v in PARAMS.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    here = os.getcwd()
+    os.chdir(caller)
+    try:
+        assert course_cli.main(["--strategy", "smoke", "--base", "base", "--out", "runs", "--no-progress",
+                                *sets]) == 0
+    finally:
+        os.chdir(here)
+    assert sorted(p.name for p in caller.iterdir()) == ["base", "runs"]     # nothing else written here
+    return caller / "runs" / "smoke", caller / "base"
 
 
 def summary(run_dir, name):
@@ -38,6 +53,8 @@ def test_every_notebook_ran_and_was_saved(run):
         assert (run_dir / name / "summary.json").is_file(), name
     times = json.loads((run_dir / "course.json").read_text())
     assert set(times["seconds"]) == set(course.NOTEBOOKS) and times["params"]["SMOKE_STEPS"] == 2
+    assert times["params"]["RUN_DIR"] == str(run_dir) and times["base"] == str(run_dir.parents[1] / "base")
+    assert not (course_runner.ROOT / "runs").exists()         # the relative --out is the caller's
 
 
 def test_SEED_reaches_the_data_the_training_and_the_record(run):
@@ -90,6 +107,10 @@ def test_03_finetune_runs_in_a_subprocess(run):
     assert s["steps"] == course.CPU_BUDGET["smoke"]["max_steps"] == 6
     assert s["last_loss"] < s["first_loss"] and s["val_loss"] is not None
     assert s["num_processes"] == 1 and "accelerate.commands.launch" in s["command"]
+    # the estimate printed before the launch: measured here, and the plan's box from the table
+    est = (run_dir / "03_finetune_multi_gpu" / "estimate.txt").read_text()
+    assert "estimate on this machine (cpu, 1 process(es)) (measured: 2 steps of this run's batches" in est
+    assert "estimate on 6 x RTX 4090 (table:" in est and "not measured on a GPU" in est
     assert s["cuda_in_kernel"] is False
     assert len(s["checkpoints"]) == 5                 # steps 1..6 saved and kept, the last is final
     from mambaft.checkpoint import load_checkpoint

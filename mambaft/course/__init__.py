@@ -187,6 +187,7 @@ _LAZY = {
     "visible_gpus": "launch",
     "preflight_env": "launch",
     "check_world_size": "launch",
+    "estimate_run": "launch",
     "child_env": "launch",
     "launch_finetune": "launch",
     "check_finished": "launch",

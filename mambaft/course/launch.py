@@ -36,11 +36,19 @@ def visible_gpus() -> int:
     return n
 
 
-def num_processes(cfg, asked: int = 0, gpus: Optional[int] = None) -> tuple[int, str]:
-    """(training processes, why). `asked` > 0 (NUM_PROCESSES) wins; 0 means one per visible GPU, capped
-    by the preset's num_gpus (the plan's global batch is sized for that many), and 1 on a CPU."""
+def num_processes(cfg, asked: int = 0, gpus: Optional[int] = None, accelerate_config: PathLike = "") -> tuple[int, str]:
+    """(training processes, why). An accelerate YAML's num_processes wins (the launcher reads it);
+    then `asked` > 0 (NUM_PROCESSES); 0 means one per visible GPU, capped by the preset's num_gpus (the
+    plan's global batch is sized for that many), and 1 on a CPU."""
     if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
         raise ValueError(f"NUM_PROCESSES={asked!r}: expected 0 (one per visible GPU) or a positive integer")
+    if accelerate_config:
+        import yaml
+        path = Path(_absolute(accelerate_config))
+        if not path.is_file():
+            raise FileNotFoundError(f"ACCELERATE_CONFIG={str(accelerate_config)!r}: no such file ({path})")
+        n = int((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("num_processes", 1))
+        return n, f"{n} process(es): num_processes of {path}"
     gpus = visible_gpus() if gpus is None else gpus
     if asked:
         where = f"{gpus} GPU(s) visible" if gpus else "no GPU: gloo ranks on the CPU"
@@ -90,6 +98,33 @@ def finetune_command(cfg, base: PathLike, data: PathLike, out: PathLike, num_pro
     for key, value in sets.items():
         cmd += ["--set", f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}"]
     return cmd + list(extra)
+
+
+def estimate_command(cfg, data: PathLike, n: int, steps: int = 3) -> list[str]:
+    """`mambaft plan STRATEGY KEY=VALUE... --base B --data D --num-processes N --measure-steps K`: the
+    time and disk of exactly this run, measured on K real steps of its own batches in a subprocess."""
+    sets = finetune_command(cfg, cfg.base, data, "unused")
+    overrides = [sets[j + 1] for j, a in enumerate(sets) if a == "--set"]
+    return [sys.executable, "-m", "mambaft", "plan", cfg.strategy, *overrides, "--data", _absolute(data),
+            "--num-processes", str(n), "--measure-steps", str(steps)] + \
+        (["--base", _absolute(cfg.base)] if cfg.base else [])
+
+
+def estimate_run(cfg, data: PathLike, n: int, out_txt: Optional[PathLike] = None, steps: int = 3,
+                 say=print) -> str:
+    """Print (and write to `out_txt`) the time and disk estimate of the run before it starts: this
+    machine measured on `steps` steps (0: not measured), and the plan's GPUs from the table."""
+    cmd = estimate_command(cfg, data, n, steps)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=str(ROOT))
+    if p.returncode != 0:
+        raise RuntimeError(f"the estimate failed ({' '.join(cmd[2:])}): {p.stderr.strip()[-1500:]}")
+    lines = p.stdout.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("time and disk of")), 0)
+    text = "\n".join(lines[start:])
+    if out_txt is not None:
+        Path(out_txt).write_text(" ".join(cmd[2:]) + "\n" + text + "\n", encoding="utf-8")
+    say(text)
+    return text
 
 
 def preflight_env(n: int, *, gpu: Optional[bool] = None, say=print) -> dict:

@@ -27,7 +27,7 @@ STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "conversational": {},
     "specialized": {},
     "smoke": {"MAX_NEW_TOKENS": 24, "SWEEP_STEPS": 3, "SMOKE_STEPS": 3, "EVAL_LIMIT": 4,
-              "BENCH_LIMIT": 4, "CHAT": False, "CONTEXT_WINDOWS": 4},
+              "BENCH_LIMIT": 4, "CHAT": False, "CONTEXT_WINDOWS": 4, "ESTIMATE_STEPS": 2},
 }
 class CourseError(UserError, RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the error."""

@@ -110,6 +110,13 @@ def plan_lines(cfg: Config, *, world_size: int, train_sources: Optional[list] = 
                 if e > MAX_EPOCHS:
                     warnings.append(f"{e:.1f} epochs of {s}: fine-tuning recipes use 1-{MAX_EPOCHS:g}; "
                                     "the model will memorise it (lower max_steps or add data)")
+    if n_params:
+        # disk before the first checkpoint fills it (mambaft.train.estimate); the time needs a measurement:
+        # `mambaft plan` (notebook 03 runs it) times real steps, and the progress bar's ETA follows the run
+        from .estimate import disk_bytes
+        disk, note = disk_bytes(cfg, n_params, n_params)
+        lines.append(f"disk: up to {disk / 1e9:.2f} GB in the run folder ({note}; every parameter counted "
+                     "as trainable)")
     lo, hi = SMALL_MODEL_LR
     if n_params is not None and 30e6 <= n_params <= 1e9 and not lo <= cfg.lr <= hi:
         if not any("lr" in w for w in warnings):
