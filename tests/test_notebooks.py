@@ -110,7 +110,8 @@ def test_03_finetune_runs_in_a_subprocess(run):
     # the estimate printed before the launch: measured here, and the plan's box from the table
     est = (run_dir / "03_finetune_multi_gpu" / "estimate.txt").read_text()
     assert "estimate on this machine (cpu, 1 process(es)) (measured: 2 steps of this run's batches" in est
-    assert "estimate on 6 x RTX 4090 (table:" in est and "not measured on a GPU" in est
+    # the preset's own box: smoke plans num_gpus=1 (quick and the others: 6 x RTX 4090)
+    assert "estimate on 1 x RTX 4090 (table:" in est and "not measured on a GPU" in est
     assert s["cuda_in_kernel"] is False
     assert len(s["checkpoints"]) == 5                 # steps 1..6 saved and kept, the last is final
     from mambaft.checkpoint import load_checkpoint

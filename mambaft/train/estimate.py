@@ -245,3 +245,31 @@ def table_estimate(cfg, model_config, gpu: str = PLAN_GPU, world_size: Optional[
         est.notes.append(f"every row counted at max_seq_len={L} tokens: an upper bound (rows are padded per "
                          "micro-batch, most are shorter)")
     return est
+
+
+def activation_bytes(model, device: Optional[torch.device] = None, precision: str = "auto",
+                     lengths: tuple = (64, 128)) -> tuple[float, float]:
+    """(bytes per token, fixed bytes) that autograd keeps for the backward of one training forward,
+    measured by counting the storage of every saved tensor (torch.autograd.graph.saved_tensors_hooks)
+    at two lengths of one row: the slope is per token, the rest is fixed (weights, the loss kernel's
+    [V, D] gradient). The same count on any device for the same dtypes; allocator slack and kernel
+    workspaces come on top (planned with headroom)."""
+    device = device or torch.device("cpu")
+    m = copy.deepcopy(model).to(device)
+    m.train()
+    prec = runtime.resolve_precision(precision, device)
+    totals = []
+    for L in lengths:
+        seen: dict = {}
+
+        def pack(t, seen=seen):
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+            return t
+        ids = torch.randint(0, m.config.vocab_size, (1, L), generator=torch.Generator().manual_seed(L)).to(device)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), runtime.autocast(device, prec):
+            out = m(ids, labels=ids, return_logits=False, loss_reduction="sum")
+        del out
+        totals.append(sum(seen.values()))
+    per_token = (totals[1] - totals[0]) / (lengths[1] - lengths[0])
+    return per_token, totals[0] - per_token * lengths[0]
