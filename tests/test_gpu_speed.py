@@ -66,3 +66,57 @@ def test_bf16_gradient_all_reduce_on_cuda_only_and_never_for_one_process():
     assert grad_comm(make_config("smoke", grad_comm="fp32"), torch.device("cuda"), 6) == "fp32"
     with pytest.raises(Exception, match="grad_comm='fp8'"):
         make_config("smoke", grad_comm="fp8")
+
+
+def test_the_planner_picks_the_largest_micro_batch_that_fits_with_the_same_rows():
+    from mambaft.train.plan import MEMORY_HEADROOM, micro_batch_for_memory
+    cfg = make_config("conversational")                       # the plan: 2 rows x 16 accumulation x 1024 tokens
+    n, t = 124_104_719, 123_000_000
+    static = 4 * n + 12 * t                                   # 2.0 GB of weights, gradients and moments
+    per_token = 0.2345 * 2**20                                # measured by activation_bytes at 124M in bf16
+    # a 24 GiB RTX 4090: 0.75 x 24 GiB - 1.97 GB = 16.2 GiB of activations = 68.9 rows of 1024 tokens -> 32
+    b, a, why = micro_batch_for_memory(cfg, free_bytes=24 * 2**30, n_params=n, n_trainable=t,
+                                       act_bytes_per_token=per_token)
+    assert (b, a) == (32, 1) and b * a == cfg.batch_size * cfg.grad_accum
+    assert why.startswith("batch_size=32 x grad_accum=1 (was 2 x 16; 32 rows per process either way)")
+    # 8 GiB: (0.75 x 8 GiB - 1.97 GB) / (1024 x 0.2345 MiB) = 17.8 rows -> the largest divisor of 32: 16
+    assert micro_batch_for_memory(cfg, free_bytes=8 * 2**30, n_params=n, n_trainable=t,
+                                  act_bytes_per_token=per_token)[:2] == (16, 2)
+    # nothing fits: one row at a time, said
+    b, a, why = micro_batch_for_memory(cfg, free_bytes=2 * 2**30, n_params=n, n_trainable=t,
+                                       act_bytes_per_token=per_token)
+    assert (b, a) == (1, 32) and why.startswith("even 1 row") and MEMORY_HEADROOM == 0.75
+
+
+def test_activation_bytes_grow_with_the_row_and_count_the_fixed_part():
+    from mambaft.train.estimate import activation_bytes
+    model = make_small_gpt2_model(seed=0, d_model=32, n_layers=2)
+    per_token, fixed = activation_bytes(model, precision="fp32", lengths=(16, 32))
+    # at least the fp32 residual stream of each layer is saved per token: 2 layers x 32 x 4 B
+    assert per_token >= 2 * 32 * 4 and fixed > 0
+    # the loss kernel's fp32 [V, D] gradient is fixed, whatever the length: 50257 x 32 x 4 B = 6.4 MB
+    assert fixed >= 50257 * 32 * 4 * 0.99
+
+
+@pytest.mark.slow   # two short fine-tunes
+def test_the_planners_micro_batch_trains_what_the_plans_trains(tmp_path):
+    """2 x 4 (the plan's shape) against 8 x 1 (what the planner picks with memory to spare): the same
+    rows per step, the same token-weighted gradient."""
+    from mambaft.checkpoint import save_checkpoint
+    from mambaft.train import finetune
+    from mambaft.train.plan import micro_batch_for_memory
+    from tests.test_train_loop import QA, QUIET, learnable_model, write_prepared
+    data = write_prepared(tmp_path / "data", QA * 2, QA[:2])
+    base = save_checkpoint(learnable_model(seed=4), tmp_path / "base")
+    common = dict(max_steps=3, lr=3e-3, warmup_steps=1, save_every=3, eval_every=3, keep_last=1, eval_batches=1,
+                  precision="fp32")
+    plan = make_config("smoke", batch_size=2, grad_accum=4, **common)
+    b, a, _ = micro_batch_for_memory(plan, free_bytes=2**30, n_params=2_000_000, n_trainable=2_000_000,
+                                     act_bytes_per_token=4096, row_tokens=64)
+    assert (b, a) == (8, 1)
+    ref = finetune(plan, base, data, tmp_path / "plan", **QUIET)
+    big = finetune(make_config("smoke", batch_size=b, grad_accum=a, **common), base, data, tmp_path / "big", **QUIET)
+    # the same rows, padded per micro-batch and summed in another order: fp32 reordering (~1e-7)
+    # through 3 AdamW steps, rel 2e-5 as the two-rank test
+    for x, y in zip(ref["losses"], big["losses"]):
+        assert y == pytest.approx(x, rel=2e-5)
