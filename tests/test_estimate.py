@@ -47,12 +47,12 @@ def test_the_plans_six_gpus_from_the_table_say_they_are_not_measured():
     e = est.table_estimate(cfg, MambaSWELUConfig(), n_params=124_104_719, n_trainable=123_000_000)
     assert e.where == "6 x RTX 4090" and "assumed 15% MFU, not measured on a GPU" in e.source
     # per GPU: 16 x train_flops(2, 1024) = 16 x 2 x 1024 x 586 MFLOP x (1 + lm_head share) ~ 22 TFLOP
-    # / (165 TFLOP/s x 0.15) ~ 0.9 s, + 2 x 5/6 x 492 MB / 10 GB/s = 82 ms of all-reduce
+    # / (165 TFLOP/s x 0.15) ~ 0.8 s, + 2 x 5/6 x 246 MB (bf16, grad_comm auto) / 10 GB/s = 41 ms
     assert 0.5 < e.step_s < 1.5 and e.steps == 25_000
-    assert 3 * 3600 < e.total_s < 12 * 3600
-    bf16 = est.table_estimate(cfg, MambaSWELUConfig(), n_params=124_104_719, n_trainable=123_000_000,
-                              grad_bytes_per_param=2)
-    assert bf16.step_s < e.step_s                               # the bf16 comm hook halves the all-reduce
+    assert 3 * 3600 < e.total_s < 12 * 3600 and "all-reduce of 246 MB (bf16)" in e.notes[0]
+    fp32 = est.table_estimate(make_config("conversational", grad_comm="fp32"), MambaSWELUConfig(),
+                              n_params=124_104_719, n_trainable=123_000_000)
+    assert fp32.step_s - e.step_s == pytest.approx(2 * 5 / 6 * 123e6 * 2 / 10e9)   # the hook halves the bytes
     with pytest.raises(ValueError, match="gpu 'TPU'"):
         est.table_estimate(cfg, MambaSWELUConfig(), "TPU", n_params=1, n_trainable=1)
     assert est.duration(30) == "30 s" and est.duration(3 * 86400) == "3.0 days"

@@ -220,10 +220,13 @@ def measured_estimate(cfg, measured: dict, *, where: str, n_params: int, n_train
 
 def table_estimate(cfg, model_config, gpu: str = PLAN_GPU, world_size: Optional[int] = None, *,
                    n_params: int, n_trainable: int, row_tokens: Optional[float] = None,
-                   grad_bytes_per_param: int = 4, mfu: float = ASSUMED_MFU) -> Estimate:
+                   grad_bytes_per_param: Optional[int] = None, mfu: float = ASSUMED_MFU) -> Estimate:
     """Training time on `world_size` x `gpu` from the FLOP count, the card's nominal bf16 peak and an
-    assumed MFU, plus the all-reduce of the gradients (4 B fp32, 2 B with the bf16 comm hook)."""
+    assumed MFU, plus the all-reduce of the gradients (4 B fp32, 2 B with the bf16 comm hook, which
+    cfg.grad_comm "auto" uses on GPUs)."""
     W = world_size or cfg.num_gpus
+    if grad_bytes_per_param is None:
+        grad_bytes_per_param = 4 if cfg.grad_comm == "fp32" else 2
     peak = next((p for k, p in NOMINAL_BF16_PEAK.items() if k in gpu), None)
     if peak is None:
         raise ValueError(f"gpu {gpu!r}: no nominal bf16 peak known (known: {', '.join(NOMINAL_BF16_PEAK)})")
@@ -240,6 +243,7 @@ def table_estimate(cfg, model_config, gpu: str = PLAN_GPU, world_size: Optional[
                    disk_bytes=disk, disk_note=note)
     est.notes.append(f"per GPU and step: {cfg.grad_accum} x {cfg.batch_size} rows x {L} tokens = "
                      f"{flops / 1e12:.1f} TFLOP ({compute_s:.3g} s) + all-reduce of {grad / 1e6:.0f} MB "
+                     f"({'bf16' if grad_bytes_per_param == 2 else 'fp32'}) "
                      f"({comm_s * 1e3:.0f} ms at an assumed {ASSUMED_BUS_BYTES_S / 1e9:g} GB/s); evaluations not counted")
     if cfg.max_seq_len == L and row_tokens is None:
         est.notes.append(f"every row counted at max_seq_len={L} tokens: an upper bound (rows are padded per "
