@@ -30,15 +30,16 @@ def test_disk_counts_weights_adam_moments_and_the_kept_checkpoints():
     cfg = make_config("quick", "cpu")
     n, trainable = 124_104_719, 123_000_000
     ckpt = est.checkpoint_bytes(cfg, n, trainable)
-    assert ckpt == 4 * n + 8 * trainable                       # fp32 weights + AdamW exp_avg, exp_avg_sq
+    extra = est.MODEL_FOLDER_EXTRA_BYTES                       # the tokenizer files beside each model
+    assert ckpt == 4 * n + 8 * trainable + extra               # fp32 weights + AdamW exp_avg, exp_avg_sq
     total, note = est.disk_bytes(cfg, n, trainable)
-    assert cfg.keep_last == 12 and total == 12 * ckpt + 4 * n  # 12 x 1.48 GB + final 0.50 GB = 18.3 GB
+    assert cfg.keep_last == 12 and total == 12 * ckpt + 4 * n + extra   # 12 x 1.48 GB + final 0.50 GB = 18.3 GB
     assert "12 checkpoints" in note
     # the plan's quick run: 10 checkpoints, keep_last 5 + the best + the one being written = 7 at once
     plan = make_config("quick")
-    assert est.disk_bytes(plan, n, trainable)[0] == 7 * ckpt + 4 * n
+    assert est.disk_bytes(plan, n, trainable)[0] == 7 * ckpt + 4 * n + extra
     spec = make_config("specialized", "cpu", export_original=True)
-    assert est.checkpoint_bytes(spec, n, trainable) == 8 * n + 8 * trainable
+    assert est.checkpoint_bytes(spec, n, trainable) == 8 * n + 8 * trainable + extra
     assert est.disk_bytes(spec, n, trainable)[0] > 2 * est.disk_bytes(cfg, n, trainable)[0] * 0.9   # two phases
 
 
@@ -97,6 +98,6 @@ def test_the_finetune_header_prints_the_disk_the_run_will_take():
     from mambaft.train.plan import plan_lines
     lines, _ = plan_lines(make_config("quick", "cpu"), world_size=1, n_params=124_104_719)
     disk = [ln for ln in lines if ln.startswith("disk: up to ")]
-    # 12 checkpoints x 12 B x 124.1M + the final 4 B x 124.1M = 18.37 GB
-    assert disk == ["disk: up to 18.37 GB in the run folder (1 phase(s) x (12 checkpoints x 1.49 GB + final "
+    # 12 checkpoints x (12 B x 124.1M + 4 MB) + the final 4 B x 124.1M + 4 MB = 18.42 GB
+    assert disk == ["disk: up to 18.42 GB in the run folder (1 phase(s) x (12 checkpoints x 1.49 GB + final "
                     "0.50 GB); every parameter counted as trainable)"]

@@ -104,7 +104,7 @@ def estimate_lines(cfg, a, plan_cfg) -> list[str]:
     n_params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out = [f"time and disk of {what} ({n_params:,} parameters, {trainable:,} trainable):"]
-    train, probes, heldout, replies = None, 0, 0, 0
+    train, probes, heldout, replies, val_size = None, 0, 0, 0, None
     if a.data:
         from mambaft.data import load_prepared
         from mambaft.evaluate.probes import PROBES
@@ -112,6 +112,7 @@ def estimate_lines(cfg, a, plan_cfg) -> list[str]:
         dd = load_prepared(d)
         train = dd["train"].select_columns(["input_ids", "labels"])
         probes, heldout = len(PROBES), 8192        # what `mambaft finetune` evaluates by default
+        val_size = len(dd["val"]) if "val" in dd else 0
         if "val" in dd and "messages" in dd["val"].column_names:
             replies = cfg.eval_replies               # greedy replies to val questions at each evaluation
     if a.measure_steps:
@@ -122,7 +123,7 @@ def estimate_lines(cfg, a, plan_cfg) -> list[str]:
         e = est.measured_estimate(cfg, m, where=where, n_params=n_params, n_trainable=trainable,
                                   world_size=a.num_processes, eval_replies=replies,
                                   n_probes=probes, heldout_tokens=heldout, eval_at_start=not a.no_eval_at_start,
-                                  original_arch=model.config.architecture == "original")
+                                  original_arch=model.config.architecture == "original", val_size=val_size)
         if train is None:
             e.notes.append(f"timed on random full-length rows ({cfg.max_seq_len} tokens): an upper bound; "
                            "--data times the run's own batches")
