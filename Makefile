@@ -53,6 +53,9 @@ clean-outputs:
 	rm -rf outputs/*/
 
 # Everything that needs CUDA in one run (< 8 min on one GPU): JSON in outputs/gpu_check.json.
-# benchmarks/gpu_check.py --dry-run runs the same sections on CPU at tiny sizes (tests/test_gpu_check.py).
+#   make gpu-check GPU_CHECK_ARGS="--ranks 6"     the fine-tune section on six GPUs (NCCL, DDP)
+#   make gpu-check GPU_CHECK_ARGS=--dry-run       the same sections on CPU at tiny sizes, 2 gloo ranks
+#                                                 (tests/test_gpu_check.py asserts its JSON)
+GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
-	$(BIN)/python benchmarks/gpu_check.py --out outputs/gpu_check.json
+	$(BIN)/python benchmarks/gpu_check.py --out outputs/gpu_check.json $(GPU_CHECK_ARGS)

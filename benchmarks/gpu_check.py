@@ -13,12 +13,22 @@ file is rewritten after every section, so a run cut short keeps what it measured
                   and the card's nominal bf16 peak), peak memory
     memory        peak memory of the same step at 2 x 1024 (4 x 1024 comes from `train`)
     scan          the mamba_ssm kernel against the CPU scan on the same inputs (if mamba_ssm imports)
-    finetune      a 50-step single-GPU fine-tune of the demo base through `accelerate launch`, killed
-                  after step 30 (MAMBAFT_FAULT) and resumed from its step-25 checkpoint
+    scan          the chunked scan on the device against the step-by-step definition; the mamba_ssm
+                  kernel against the chunked scan (if mamba_ssm imports)
+    finetune      the real run's path at the 124M size in bf16 (a random 124M base, or --base): 6 steps
+                  through `torchrun --nproc_per_node RANKS` (NCCL; a process group even for one rank),
+                  rank-0 saving (checkpoints at 3 and 6, an RNG file per rank), killed after step 4
+                  (a real SIGKILL) and resumed from 3: the resumed losses against the uninterrupted ones;
+                  with --ranks N >= 2 also DDP (no_sync accumulation, the bf16 all-reduce, barriers)
+                  against one process at the same global batch
     generate      generation tokens/s at batch 1 and 8 (`python -m mambaft.bench generate`, decode
                   phase with its bandwidth fraction)
---dry-run: device cpu, tiny model sizes, a 6-step fine-tune killed after step 4 and resumed from 3;
-compile is skipped (minutes on CPU). The fixture, data and demo base are read from the checkout.
+
+    python benchmarks/gpu_check.py --ranks 6 --only finetune   # the six-GPU path, on six GPUs
+
+--dry-run: device cpu, tiny model sizes, the finetune section on 2 gloo ranks (and 1 process) in fp32,
+where DDP equality and resume equality are asserted by tests/test_gpu_check.py; compile is skipped
+(minutes on CPU). The fixture and data are read from the checkout.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,56 +119,119 @@ def check_scan(dev: str, dry: bool) -> dict:
     Bm, Cm = torch.randn(B, L, N, generator=g), torch.randn(B, L, N, generator=g)
     D = torch.ones(E)
     y_cpu, h_cpu = scan.selective_scan(x, delta, A, Bm, Cm, D, use_kernel=False)
-    if not scan.HAS_MAMBA_SSM:
-        return {"mamba_ssm": False, "note": "mamba_ssm is not installed: the CPU scan (`_ChunkedScan`) "
-                                            "also runs on CUDA", "cpu_scan_checked": True}
+    # the chunked scan the model runs, on the device, against the definition (one step at a time, CPU)
+    y_ref, h_ref = scan.selective_scan_ref(x, delta, A, Bm, Cm, D)
     args = [t.to(dev) for t in (x, delta, A, Bm, Cm, D)]
+    y_dev, h_dev = scan.selective_scan(*args, use_kernel=False)
+    out = {"mamba_ssm": scan.HAS_MAMBA_SSM, "shape": [B, L, E, N],
+           "chunked_vs_definition_max_abs_diff_y": float((y_dev.float().cpu() - y_ref).abs().max()),
+           "chunked_vs_definition_max_abs_diff_state": float((h_dev.float().cpu() - h_ref).abs().max())}
+    if not scan.HAS_MAMBA_SSM:
+        out["note"] = "mamba_ssm is not installed: the chunked PyTorch scan runs on CUDA"
+        return out
     t0 = time.perf_counter()
     y_k, h_k = scan.selective_scan(*args, use_kernel=True)
     torch.cuda.synchronize()
-    return {"mamba_ssm": True, "shape": [B, L, E, N], "kernel_s": time.perf_counter() - t0,
+    return {**out, "kernel_s": time.perf_counter() - t0,
             "max_abs_diff_y": float((y_k.float().cpu() - y_cpu).abs().max()),
             "max_abs_diff_last_state": float((h_k.float().cpu() - h_cpu).abs().max())}
 
 
-def check_finetune(dev: str, dry: bool, tmp: Path) -> dict:
-    """`accelerate launch` (1 process) of the demo base on a set prepared from the checkout's hub-format
-    fixtures; killed after step `stop` (a real SIGKILL), then the same command resumes."""
-    steps, save, stop = (6, 3, 4) if dry else (50, 25, 30)
+def _base(tmp: Path, dry: bool, base: Optional[str]) -> Path:
+    """The base the fine-tune section trains: --base, else a random model of the 124M size (a dry run:
+    d_model 32, 2 layers, the same GPT-2 vocabulary), saved as a mambaft folder."""
+    if base:
+        return Path(base)
+    import torch
+
+    from mambaft.checkpoint import save_checkpoint
+    from mambaft.model.mambaswelu import MambaSWELU, MambaSWELUConfig
+    torch.manual_seed(0)
+    cfg = MambaSWELUConfig(d_model=32, n_layers=2, dense_hidden_dim=64, max_seq_len=256) if dry else MambaSWELUConfig()
+    return save_checkpoint(MambaSWELU(cfg), tmp / "base")
+
+
+def _launch(dev: str, ranks: int, base: Path, data: Path, out: Path, sets: dict, fault: str = "") -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node RANKS -m mambaft.finetune` (NCCL on GPUs, gloo in a dry run): a
+    process group even for one rank, as the six-GPU run has; one rank needs no DDP (accelerate wraps
+    only for 2+), so no_sync and the all-reduce are exercised by --ranks 2 and more."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
+           str(ranks), "-m", "mambaft.finetune", "--strategy", "smoke", "--base", str(base), "--data", str(data),
+           "--out", str(out), "--no-progress", "--no-probes", "--heldout", "none", "--no-eval-at-start",
+           *(["--cpu", "--threads", "1"] if dev == "cpu" else [])]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
+    env = {**_env(), **({"MAMBAFT_FAULT": fault} if fault else {})}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+def _losses(out: Path) -> dict:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
+
+
+def _max_rel(a: dict, b: dict) -> Optional[float]:
+    common = sorted(set(a) & set(b))
+    return max(abs(a[s] - b[s]) / max(abs(a[s]), 1e-12) for s in common) if common else None
+
+
+def check_finetune(dev: str, dry: bool, tmp: Path, ranks: int = 1, base: Optional[str] = None) -> dict:
+    """The real run's path at the 124M size (tiny in a dry run), through the launcher of the real run:
+      reference   RANKS processes, 6 steps of batch 2 x accumulation 2 per rank, checkpoints at 3 and 6
+      resumed     the same, killed after step 4 (a real SIGKILL of every rank), then resumed from 3:
+                  its losses against the reference (resume equality)
+      one         one process with accumulation 2 x RANKS (the same global batch), when RANKS > 1:
+                  against the reference (DDP equality; in a dry run RANKS is 2 on gloo)
+    and what rank 0 alone saved (one committed folder per checkpoint, an RNG file per rank)."""
+    steps, save, stop = 6, 3, 4
     data = tmp / "data"
     sources = ["--source", f"alpaca={HUB_FIXTURES / 'alpaca_data.json'}",
                "--source", f"dolly={HUB_FIXTURES / 'databricks-dolly-15k.jsonl'}",
                "--source", f"sharegpt={HUB_FIXTURES / 'sharegpt.json'}"]
-    p = subprocess.run([sys.executable, "-m", "mambaft", "prepare", "--strategy", "smoke", *sources,
-                        "--set", "data_mode=offline", "--set",
-                        'offline_sources={"alpaca": 1.0, "dolly": 1.0, "sharegpt": 1.0}', "--out", str(data),
-                        "--quiet"], env=_env(), capture_output=True, text=True, cwd=ROOT)
-    if p.returncode != 0:
-        raise RuntimeError(f"prepare failed: {p.stderr[-2000:]}")
-    out = tmp / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *(["--cpu"] if dev == "cpu" else []),
-           "-m", "mambaft.finetune", "--strategy", "smoke", "--base", str(ROOT / "data" / "demo_base"),
-           "--data", str(data), "--out", str(out), "--no-progress", "--no-probes", "--heldout", "none",
-           "--no-eval-at-start", "--set", f"max_steps={steps}", "--set", f"save_every={save}",
-           "--set", f"eval_every={save}", "--set", "precision=auto"]
+    if not data.is_dir():
+        p = subprocess.run([sys.executable, "-m", "mambaft", "prepare", "--strategy", "smoke", *sources,
+                            "--set", "data_mode=offline", "--set",
+                            'offline_sources={"alpaca": 1.0, "dolly": 1.0, "sharegpt": 1.0}', "--out", str(data),
+                            "--quiet"], env=_env(), capture_output=True, text=True, cwd=ROOT)
+        if p.returncode != 0:
+            raise RuntimeError(f"prepare failed: {p.stderr[-2000:]}")
+    b = _base(tmp, dry, base)
+    common = {"max_steps": steps, "save_every": save, "eval_every": save, "keep_last": 2, "batch_size": 2,
+              "lr": 1e-3, "warmup_steps": 1, "eval_batches": 2, "eval_replies": 0,
+              "precision": "fp32" if dry else "bf16"}
+    res: dict = {"ranks": ranks, "base": str(b), "steps": steps, "killed_after_step": stop}
     t0 = time.perf_counter()
-    first = subprocess.run(cmd, env={**_env(), "MAMBAFT_FAULT": f"after_step={stop}"}, capture_output=True,
-                           text=True, cwd=ROOT)
-    t1 = time.perf_counter()
-    second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=ROOT)
-    t2 = time.perf_counter()
+    ref_out = tmp / f"ref{ranks}"
+    ref = _launch(dev, ranks, b, data, ref_out, {**common, "grad_accum": 2})
+    if ref.returncode != 0:
+        raise RuntimeError(f"reference fine-tune failed: {ref.stderr[-2000:]}")
+    res["reference_s"] = time.perf_counter() - t0
+    reference = _losses(ref_out)
+    start = json.loads((ref_out / "metrics.jsonl").read_text().splitlines()[0])
+    res.update(world_size=start.get("world_size"), grad_comm=start.get("grad_comm"),
+               steps_logged=sorted(reference), first_loss=reference.get(1), last_loss=reference.get(steps))
+    ck = sorted(p.name for p in (ref_out / "checkpoints").iterdir())
+    res["checkpoints"] = ck
+    res["rng_files"] = sorted(p.name for p in (ref_out / "checkpoints" / ck[-1]).glob("rng_rank*.pt")) if ck else []
+    out = tmp / f"killed{ranks}"
+    first = _launch(dev, ranks, b, data, out, {**common, "grad_accum": 2}, fault=f"after_step={stop}")
+    second = _launch(dev, ranks, b, data, out, {**common, "grad_accum": 2})
     if second.returncode != 0:
         raise RuntimeError(f"resumed fine-tune failed: {second.stderr[-2000:]}")
-    result = json.loads((out / "result.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    losses = {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
-    resumes = [r["step"] for r in rows if r.get("event") == "resume"]
-    return {"steps": steps, "killed_after_step": stop, "first_returncode": first.returncode,
-            "first_s": t1 - t0, "resumed_s": t2 - t1, "resumed_from": resumes,
-            "final_steps": result.get("steps"), "steps_logged": sorted(losses),
-            "first_loss": losses.get(1), "last_loss": losses.get(steps),
-            "resumed_in_stdout": "resuming from" in second.stdout}
+    resumed = _losses(out)
+    res.update(first_returncode=first.returncode, resumed_from=[r["step"] for r in rows if r.get("event") == "resume"],
+               resumed_steps=sorted(resumed), resume_max_rel_diff=_max_rel(reference, resumed),
+               final_steps=json.loads((out / "result.json").read_text()).get("steps"))
+    if ranks > 1:
+        one_out = tmp / "one"
+        one = _launch(dev, 1, b, data, one_out, {**common, "grad_accum": 2 * ranks})
+        if one.returncode != 0:
+            raise RuntimeError(f"one-process fine-tune failed: {one.stderr[-2000:]}")
+        res["ddp_vs_one_process_max_rel_diff"] = _max_rel(reference, _losses(one_out))
+    tok = [json.loads(x).get("tokens_per_s") for x in (ref_out / "metrics.jsonl").read_text().splitlines()]
+    res["tokens_per_s_median"] = sorted(t for t in tok if t)[len([t for t in tok if t]) // 2] if any(tok) else None
+    return res
 
 
 def check_generate(dev: str, dry: bool, tmp: Path) -> dict:
@@ -180,12 +254,18 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script itself")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--fixture", default=None, help="the mambaswelu_tiny fixture folder (default: searched)")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="processes of the fine-tune section (default: 1 on a GPU, 2 gloo ranks in a dry run)")
+    p.add_argument("--base", default=None, help="the base the fine-tune section trains (default: random 124M)")
     a = p.parse_args(argv)
     import torch
     dev = "cpu" if a.dry_run else "cuda"
     if not a.dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device (use --dry-run to check the script on CPU)")
-    report = {"dry_run": a.dry_run, "device": dev, "torch": torch.__version__,
+    ranks = a.ranks or (2 if a.dry_run else 1)
+    if not a.dry_run and ranks > torch.cuda.device_count():
+        raise SystemExit(f"gpu_check: --ranks {ranks} but {torch.cuda.device_count()} GPU(s) visible")
+    report = {"dry_run": a.dry_run, "device": dev, "torch": torch.__version__, "ranks": ranks,
               "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None, "sections": {}}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +275,7 @@ def main(argv=None) -> int:
         for name in a.only.split(","):
             fn = {"logits": lambda: check_logits(dev, a.dry_run, a.fixture), "scan": lambda: check_scan(dev, a.dry_run),
                   "train": lambda: check_train(dev, a.dry_run, tmp), "memory": lambda: check_memory(dev, a.dry_run, tmp),
-                  "finetune": lambda: check_finetune(dev, a.dry_run, tmp),
+                  "finetune": lambda: check_finetune(dev, a.dry_run, tmp, ranks, a.base),
                   "generate": lambda: check_generate(dev, a.dry_run, tmp)}.get(name)
             if fn is None:
                 raise SystemExit(f"--only {name}: unknown section (known: {', '.join(SECTIONS)})")

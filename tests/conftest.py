@@ -96,7 +96,21 @@ def smoke_course(small_gpt2_folder, tmp_path_factory):
     """The five notebooks run once per session by papermill on the small model (a few minutes on
     2 cores): (run_dir, base). tests/test_notebooks.py asserts what they record, the browser test opens
     the executed notebooks in JupyterLab."""
-    from mambaft.course import runner as course_runner
-    out = tmp_path_factory.mktemp("course")
-    res = course_runner.run_course("smoke", str(small_gpt2_folder), out, params=COURSE_PARAMS, progress=False)
-    return res["run_dir"], small_gpt2_folder
+    # Typed as a user types it: `mambaft course --base base --out runs` in the user's own folder
+    # (relative paths; the kernels run in the repository root): everything must land under ./runs.
+    import json
+    import shutil
+
+    from mambaft.cli import course as course_cli
+    caller = tmp_path_factory.mktemp("user")
+    shutil.copytree(small_gpt2_folder, caller / "base")
+    sets = [a for k, v in COURSE_PARAMS.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    here = os.getcwd()
+    os.chdir(caller)
+    try:
+        assert course_cli.main(["--strategy", "smoke", "--base", "base", "--out", "runs", "--no-progress",
+                                *sets]) == 0
+    finally:
+        os.chdir(here)
+    assert sorted(p.name for p in caller.iterdir()) == ["base", "runs"]     # nothing else written here
+    return caller / "runs" / "smoke", caller / "base"

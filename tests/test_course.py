@@ -105,16 +105,22 @@ def test_finetune_command_round_trips_the_config(cpu, small_gpt2_folder):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "1" and "--cpu" in cmd
     i = cmd.index("mambaft.finetune")
+    # paths absolute: the training processes start in the repository root, not where they were typed
     assert cmd[i + 1:i + 9] == ["--strategy", "specialized", "--base", str(small_gpt2_folder),
-                                "--data", "D", "--out", "O"]
+                                "--data", str(Path("D").absolute()), "--out", str(Path("O").absolute())]
     sets = [cmd[j + 1] for j, a in enumerate(cmd) if a == "--set"]
     rebuilt = make_config("specialized", base=cfg.base, **parse_overrides(sets))
     assert rebuilt.to_dict() == cfg.to_dict()
-    default = Config()
+    preset = make_config("specialized")
     assert len(sets) == sum(1 for k, v in cfg.to_dict().items()
-                            if k not in ("strategy", "base") and v != getattr(default, k))
+                            if k not in ("strategy", "base") and v != getattr(preset, k))
+    # a value equal to the dataclass default but not to the preset is passed too (smoke's batch is 4)
+    small = make_config("smoke", batch_size=Config().batch_size)
+    sets = [a for j, a in enumerate(course.finetune_command(small, "", "D", "O")) if j and
+            course.finetune_command(small, "", "D", "O")[j - 1] == "--set"]
+    assert make_config("smoke", **parse_overrides(sets)) == small
     yaml = course.finetune_command(cfg, cfg.base, "D", "O", accelerate_config="six.yaml")
-    assert yaml[3:5] == ["--config_file", "six.yaml"] and "--num_processes" not in yaml
+    assert yaml[3:5] == ["--config_file", str(Path("six.yaml").absolute())] and "--num_processes" not in yaml
 
 
 def test_phase_folders_and_follow_plan(tmp_path):

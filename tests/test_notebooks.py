@@ -11,12 +11,14 @@ import nbformat
 import pytest
 
 from mambaft import course
+from mambaft.course import runner as course_runner
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def run(smoke_course):
-    """(run_dir, base) of the smoke course (conftest.smoke_course: one papermill run per session)."""
+    """(run_dir, base) of the smoke course (conftest.smoke_course: one run per session, typed with
+    relative --base and --out in a user's own folder)."""
     return smoke_course
 
 
@@ -33,6 +35,8 @@ def test_every_notebook_ran_and_was_saved(run):
         assert (run_dir / name / "summary.json").is_file(), name
     times = json.loads((run_dir / "course.json").read_text())
     assert set(times["seconds"]) == set(course.NOTEBOOKS) and times["params"]["SMOKE_STEPS"] == 2
+    assert times["params"]["RUN_DIR"] == str(run_dir) and times["base"] == str(run_dir.parents[1] / "base")
+    assert not (course_runner.ROOT / "runs").exists()         # the relative --out is the caller's
 
 
 def executed(run_dir, name):
@@ -179,6 +183,11 @@ def test_03_finetune_runs_in_a_subprocess(run):
     assert s["steps"] == course.CPU_BUDGET["smoke"]["max_steps"] == 6
     assert s["last_loss"] < s["first_loss"] and s["val_loss"] is not None
     assert s["num_processes"] == 1 and "accelerate.commands.launch" in s["command"]
+    # the estimate printed before the launch: measured here, and the plan's box from the table
+    est = (run_dir / "03_finetune_multi_gpu" / "estimate.txt").read_text()
+    assert "estimate on this machine (cpu, 1 process(es)) (measured: 2 steps of this run's batches" in est
+    # the preset's own box: smoke plans num_gpus=1 (quick and the others: 6 x RTX 4090)
+    assert "estimate on 1 x RTX 4090 (table:" in est and "not measured on a GPU" in est
     assert s["cuda_in_kernel"] is False
     assert len(s["checkpoints"]) == 5                 # steps 1..6 saved and kept, the last is final
     from mambaft.checkpoint import load_checkpoint

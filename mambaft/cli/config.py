@@ -15,7 +15,9 @@ def main(argv=None) -> int:
     p.add_argument("strategy", nargs="?", default="conversational", choices=STRATEGIES)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields (values read as JSON)")
     p.add_argument("--budget", default="plan", choices=BUDGETS, help="the layer between preset and overrides")
-    a = p.parse_args(argv)
+    # intermixed: KEY=VALUE may come before or after --budget (`config quick --budget cpu base=X`);
+    # plain parse_args stops filling the positionals at the first option and rejects what follows
+    a = p.parse_intermixed_args(argv)
     overrides = parse_overrides(a.overrides)
     c = make_config(a.strategy, a.budget, **overrides)
     print(c.to_json())

@@ -27,7 +27,7 @@ STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "conversational": {},
     "specialized": {},
     "smoke": {"MAX_NEW_TOKENS": 24, "SWEEP_STEPS": 3, "SMOKE_STEPS": 3, "EVAL_LIMIT": 4,
-              "BENCH_LIMIT": 4, "CHAT": False, "CONTEXT_WINDOWS": 4},
+              "BENCH_LIMIT": 4, "CHAT": False, "CONTEXT_WINDOWS": 4, "ESTIMATE_STEPS": 2},
 }
 class CourseError(UserError, RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the error."""
@@ -117,8 +117,24 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+# The notebook parameters that name files. The kernels run with the repository root as their working
+# directory (papermill's cwd), the user typed the paths in theirs: each is made absolute against the
+# caller's directory before papermill starts, so `mambaft course --base final_model.pt --out runs` reads
+# ./final_model.pt and writes everything under ./runs (a relative RUN_DIR used to land under the repo).
+PATH_PARAMS = ("BASE", "RUN_DIR", "ACCELERATE_CONFIG")
+
+
+def caller_path(path: PathLike, cwd: Optional[PathLike] = None) -> str:
+    """`path` as the user typed it, absolute against `cwd` (default: this process's working directory);
+    "" (the demo base, no accelerate config) stays "". `~` is expanded; symlinks are kept as typed."""
+    if path is None or str(path) == "":
+        return ""
+    p = Path(os.path.expanduser(str(path)))
+    return str(p if p.is_absolute() else Path(cwd or os.getcwd()) / p)
+
+
 def course_params(strategy: str, base: PathLike, run_dir: PathLike) -> dict:
-    return {"STRATEGY": strategy, "BASE": str(base or ""), "RUN_DIR": str(run_dir),
+    return {"STRATEGY": strategy, "BASE": caller_path(base), "RUN_DIR": caller_path(run_dir),
             **STRATEGY_PARAMS.get(strategy, {})}
 
 
@@ -128,12 +144,17 @@ def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "ou
     """Run the notebooks in order into OUT/<run_name or strategy>/. Returns {"run_dir", "notebooks",
     "seconds": {name: s}}; raises CourseError naming the notebook and cell that failed.
     RUN_DIR/course.json records the parameters, the command, the CPU class and the times."""
-    run_dir = Path(out) / (run_name or strategy)
+    run_dir = Path(caller_path(out or ".")) / (run_name or strategy)
+    if base and not Path(caller_path(base)).exists():   # before any notebook starts, in the user's terms
+        raise FileNotFoundError(f"--base {base}: no such file or folder (looked for {caller_path(base)})")
     names = [n for n in NOTEBOOKS if not only or n in only]
     unknown = sorted(set(only) - set(NOTEBOOKS))
     if unknown:
         raise ValueError(f"--only {', '.join(unknown)}: expected notebook names among {', '.join(NOTEBOOKS)}")
     p = {**course_params(strategy, base, run_dir), **(params or {})}
+    for key in PATH_PARAMS:             # --set BASE=... / ACCELERATE_CONFIG=... are the user's paths too
+        if isinstance(p.get(key), str):
+            p[key] = caller_path(p[key])
     declared = _declared_parameters(source_dir, names)
     unused = sorted(set(params or {}) - declared)
     if unused:   # a typo (--set SEEED=1) would otherwise run the default silently
@@ -141,6 +162,7 @@ def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "ou
                          f"parameter (known: {', '.join(sorted(declared))})")
     os.environ.update({k: v for k, v in child_env().items() if k not in os.environ})  # kernels inherit it
     env = run_environment()
+    run_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.time()
     for i, name in enumerate(names, 1):
@@ -151,7 +173,7 @@ def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "ou
         print(f"[course] ({i}/{len(names)}) {name} done in {seconds[name]:.0f} s -> {run_dir / (name + '.ipynb')}",
               flush=True)
     total = round(time.time() - t0, 1)
-    (run_dir / "course.json").write_text(json.dumps({"strategy": strategy, "base": str(base or DEMO_BASE),
+    (run_dir / "course.json").write_text(json.dumps({"strategy": strategy, "base": p["BASE"] or str(DEMO_BASE),
                                                      "params": p, "command": command, "environment": env,
                                                      "seconds": seconds, "total_seconds": total},
                                                     indent=2) + "\n", encoding="utf-8")

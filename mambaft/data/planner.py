@@ -25,6 +25,10 @@ TRUNCATED_WARN = 0.05
 # Published sizes of the hub datasets (training examples or threads), for planning before download.
 KNOWN_SIZES = {"alpaca": 52_002, "codealpaca": 20_022, "dolly": 15_011, "oasst": 9_846,
                "oasst_all": 21_000, "sharegpt": 94_145, "messages": 207_865}
+# The French phase's hub data is a few hundred OASST threads (CulturaX is gated, Fleurs is speech:
+# mambaft.data.text): what its epoch warning offers instead of memorising them.
+FRENCH_SUPPLEMENT = (" French text to add from the registry (offline, ~1.6M tokens): "
+                     "phase2_sources={\"oasst\": 1.0, \"wiki_fr\": 1.0, \"french_text\": 0.5}")
 KNOWN_MEAN_TOKENS = 250                # rough mean rendered length of an instruction example
 
 
@@ -57,7 +61,8 @@ def _phase_plan(cfg, stats: Optional[dict], steps: int, global_batch: int, label
             warnings.append(
                 f"{label}{name}: {epochs[name]:.1f} epochs ({rows_seen:,} rows seen = {steps:,} steps x "
                 f"{global_batch} rows, {unique:,} unique examples), above {MAX_EPOCHS:.0f}: the model will "
-                f"memorise it (recipes use 1-3). Use <= {steps_ok:,} steps or more data.")
+                f"memorise it (recipes use 1-3). Use <= {steps_ok:,} steps or more data."
+                + (FRENCH_SUPPLEMENT if label.startswith("phase2") and cfg.domain == "french" else ""))
     mean_tokens = total_tokens / total_rows if total_rows else 0.0
     tokens_seen = rows_seen * mean_tokens
     plan = {"steps": steps, "rows_seen": rows_seen, "epochs_per_source": epochs,

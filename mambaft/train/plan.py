@@ -110,6 +110,13 @@ def plan_lines(cfg: Config, *, world_size: int, train_sources: Optional[list] = 
                 if e > MAX_EPOCHS:
                     warnings.append(f"{e:.1f} epochs of {s}: fine-tuning recipes use 1-{MAX_EPOCHS:g}; "
                                     "the model will memorise it (lower max_steps or add data)")
+    if n_params:
+        # disk before the first checkpoint fills it (mambaft.train.estimate); the time needs a measurement:
+        # `mambaft plan` (notebook 03 runs it) times real steps, and the progress bar's ETA follows the run
+        from .estimate import disk_bytes
+        disk, note = disk_bytes(cfg, n_params, n_params)
+        lines.append(f"disk: up to {disk / 1e9:.2f} GB in the run folder ({note}; every parameter counted "
+                     "as trainable)")
     lo, hi = SMALL_MODEL_LR
     if n_params is not None and 30e6 <= n_params <= 1e9 and not lo <= cfg.lr <= hi:
         if not any("lr" in w for w in warnings):
@@ -118,3 +125,34 @@ def plan_lines(cfg: Config, *, world_size: int, train_sources: Optional[list] = 
             warnings.append(f"lr {cfg.lr:g} for a {n_params / 1e6:.0f}M-parameter model: {hint}; "
                             f"small-model recipes use {lo:g}..{hi:g}")
     return lines, warnings
+
+
+# Share of a GPU's free memory the planner fills: allocator fragmentation, cuBLAS workspaces and the
+# NCCL buffers take the rest (a rule of thumb, not measured on a GPU).
+MEMORY_HEADROOM = 0.75
+
+
+def micro_batch_for_memory(cfg: Config, *, free_bytes: float, n_params: int, n_trainable: int,
+                           act_bytes_per_token: float, act_fixed_bytes: float = 0.0,
+                           row_tokens: Optional[int] = None) -> tuple[int, int, str]:
+    """(batch_size, grad_accum, why): the largest micro-batch that fits `free_bytes` x MEMORY_HEADROOM
+    with the SAME rows per process and step (batch_size x grad_accum), so the global batch and the
+    gradient (a token-weighted sum, mambaft.train.step) do not change; fewer, larger micro-batches
+    keep a GPU busy where the plan's 2 x ~1000 tokens leave it waiting on kernel launches.
+
+        memory = 4 B x params (fp32 weights) + 12 B x trainable (fp32 gradients + AdamW's two moments)
+                 + act_fixed_bytes + batch_size x row_tokens x act_bytes_per_token"""
+    rows = cfg.batch_size * cfg.grad_accum
+    L = int(row_tokens or cfg.max_seq_len)
+    static = 4 * n_params + 12 * n_trainable + act_fixed_bytes
+    budget = free_bytes * MEMORY_HEADROOM - static
+    fits = [b for b in range(1, rows + 1) if rows % b == 0 and b * L * act_bytes_per_token <= budget]
+    if not fits:
+        return 1, rows, (f"even 1 row x {L} tokens needs {(static + L * act_bytes_per_token) / 2**30:.1f} GiB of "
+                         f"{free_bytes * MEMORY_HEADROOM / 2**30:.1f} GiB usable: batch_size=1 x grad_accum={rows}")
+    b = max(fits)
+    use = static + b * L * act_bytes_per_token
+    return b, rows // b, (f"batch_size={b} x grad_accum={rows // b} (was {cfg.batch_size} x {cfg.grad_accum}; "
+                          f"{rows} rows per process either way): {use / 2**30:.1f} of {free_bytes / 2**30:.1f} GiB "
+                          f"({MEMORY_HEADROOM:.0%} usable) at {L} tokens a row, "
+                          f"{act_bytes_per_token / 2**20:.2f} MiB of activations per token")

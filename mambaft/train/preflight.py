@@ -6,6 +6,11 @@ memory; about 10-20% slower for a 124M model, but correct). The check copies a t
 pair of GPUs and compares it, and advises that setting when a copy fails or P2P is unavailable.
 
     mambaft preflight --num-processes 6        # exit status 1 when a check fails
+    mambaft preflight --num-processes 6 --json # the same as one JSON object (what the course reads)
+
+The report also carries `env`: the variables the launch should set (NCCL_P2P_DISABLE=1 where advised).
+A failed P2P copy is fixed by that setting, so it is not `blocking`; too few GPUs or too little free
+memory is. Notebook 03 runs this check in a subprocess, applies `env` and stops on `blocking`.
 """
 from __future__ import annotations
 
@@ -25,13 +30,21 @@ class PreflightReport:
     lines: list = field(default_factory=list)
     advice: list = field(default_factory=list)
     p2p_failed: list = field(default_factory=list)   # (i, j) pairs
+    env: dict = field(default_factory=dict)          # variables the launch should set
+    blocking: list = field(default_factory=list)     # failures no environment variable fixes
 
-    def fail(self, msg: str) -> None:
+    def fail(self, msg: str, fixed_by_env: bool = False) -> None:
         self.ok = False
         self.lines.append(f"FAIL  {msg}")
+        if not fixed_by_env:
+            self.blocking.append(msg)
 
     def good(self, msg: str) -> None:
         self.lines.append(f"ok    {msg}")
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "lines": self.lines, "advice": self.advice, "env": self.env,
+                "blocking": self.blocking, "p2p_failed": [list(p) for p in self.p2p_failed]}
 
     def text(self) -> str:
         out = list(self.lines)
@@ -97,11 +110,13 @@ def preflight(num_processes: int = 0, min_free_gb: float = MIN_FREE_GB) -> Prefl
                 elif not can and os.environ.get("NCCL_P2P_DISABLE") != "1":
                     rep.lines.append(f"      cuda:{i} -> cuda:{j}: no peer access (copies go through host)")
         if rep.p2p_failed:
-            rep.fail(f"GPU-to-GPU copies failed for {len(rep.p2p_failed)} pair(s): {rep.p2p_failed[:6]}")
+            rep.fail(f"GPU-to-GPU copies failed for {len(rep.p2p_failed)} pair(s): {rep.p2p_failed[:6]}",
+                     fixed_by_env=True)   # NCCL_P2P_DISABLE=1 routes NCCL around the broken path
         else:
             rep.good(f"GPU-to-GPU copies correct for all {used * (used - 1)} ordered pairs")
         consumer = any("4090" in nm or "4080" in nm or "3090" in nm for nm in names)
         if (rep.p2p_failed or consumer) and os.environ.get("NCCL_P2P_DISABLE") != "1":
             rep.advice.append("export NCCL_P2P_DISABLE=1 before `accelerate launch` (RTX 40xx boxes: "
                               "P2P is often reported but hangs or corrupts NCCL all-reduces)")
+            rep.env["NCCL_P2P_DISABLE"] = "1"
     return rep

@@ -36,7 +36,7 @@ def count_trained_tokens(labels: torch.Tensor) -> int:
 def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *,
                autocast_ctx=None, loss_scale: float,
                backward: Optional[Callable[[torch.Tensor], None]] = None,
-               positions: Optional[torch.Tensor] = None) -> tuple[float, int]:
+               positions: Optional[torch.Tensor] = None, sync: bool = True) -> tuple[float, int]:
     """Forward + backward of one micro-batch; gradients ACCUMULATE into .grad.
 
     Args:
@@ -50,8 +50,13 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
         backward: how to back-propagate a scalar (accelerator.backward, a GradScaler's
             `lambda l: scaler.scale(l).backward()`); default `loss.backward()`.
         positions: [B, L] for packed micro-batches (mambaft.train.batches.collate_packed), else None.
+        sync: True returns the loss as a Python float, which waits for the GPU (a host sync per
+            micro-batch: with 16 micro-batches per step, 16 stalls of the launch queue). False returns
+            the detached 0-dim fp32 tensor instead; the loop adds them on the device and reads the
+            step's total once, in the all-reduce it does anyway.
     Returns:
-        (summed token loss of this micro-batch as a float, its number of trained tokens).
+        (summed token loss of this micro-batch as a float, or a tensor when sync=False, its number of
+        trained tokens).
         A micro-batch with no trained token returns (0.0, 0) and still runs backward on a zero that
         depends on every trainable parameter, so DDP ranks stay in step.
     """
@@ -67,7 +72,8 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
         scaled.backward()
     else:
         backward(scaled)
-    return float(loss_sum.detach()), n_tokens
+    loss = loss_sum.detach().float()
+    return (float(loss) if sync else loss), n_tokens
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, lr: float,
