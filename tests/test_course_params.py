@@ -1,7 +1,7 @@
 """Issue 28, finding 9 (library side): the course's parameters checked where they enter
 (mambaft.course.params), and a rerun into a run folder with another SEED refused.
 
-Before: MAX_STEPS=-5 silently meant the preset's steps, NUM_PROCESSES=0 was launched, and
+Before: MAX_STEPS=-5 silently meant the preset's steps, NUM_PROCESSES=-1 was launched, and
 `--strategy smoke --set STRATEGY=quick` ran quick in a folder labelled smoke.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mambaft.course.params import PARAMS, CourseParamError, check_params, check_
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.parametrize("name,value,msg", [("MAX_STEPS", -5, r"0\.\.100000"), ("NUM_PROCESSES", 0, r"1\.\.64"),
+@pytest.mark.parametrize("name,value,msg", [("MAX_STEPS", -5, r"0\.\.100000"), ("NUM_PROCESSES", -1, r"0\.\.64"),
                                             ("SEED", -1, ">= 0"), ("SEED", 1.5, "an integer"),
                                             ("STRATEGY", "fast", "one of quick"), ("CHAT", "yes", "true or false"),
                                             ("SEEED", 1, "not a course parameter")])

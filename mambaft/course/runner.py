@@ -160,6 +160,10 @@ def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "ou
     if unused:   # a typo (--set SEEED=1) would otherwise run the default silently
         raise ValueError(f"--set {', '.join(unused)}: no notebook among {', '.join(names)} has such a "
                          f"parameter (known: {', '.join(sorted(declared))})")
+    from mambaft.course.params import check_params, check_same_run
+    check_params(params or {}, strategy, run_dir)     # types and ranges (MAX_STEPS=-5 is refused)
+    for line in check_same_run(run_dir, {k: v for k, v in p.items() if k != "RUN_DIR"}):
+        print(f"[course] note: {line}", flush=True)   # a SEED/STRATEGY/BASE change raised above
     os.environ.update({k: v for k, v in child_env().items() if k not in os.environ})  # kernels inherit it
     env = run_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
