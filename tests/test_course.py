@@ -318,3 +318,10 @@ def test_setup_notebook_logs_plain_text_and_draws_a_bar_as_one_line(monkeypatch,
         assert capsys.readouterr() == ("", "")                # nothing on stderr, no stray newline
     finally:
         datasets.enable_progress_bars()
+
+
+def test_the_course_states_its_expected_time_before_it_starts():
+    from mambaft.course.runner import MEASURED_MINUTES, expected_time
+    assert f"about {MEASURED_MINUTES['quick'][0]:g} min" in expected_time("quick", "")
+    assert "not yet measured for specialized" in expected_time("specialized", "")
+    assert "not measured for this base" in expected_time("quick", "final_model.pt")

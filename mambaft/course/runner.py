@@ -122,6 +122,23 @@ def _cpu_model() -> str:
 # caller's directory before papermill starts, so `mambaft course --base final_model.pt --out runs` reads
 # ./final_model.pt and writes everything under ./runs (a relative RUN_DIR used to land under the repo).
 PATH_PARAMS = ("BASE", "RUN_DIR", "ACCELERATE_CONFIG")
+# Whole-course minutes on the demo base at the CPU budget, as measured (`course.json` "total_seconds"
+# of the runs in the README's table): what the course says before it starts. Strategies not measured
+# on this base are said to be so.
+MEASURED_MINUTES = {"quick": (4.7, "2-core AMD EPYC, AVX-512 BF16, 2026-12-08")}
+
+
+def expected_time(strategy: str, base: PathLike = "") -> str:
+    """The line the course prints before it starts: the measured time of this strategy's demo run,
+    or why there is none (another base: notebook 03 prints its own estimate from timed steps)."""
+    if base and Path(base).resolve() != DEMO_BASE.resolve():
+        return ("[course] expected time: not measured for this base; notebook 03 times a few real steps and "
+                "prints the fine-tune's estimate before it starts")
+    if strategy not in MEASURED_MINUTES:
+        return (f"[course] expected time: not yet measured for {strategy} on the demo base "
+                f"(quick took {MEASURED_MINUTES['quick'][0]:g} min on a {MEASURED_MINUTES['quick'][1]})")
+    minutes, where = MEASURED_MINUTES[strategy]
+    return f"[course] expected time: about {minutes:g} min ({strategy} on the demo base, measured on a {where})"
 
 
 def caller_path(path: PathLike, cwd: Optional[PathLike] = None) -> str:
@@ -167,6 +184,7 @@ def run_course(strategy: str = "quick", base: PathLike = "", out: PathLike = "ou
     os.environ.update({k: v for k, v in child_env().items() if k not in os.environ})  # kernels inherit it
     env = run_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
+    print(expected_time(strategy, p["BASE"]), flush=True)
     seconds: dict[str, float] = {}
     t0 = time.time()
     for i, name in enumerate(names, 1):
