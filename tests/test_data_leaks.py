@@ -67,3 +67,32 @@ def test_skill_sets_hold_no_probe_and_right_sums(name):
         assert probe_leak(r["messages"][0]["content"]) is None, r
         assert "colo" not in r["messages"][0]["content"].lower() and "couleur" not in r["messages"][0]["content"]
     assert load_source(name).rows == rows         # deterministic
+
+
+@pytest.mark.slow   # prepares every strategy from the registry cache (5-15 s each)
+@pytest.mark.parametrize("strategy", ["quick", "conversational", "specialized", "smoke"])
+def test_no_strategys_prepared_data_asks_a_probe(strategy, tmp_path):
+    """Every row of every phase, train and val, of the strategy's offline CPU data: no user turn asks
+    a probe or a paraphrase of one, and the sources that held such rows counted them."""
+    from mambaft.config import make_config
+    from mambaft.data.prepare import load_prepared, prepare
+    from mambaft.data.registry import cached_path
+
+    if not all(cached_path(p) for p in ("wiki", "chatterbot", "olmo", "sharegpt", "chitchat")):
+        pytest.skip("registry cache not warm (mambaft registry wiki chatterbot olmo sharegpt chitchat)")
+    out = tmp_path / "data"
+    stats = prepare(make_config(strategy, budget="cpu", data_mode="offline"), out, progress=False)
+    phases = [out / "phase1", out / "phase2"] if (out / "phase1").is_dir() else [out]
+    rows = 0
+    for phase in phases:
+        dd = load_prepared(phase)
+        for split in ("train", "val"):
+            for msgs in dd[split]["messages"]:
+                rows += 1
+                for m in msgs:
+                    if m["role"] == "user":
+                        assert probe_leak(m["content"]) is None, (phase.name, split, m["content"])
+    assert rows > 0
+    per = [s for ph in (stats.get("phases") or {"": stats}).values() for s in ph["sources"].values()]
+    assert all(set(s.get("filtered", {})) <= {"empty", "empty_turn", "non_alternating", "no_answer",
+                                              "language", "probe"} for s in per)

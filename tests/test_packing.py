@@ -237,10 +237,10 @@ def test_packed_finetune_trains_like_unpacked_and_resumes_exactly(tmp_path, monk
 
     data = write_prepared(tmp_path / "data")
     sets = dict(lr=3e-3, warmup_steps=2, schedule="constant", batch_size=2, grad_accum=2,
-                eval_every=100, keep_last=2)
+                eval_every=100, keep_last=2, trim_context=False)
     # rows of 13-17 tokens, 2 per micro-batch: one packed row holds up to 2 x 32 tokens
     base = save_checkpoint(learnable_model(seed=1, dropout=0.0, max_seq_len=32), tmp_path / "base")
-    plain = finetune(make_config("smoke", **sets, max_steps=5, save_every=5), base, data,
+    plain = finetune(make_config("smoke", **sets, max_steps=5, save_every=5, packing=False), base, data,
                      tmp_path / "plain", **QUIET)
     assert all(B == 2 and not pos for (B, L), pos in shapes)
     shapes.clear()

@@ -155,7 +155,7 @@ def test_nan_steps_are_skipped_logged_and_repeated_ones_stop_the_run(tmp_path, m
     def flaky(model, ids, labels, **kw):                 # steps 3 and 4 produce a NaN loss
         calls["n"] += 1
         loss, n = real(model, ids, labels, **kw)
-        return (float("nan"), n) if calls["n"] in bad_steps else (loss, n)
+        return (loss * float("nan"), n) if calls["n"] in bad_steps else (loss, n)   # a tensor or a float
 
     monkeypatch.setattr(loop, "micro_step", flaky)
     cfg = make_config("smoke", max_steps=6, batch_size=2, save_every=6, eval_every=6, lr=3e-3, warmup_steps=1)
