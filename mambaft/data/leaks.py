@@ -16,16 +16,15 @@ skill the probe tests without its answer.
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Optional
 
 from mambaft.evaluate.probes import PROBES
+from mambaft.evaluate.probes import _norm as _probe_norm
 
 
 def _norm(text: str) -> str:
-    """Lowercase, NFC, typographic apostrophes -> ', runs of spaces -> one space."""
-    t = unicodedata.normalize("NFC", text).replace("\u2019", "'").replace("\u2018", "'").lower()
-    return re.sub(r"\s+", " ", t).strip()
+    """The probes' own normalisation (NFC, lowercase, typographic apostrophes), one space between words."""
+    return re.sub(r"\s+", " ", _probe_norm(text)).strip()
 
 
 def _bare(text: str) -> str:
