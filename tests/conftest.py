@@ -43,6 +43,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def lam_checkpoint(tiny_ckpt_path: Path, out: Path, lam: float) -> Path:
+    """The tiny original checkpoint with a `lam` key beside every SWELU `k` (later SWELU versions)."""
+    ckpt = torch.load(tiny_ckpt_path, weights_only=True)
+    sd = ckpt["model_state_dict"]
+    for key in [k for k in sd if k.endswith(".k")]:
+        sd[key[:-2] + ".lam"] = torch.tensor(lam)
+    torch.save(ckpt, out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt_path() -> Path:
     return fixture_path("mambaswelu_tiny/checkpoint.pt")

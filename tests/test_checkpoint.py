@@ -144,11 +144,8 @@ def test_saved_config_contradicting_weights(tiny_ckpt_path, tmp_path):
 
 
 def test_lam_keys_refused_unless_formula_named(tiny_ckpt_path, tmp_path):
-    ckpt = torch.load(tiny_ckpt_path, weights_only=True)
-    sd = ckpt["model_state_dict"]
-    for k in [k for k in sd if k.endswith(".k")]:
-        sd[k[:-2] + ".lam"] = torch.tensor(1.5)
-    torch.save(ckpt, tmp_path / "lam.pt")
+    from tests.conftest import lam_checkpoint
+    lam_checkpoint(tiny_ckpt_path, tmp_path / "lam.pt", 1.5)
     with pytest.raises(CheckpointError, match="`lam` keys.*'outer'.*'inner'"):
         load_checkpoint(tmp_path / "lam.pt")
     model, info = load_checkpoint(tmp_path / "lam.pt", lam_formula="outer")

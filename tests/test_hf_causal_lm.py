@@ -17,7 +17,6 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from mambaft.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from mambaft.course import DEMO_BASE  # noqa: E402
 from mambaft.generate import generate  # noqa: E402
-from mambaft.model import upgrade_to_selective  # noqa: E402
 from mambaft.template import DEFAULT_TEMPLATE  # noqa: E402
 
 hf_logging.set_verbosity_error()
@@ -32,22 +31,12 @@ def _hf(path, **kw):
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **kw).eval()
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_ckpt_path, tmp_path_factory):
-    model, info = load_checkpoint(tiny_ckpt_path)
-    return model, save_checkpoint(model, tmp_path_factory.mktemp("hf") / "tiny", "hf", template=info.template)
+from tests.test_hf_export import tiny_original, tiny_selective  # noqa: E402,F401  (the shared exports)
 
 
 @pytest.fixture(scope="module")
-def tiny_selective(tiny_ckpt_path, tmp_path_factory):
-    base, _ = load_checkpoint(tiny_ckpt_path)
-    torch.manual_seed(1)
-    model = upgrade_to_selective(base, ssm_state=4).eval()
-    with torch.no_grad():
-        for layer in model.mamba_stack.layers:
-            layer.mamba.selective.gate.normal_(0, 1.0)
-            layer.mamba.selective.delta_proj.bias.add_(2.0)
-    return model, save_checkpoint(model, tmp_path_factory.mktemp("hf") / "sel", "hf")
+def tiny(tiny_original):
+    return tiny_original
 
 
 def _rows(vocab, lengths, seed=0):

@@ -20,18 +20,8 @@ from mambaft.errors import DiskFullError
 from mambaft.train import finetune
 from mambaft.train import run_state as ck
 from mambaft.train.run_inputs import RunChangedError
-from tests.test_run_safety import tiny
+from tests.test_run_safety import base, data, tiny  # noqa: F401  (shared fixtures)
 from tests.test_train_loop import QA, QUIET, learnable_model, train_losses, write_prepared
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_prepared(tmp_path_factory.mktemp("same") / "data")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return save_checkpoint(learnable_model(seed=4, dropout=0.1), tmp_path_factory.mktemp("same") / "base")
 
 
 @pytest.fixture()

@@ -30,11 +30,8 @@ def test_scaled_is_049fe10s_formula_and_the_others_are_not():
 
 
 def test_a_049fe10_checkpoint_loads_only_by_name_and_gives_its_numbers(tiny_ckpt_path, tmp_path):
-    ckpt = torch.load(tiny_ckpt_path, weights_only=True)
-    sd = ckpt["model_state_dict"]
-    for key in [k for k in sd if k.endswith(".k")]:
-        sd[key[:-2] + ".lam"] = torch.tensor(0.6)
-    torch.save(ckpt, tmp_path / "lam.pt")
+    from tests.conftest import lam_checkpoint
+    lam_checkpoint(tiny_ckpt_path, tmp_path / "lam.pt", 0.6)
     with pytest.raises(CheckpointError, match="'scaled': .*049fe10"):
         load_checkpoint(tmp_path / "lam.pt")
     model, info = load_checkpoint(tmp_path / "lam.pt", lam_formula="scaled")
