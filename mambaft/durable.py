@@ -8,6 +8,8 @@ fsynced file by file and directory by directory before its rename, and its paren
     write_manifest(folder)           manifest.json: {relative path: {size, sha256}}
     verify_manifest(folder)          problems found (empty list: intact)
     replace_dir(tmp, final)          tmp takes final's place atomically (RENAME_EXCHANGE on Linux)
+    replace_file(tmp, final)         the same for one finished file
+    write_atomic(path, data)         text or bytes: the old file or the new one, never a part
 """
 from __future__ import annotations
 
@@ -143,6 +145,27 @@ def replace_dir(tmp: PathLike, final: PathLike) -> None:
         return
     os.replace(tmp, final)
     fsync_path(final.parent)
+
+
+def replace_file(tmp: PathLike, final: PathLike) -> None:
+    """Move the finished file `tmp` to `final`: fsync it, rename, then fsync the folder, so that after a
+    power loss `final` is the old file or the whole new one (the rename alone may reach the disk first)."""
+    tmp, final = Path(tmp), Path(final)
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
+    """Write `data` (str: UTF-8) to `path` through a temporary file beside it and replace_file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        replace_file(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def is_disk_full(e: BaseException) -> bool:

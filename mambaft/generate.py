@@ -15,6 +15,9 @@ import torch
 
 from mambaft.template import pad_ids
 
+MAX_NEW = 100_000   # ~10 tokens/s on a 2-core CPU at 124M: beyond this a typo, not a wish (hours)
+
+
 def _apply_repetition_penalty(logits: torch.Tensor, seen: list, penalty: float, exempt: frozenset) -> None:
     """CTRL-style: divide positive logits (multiply negative ones) of tokens already in the row,
     except `exempt` ids (stop ids and turn markers), which keep their logits."""

@@ -168,6 +168,34 @@ def test_heldout_picks_the_val_rows_that_evaluation_scores(small_gpt2_folder, pr
     assert res["degeneration"]["split"] == "selection" and res["settings"]["heldout_rows"] == 1
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--limit", "0"], "--limit 0: expected at least 1 item"),
+    (["--bench-limit", "-3"], "--bench-limit -3: expected at least 1 item"),
+    (["--max-new", "0"], "--max-new 0: expected 1 to 100,000 new tokens"),
+    (["--bench", "arc_easy", "mmlu-typo"], "--bench mmlu-typo: unknown; expected some of "),
+])
+def test_evaluate_refuses_bad_counts_and_names_in_one_line(argv, says, capsys):
+    from mambaft.cli import main
+    for cmd in (["evaluate", "--model", "m"], ["compare", "m", "--out", "o"]):
+        with pytest.raises(SystemExit) as e:
+            main(cmd + argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"mambaft {cmd[0]}: error: {says}"), err
+
+
+def test_none_means_no_benchmarks_and_no_text_sets():
+    from mambaft.cli.evaluate import build_parser, check_args, kwargs_from_args
+    p = build_parser()
+    for argv, bench, text in ((["--bench", "none", "--text", "NONE"], [], []),
+                              (["--bench", "--text"], [], []),
+                              (["--bench", "arc_easy", "--text", "wiki_fr"], ["arc_easy"], ["wiki_fr"])):
+        a = p.parse_args(["--model", "m"] + argv)
+        check_args(p, a)
+        kw = kwargs_from_args(a)
+        assert (kw["benchmarks"], kw["text_sets"]) == (bench, text), argv
+
+
 def test_missing_or_mismatched_model_files_are_clear_errors(tmp_path):
     from mambaft.checkpoint import CheckpointError
     from mambaft.evaluate.suite import evaluate_model
@@ -218,7 +246,7 @@ def test_compare_models_writes_table_plots_and_side_by_side_report(quick_result,
 def test_cli_commands(small_gpt2_folder, prepared_data, tmp_path, capsys):
     from mambaft.cli import main
     rc = main(["evaluate", "--model", str(small_gpt2_folder), "--data", str(prepared_data[0]), "--out",
-               str(tmp_path / "e"), "--max-new", "4", "--bench", "--text", "--limit", "2", "--strict",
+               str(tmp_path / "e"), "--max-new", "4", "--bench", "none", "--text", "none", "--limit", "2", "--strict",
                "--no-probes"])
     assert rc == 0
     res = json.loads((tmp_path / "e" / "results.json").read_text())

@@ -222,6 +222,27 @@ def test_a_nan_validation_loss_stops_the_run_and_is_never_best(tmp_path, data, b
     assert not (tmp_path / "run" / "result.json").exists()
 
 
+def test_result_json_and_final_model_pt_are_fsynced_renamed_and_their_folder_fsynced(tmp_path, data, base,
+                                                                                     monkeypatch):
+    """A power loss after the run says "done" must leave the whole new file or the old one: each final
+    file is written beside itself, fsynced, renamed, and then its folder is fsynced (issue 28)."""
+    import os
+    events, real_fsync, real_replace = [], durable.fsync_path, os.replace
+    monkeypatch.setattr(durable, "fsync_path", lambda p: (events.append(("fsync", Path(p))), real_fsync(p)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", Path(a), Path(b))),
+                                                      real_replace(a, b)))
+    out = tmp_path / "run"
+    finetune(tiny(2, export_original=True), base, data, out, **QUIET)
+    for name in ("result.json", "final_model.pt"):
+        i = next(i for i, e in enumerate(events) if e[0] == "replace" and e[2] == out / name)
+        tmp = events[i][1]
+        assert tmp.parent == out and tmp.name != name
+        assert ("fsync", tmp) in events[:i], f"{name}: not fsynced before its rename"
+        assert ("fsync", out) in events[i + 1:], f"{name}: its folder was not fsynced after the rename"
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_result_json_is_strict_json_and_a_nan_val_loss_is_never_best(tmp_path, data, base):
     from accelerate import Accelerator
     from mambaft.train.loop import write_final

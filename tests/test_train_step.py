@@ -89,3 +89,44 @@ def test_non_finite_gradient_skips_the_step():
         assert torch.equal(before[n], p.detach()), n
         assert p.grad is None
     assert len(opt.state) == 0  # no moments were written
+
+
+def test_the_micro_step_reads_no_device_value_when_given_the_host_label_index():
+    """Issue 27: no host sync per micro-batch. The meta device holds shapes and no values, so any read
+    of a tensor's value (int(), .item(), a boolean-mask index, nonzero) raises there. With the label
+    index from the host's labels, a whole forward + backward runs on meta; without it, the loss has to
+    find the trained positions on the device, and that read is refused."""
+    from mambaft.model.kernels.loss import label_index
+    ids, labels = _batch()
+    model = make_small_gpt2_model(seed=1).to("meta")
+    index = label_index(labels)                        # on the host, where the batch is built
+    loss, n = micro_step(model, ids.to("meta"), labels.to("meta"), loss_scale=1.0 / 75, sync=False,
+                         label_index=index.to("meta"))
+    assert n == 3 + 40 + 7 + 25 and loss.device.type == "meta"
+    # the same parameters get a gradient as on the CPU (x_proj and dt_proj are dead in the as-trained
+    # architecture: the forward never reads them)
+    cpu = make_small_gpt2_model(seed=1)
+    micro_step(cpu, ids, labels, loss_scale=1.0 / 75)
+    # (.to("meta") unties lm_head from the token embedding, so the meta model lists both)
+    meta_grads = {n for n, p in model.named_parameters() if p.grad is not None} - {"lm_head.weight"}
+    assert meta_grads == set(_grads(cpu))
+    assert all(p.grad.device.type == "meta" for p in model.parameters() if p.grad is not None)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        micro_step(model, ids.to("meta"), labels.to("meta"), loss_scale=1.0 / 75, sync=False)
+
+
+def test_the_host_label_index_gives_the_same_loss_and_gradients_bit_for_bit():
+    """The index picks the same feature rows in the same (row-major) order as the boolean mask did:
+    the same operations on the same values, so equality is exact, not within a tolerance."""
+    from mambaft.model.kernels.loss import label_index
+    ids, labels = _batch(seed=3)
+    a, b = make_small_gpt2_model(seed=2), make_small_gpt2_model(seed=2)
+    la, na = micro_step(a, ids, labels, loss_scale=1.0 / 75)
+    lb, nb = micro_step(b, ids, labels, loss_scale=1.0 / 75, label_index=label_index(labels))
+    assert (la, na) == (lb, nb)
+    ga, gb = _grads(a), _grads(b)
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+    flat = label_index(labels)
+    L = labels.shape[1]
+    # hand-checked: row 0 trains labels 30..32, so features 29..31 of row 0 are read first
+    assert flat[:3].tolist() == [29, 30, 31] and flat[3].item() == 1 * L + 4

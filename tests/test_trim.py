@@ -166,3 +166,47 @@ def test_trimmed_finetune_trains_like_untrimmed_and_resumes_exactly(tmp_path):
     assert sorted(got) == list(range(1, 7))
     for step, loss in enumerate(ref["losses"], start=1):
         assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), step
+
+
+def _stream_rows(lengths_and_trained):
+    """Dataset rows of the given lengths, each trained on its last `trained` tokens."""
+    from datasets import Dataset
+    rows = []
+    for n, trained in lengths_and_trained:
+        ids = [(7 * i + n) % 50000 for i in range(n)]
+        rows.append({"input_ids": ids, "labels": [-100] * (n - trained) + ids[n - trained:]})
+    return Dataset.from_list(rows)
+
+
+@pytest.mark.parametrize("pack_to, one_row", [(None, False), (16, False), (16, True)])
+def test_a_row_past_max_seq_len_is_refused_by_name_even_when_trimming_shortens_it(pack_to, one_row):
+    """Trimmed, the 40-token row is 19 + 3 tokens long, but it still reads positions up to 39: the
+    position table (max_seq_len 16) cannot hold it. Before, the length check passed and the model's
+    position lookup raised IndexError (issue 28)."""
+    from mambaft.train.batches import RowStream
+    ds = _stream_rows([(40, 3), (40, 3)])
+    stream = RowStream(ds, seed=0, pad_id=0, max_len=16, pack_to=pack_to, one_row=one_row, trim_to=19)
+    with pytest.raises(ValueError, match=r"row \d+: 40 tokens, longer than max_seq_len 16"):
+        stream.step_rows(0, batch_size=2, grad_accum=1, rank=0, world_size=1)
+
+
+@pytest.mark.parametrize("pack_to, one_row", [(None, False), (8, False), (8, True)])
+@pytest.mark.parametrize("trim_to", [None, SEEN])
+def test_empty_rows_are_padding_that_trains_nothing_in_every_layout(pack_to, one_row, trim_to):
+    """Rows with no tokens (hand-made data) crashed trimming (IndexError) and packing (one label more
+    than tokens). They now train nothing, and the other rows train as if they were absent."""
+    from mambaft.train.batches import RowStream
+    from mambaft.train.step import count_trained_tokens
+    ds = _stream_rows([(0, 0), (6, 2), (0, 0), (0, 0)])
+    stream = RowStream(ds, seed=0, pad_id=0, max_len=16, pack_to=pack_to, one_row=one_row, trim_to=trim_to)
+    got = stream.step_rows(0, batch_size=2, grad_accum=2, rank=0, world_size=1)
+    assert sorted(got.row_ids) == [0, 1, 2, 3]
+    assert sum(count_trained_tokens(m["labels"]) for m in got.micro_batches) == 2
+    for m in got.micro_batches:
+        assert m["input_ids"].shape[1] >= 1 and m["input_ids"].shape == m["labels"].shape
+    model = make_small_gpt2_model(seed=3, d_model=32, n_layers=N_LAYERS, max_seq_len=16)
+    losses = [model(m["input_ids"], labels=m["labels"], positions=m.get("positions"), loss_reduction="sum")
+              for m in got.micro_batches]
+    assert sum(int(out["n_tokens"]) for out in losses) == 2
+    # an all-empty micro-batch trains nothing: its summed loss is exactly 0, not NaN
+    assert all(torch.isfinite(out["loss"]) for out in losses)

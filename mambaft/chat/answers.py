@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
-from mambaft.chat.session import ChatSession, ChatSettings, Reply, generate_replies
+from mambaft.chat.session import ChatSession, ChatSettings, generate_replies
 
 ModelSpec = Union[ChatSession, str, Path, tuple]
 

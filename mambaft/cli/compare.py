@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from mambaft.cli.evaluate import build_parser, kwargs_from_args
+from mambaft.cli.evaluate import build_parser, check_args, kwargs_from_args
 from mambaft.evaluate.compare import compare_models, markdown_table
 
 
@@ -16,6 +16,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("models", nargs="+", help="checkpoints, model folders or results.json files")
     p.add_argument("--names", nargs="*", help="one label per model")
     a = p.parse_args(argv)
+    check_args(p, a)
     if not a.out:
         p.error("--out DIR is required")
     from mambaft.runtime import seed_everything, set_threads

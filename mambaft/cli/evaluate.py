@@ -18,6 +18,7 @@ from typing import Optional
 from mambaft.evaluate.benchmarks import BENCHMARKS
 from mambaft.evaluate.probes import DEFAULT_MAX_NEW_TOKENS
 from mambaft.evaluate.suite import RESULTS_FILE, TEXT_SETS, evaluate_model, format_summary
+from mambaft.generate import MAX_NEW
 
 
 def build_parser(prog: str = "mambaft evaluate", one_model: bool = True) -> argparse.ArgumentParser:
@@ -48,6 +49,27 @@ def build_parser(prog: str = "mambaft evaluate", one_model: bool = True) -> argp
     return p
 
 
+def _names(values: list, flag: str, known=None, p=None) -> list:
+    """`--flag none` (or no names) means none; other names must be known (`known`: None, any name)."""
+    if [v.lower() for v in values] == ["none"]:
+        return []
+    unknown = [v for v in values if known is not None and v not in known]
+    if unknown:
+        p.error(f"{flag} {' '.join(unknown)}: unknown; expected some of {', '.join(known)}, or none")
+    return list(values)
+
+
+def check_args(p: argparse.ArgumentParser, a) -> None:
+    """What argparse cannot say in its types: counts of at least 1, 'none' for the name lists."""
+    for flag, value in (("--limit", a.limit), ("--bench-limit", a.bench_limit)):
+        if value is not None and value < 1:
+            p.error(f"{flag} {value}: expected at least 1 item (leave {flag} out for the default)")
+    if not 1 <= a.max_new <= MAX_NEW:
+        p.error(f"--max-new {a.max_new}: expected 1 to {MAX_NEW:,} new tokens")
+    a.bench = _names(a.bench, "--bench", BENCHMARKS, p)
+    a.text = _names(a.text, "--text")
+
+
 def kwargs_from_args(a) -> dict:
     return dict(data=a.data, limit=a.limit, max_new_tokens=a.max_new, seed=a.seed, probes=not a.no_probes,
                 benchmarks=a.bench, bench_limit=a.bench_limit, bench_source=a.bench_source, text_sets=a.text,
@@ -56,7 +78,9 @@ def kwargs_from_args(a) -> dict:
 
 
 def main(argv: Optional[list] = None) -> int:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
+    check_args(p, a)
     from mambaft.runtime import seed_everything, set_threads
     set_threads(a.threads)
     seed_everything(a.seed)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 from mambaft.config import ConfigError, make_config, parse_overrides
-from mambaft.train.evaluation import load_heldout_texts
 from mambaft.train.run import finetune
 
 

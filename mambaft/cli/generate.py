@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mambaft.generate import check_temperature, generate
-
-MAX_NEW = 100_000   # ~10 tokens/s on a 2-core CPU at 124M: beyond this a typo, not a wish (hours)
+from mambaft.generate import MAX_NEW, check_temperature, generate
 
 
 def main(argv=None) -> None:

@@ -197,8 +197,8 @@ def verdict(rows: dict, strategy: str, model: str = "fine-tuned", base: str = "b
     text += ["  " + c.line() for c in cs] + [f"=> {model} {one_line(cs)}"]
     ok = {c.rule: c.ok for c in cs}
     if ok.get("stops") and not (ok.get("distinct replies") and ok.get("not bare")):
-        text.append(f"   It learned the FORMAT of a reply (it stops) but not to answer: its replies repeat or are "
-                    f"bare. Do not call this run a success.")
+        text.append("   It learned the FORMAT of a reply (it stops) but not to answer: its replies repeat or are "
+                    "bare. Do not call this run a success.")
     return {"checks": [asdict(c) for c in cs], "verdict": one_line(cs), "text": "\n".join(text)}
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .. import durable
 from ..data.heldout import TEST, heldout_rows
 from .benchmarks import BENCHMARKS, run_benchmarks
 from .lm import load_lm
@@ -110,6 +111,8 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
     `limit` caps val_rows, answer_pairs, bench_limit and text_docs at once (quick runs). `heldout`:
     which val rows `data` contributes: "test" (the default: rows that chose nothing), "selection"
     (the rows that chose the checkpoint) or "all"."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit!r}: expected at least 1 item per part (None: no cap)")
     if limit is not None:
         val_rows, answer_pairs = min(val_rows or limit, limit), min(answer_pairs, limit)
         bench_limit, text_docs = min(bench_limit or limit, limit), min(text_docs, limit)
@@ -185,7 +188,7 @@ def evaluate_model(path_or_model, *, data=None, out: Union[str, Path, None] = No
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / RESULTS_FILE).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        durable.write_atomic(out / RESULTS_FILE, json.dumps(res, indent=2, ensure_ascii=False) + "\n")
     return res
 
 

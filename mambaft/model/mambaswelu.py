@@ -313,7 +313,7 @@ class MambaSWELU(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, return_logits: bool = True,
                 loss_reduction: str = "mean", loss_chunk: int = 512,
-                positions: Optional[torch.Tensor] = None) -> dict:
+                positions: Optional[torch.Tensor] = None, label_index: Optional[torch.Tensor] = None) -> dict:
         """Args:
             input_ids: [B, L] token ids, L <= max_seq_len (with 2-D `positions`, any L: the position
                 table is indexed by the positions, so each packed conversation must fit, not the row).
@@ -325,6 +325,8 @@ class MambaSWELU(nn.Module):
                 pack): positions restart at 0 at each conversation, and so do the mixers' windows.
                 The first label of each conversation must be -100 (pack does it): it would be
                 predicted from the previous conversation.
+            label_index: `kernels.loss.label_index(labels)` from the host's labels, so that the
+                chunked loss counts trained tokens without a device read (return_logits=False).
         Returns: {"logits": [B, L, V] fp32 or None, "loss": scalar or None, "n_tokens": int}
         """
         f = self.features(input_ids, positions)
@@ -340,7 +342,7 @@ class MambaSWELU(nn.Module):
                                               reduction=loss_reduction)
         elif labels is not None:
             out["loss"], out["n_tokens"] = linear_cross_entropy(
-                f, self.lm_head.weight, labels, chunk=loss_chunk, reduction=loss_reduction)
+                f, self.lm_head.weight, labels, chunk=loss_chunk, reduction=loss_reduction, index=label_index)
         return out
 
     # --- O(1)-per-token decoding --------------------------------------------------------------

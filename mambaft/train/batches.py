@@ -41,6 +41,23 @@ from mambaft.template import IGNORE_INDEX, pad_ids
 from mambaft.train.trim import trim_row
 
 
+def position_span(row: dict) -> int:
+    """Rows of the position table a row uses: its length, or past its highest kept position once
+    trimmed (mambaft.train.trim keeps positions, so a trimmed row of a 2,000-token conversation is
+    short but still reads position 1,999). This, not the length, must fit max_seq_len."""
+    pos = row.get("positions")
+    return max(pos) + 1 if pos else len(row["input_ids"])
+
+
+def _check_row(r: dict, i, max_len: Optional[int]) -> None:
+    n = len(r["input_ids"])
+    if len(r["labels"]) != n:
+        raise ValueError(f"row {r.get('id', i)!r}: {n} input_ids but {len(r['labels'])} labels")
+    if max_len is not None and position_span(r) > max_len:
+        raise ValueError(f"row {r.get('id', i)!r}: {position_span(r)} tokens, longer than max_seq_len "
+                         f"{max_len} (prepare the data with the same max_seq_len as the model)")
+
+
 def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None, pad_to: int = 0) -> dict:
     """Right-pad rows to the batch's longest one (or to `pad_to`, when longer).
 
@@ -49,16 +66,14 @@ def collate(rows: Sequence[dict], pad_id: int, max_len: Optional[int] = None, pa
         pad_id: filler id for input_ids past each row's end (its value never matters: the model is
             causal, so padding on the right cannot reach a real position, and its labels are -100).
         max_len: refuse rows longer than this (the model's position table), naming the row.
+        Empty rows are all padding; a micro-batch of only empty rows is one padding column wide.
     Returns:
         {"input_ids": [B, L] long, "labels": [B, L] long, "lengths": [B] long}
     """
     lengths = [len(r["input_ids"]) for r in rows]
     for i, r in enumerate(rows):
-        if len(r["labels"]) != lengths[i]:
-            raise ValueError(f"row {r.get('id', i)!r}: {lengths[i]} input_ids but {len(r['labels'])} labels")
-        if max_len is not None and lengths[i] > max_len:
-            raise ValueError(f"row {r.get('id', i)!r}: {lengths[i]} tokens, longer than max_seq_len "
-                             f"{max_len} (prepare the data with the same max_seq_len as the model)")
+        _check_row(r, i, max_len)
+    pad_to = max(pad_to, 1)   # a model input needs at least one position
     out = {"input_ids": pad_ids([r["input_ids"] for r in rows], pad_id, pad_to),
            "labels": pad_ids([r["labels"] for r in rows], IGNORE_INDEX, pad_to),
            "lengths": torch.tensor(lengths, dtype=torch.long)}
@@ -123,12 +138,10 @@ def collate_packed(bins: Sequence[Sequence[dict]], pad_id: int, max_len: Optiona
         labels: list = []
         pos: list = []
         for r in rows:
+            _check_row(r, r.get("id"), max_len)
             n = len(r["input_ids"])
-            if len(r["labels"]) != n:
-                raise ValueError(f"row {r.get('id')!r}: {n} input_ids but {len(r['labels'])} labels")
-            if max_len is not None and n > max_len:
-                raise ValueError(f"row {r.get('id')!r}: {n} tokens, longer than max_seq_len {max_len} "
-                                 "(prepare the data with the same max_seq_len as the model)")
+            if not n:   # an empty row adds nothing (its boundary label below would have no token)
+                continue
             ids.extend(r["input_ids"])
             labels.extend([IGNORE_INDEX] + list(r["labels"][1:]))  # never predicted across a boundary
             pos.extend(r.get("positions") or range(n))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 from mambaft import durable, runtime
 from mambaft.config import Config, ConfigError
 from mambaft.faults import inject as _fault
+from mambaft.model.kernels.loss import label_index
 
 from . import run_state as ck
 from .batches import RowStream, packs_one_row
@@ -246,9 +246,11 @@ class Phase:
             sync = contextlib.nullcontext() if (last or W == 1) else self.acc.no_sync(self.model)
             with sync:
                 pos = mb["positions"].to(device) if "positions" in mb else None   # packed rows
+                # the trained positions from the host's labels: no device read in the step
+                index = label_index(mb["labels"]).to(device)
                 ls, _ = micro_step(self.model, mb["input_ids"].to(device), mb["labels"].to(device),
                                    autocast_ctx=self.ctx(), loss_scale=scale, backward=backward, positions=pos,
-                                   sync=False)
+                                   sync=False, label_index=index)
             loss_local += ls.double()
         loss = self.reduce_sum([loss_local])[0] / max(1, n_global)
         # 4. clip + AdamW step, unless the loss or the gradient is NaN/inf (then nothing is applied)
@@ -392,8 +394,7 @@ def write_final(cfg: Config, out: Path, accelerator, model_path_from: Path) -> d
         if original.is_file():
             tmp_pt = out / ".final_model.pt.tmp"
             shutil.copyfile(original, tmp_pt)
-            durable.fsync_path(tmp_pt)
-            os.replace(tmp_pt, out / "final_model.pt")
+            durable.replace_file(tmp_pt, out / "final_model.pt")
         rows = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
         train_rows = [r for r in rows if "loss" in r and "event" not in r]
         evals = [r for r in rows if "val_loss" in r]
@@ -406,8 +407,8 @@ def write_final(cfg: Config, out: Path, accelerator, model_path_from: Path) -> d
                "best_val_loss": best.val_loss if best else None,
                "metrics": str(out / "metrics.jsonl"), "out_dir": str(out), "strategy": cfg.strategy}
         # strict JSON: a NaN loss is written null (json.dumps would write a bare NaN)
-        (out / "result.json").write_text(json.dumps(finite_or_none(res), indent=2, allow_nan=False) + "\n",
-                                         encoding="utf-8")
+        durable.write_atomic(out / "result.json",
+                             json.dumps(finite_or_none(res), indent=2, allow_nan=False) + "\n")
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         res = json.loads((out / "result.json").read_text(encoding="utf-8"))

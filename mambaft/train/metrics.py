@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from mambaft import durable
 from mambaft.errors import UserError
 
 
@@ -68,9 +68,7 @@ class MetricsLog:
                 dropped += 1
             else:
                 keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+        durable.write_atomic(self.path, "".join(l + "\n" for l in keep))
         return dropped
 
 

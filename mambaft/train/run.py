@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 

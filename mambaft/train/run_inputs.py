@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -64,12 +63,7 @@ def fingerprints(base: PathLike, data_dir: PathLike, config: dict) -> dict:
 
 def write_record(out_dir: PathLike, record: dict) -> None:
     """Atomic and fsynced: a kill leaves the old record or the new one."""
-    path = Path(out_dir) / RECORD
-    tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    durable.fsync_path(tmp)
-    os.replace(tmp, path)
-    durable.fsync_path(path.parent)
+    durable.write_atomic(Path(out_dir) / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def read_record(out_dir: PathLike) -> Optional[dict]:

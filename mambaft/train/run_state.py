@@ -223,14 +223,12 @@ def trim_metrics(out_dir: Union[str, Path], step: int, say: Callable[[str], None
             f.write(b"".join(l + b"\n" for _, l in bad))
         lines = ", ".join(str(i) for i, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
         say(f"note: {path}: {len(bad)} unreadable line(s) ({lines}) moved to metrics.jsonl.bad-lines")
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_bytes(b"".join(l + b"\n" for l in keep))
-    durable.fsync_path(tmp)
-    os.replace(tmp, path)
+    durable.write_atomic(path, b"".join(l + b"\n" for l in keep))
 
 
 # half-written files a killed or disk-full run leaves in OUT itself (final/'s copy, the .pt, records)
-_RUN_LEFTOVERS = (".tmp-final", ".final_model.pt.tmp", ".metrics.jsonl.tmp", "metrics.jsonl.tmp", ".run_inputs.json.*.tmp")
+_RUN_LEFTOVERS = (".tmp-final", ".final_model.pt.tmp", ".metrics.jsonl.tmp", "metrics.jsonl.tmp",
+                  ".metrics.jsonl.*.tmp", ".run_inputs.json.*.tmp", ".result.json.*.tmp")
 
 
 def clean_partial(out_dir: Union[str, Path]) -> list[Path]:

@@ -36,7 +36,8 @@ def count_trained_tokens(labels: torch.Tensor) -> int:
 def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, *,
                autocast_ctx=None, loss_scale: float,
                backward: Optional[Callable[[torch.Tensor], None]] = None,
-               positions: Optional[torch.Tensor] = None, sync: bool = True) -> tuple[float, int]:
+               positions: Optional[torch.Tensor] = None, sync: bool = True,
+               label_index: Optional[torch.Tensor] = None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; gradients ACCUMULATE into .grad.
 
     Args:
@@ -54,6 +55,9 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
             micro-batch: with 16 micro-batches per step, 16 stalls of the launch queue). False returns
             the detached 0-dim fp32 tensor instead; the loop adds them on the device and reads the
             step's total once, in the all-reduce it does anyway.
+        label_index: `mambaft.model.kernels.loss.label_index` of the HOST labels, moved to the
+            device: with it (and sync=False) the micro-step reads no device value at all
+            (tests/test_train_step.py runs it on the meta device, which has no values to read).
     Returns:
         (summed token loss of this micro-batch as a float, or a tensor when sync=False, its number of
         trained tokens).
@@ -63,6 +67,8 @@ def micro_step(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Te
     ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
     with ctx:
         extra = {} if positions is None else {"positions": positions}
+        if label_index is not None:
+            extra["label_index"] = label_index
         out = model(input_ids, labels=labels, return_logits=False, loss_reduction="sum", **extra)
     loss_sum, n_tokens = out["loss"], int(out["n_tokens"])
     if loss_sum is None:  # pragma: no cover - the model always returns a loss when labels are given

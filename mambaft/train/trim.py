@@ -60,13 +60,14 @@ def trim_row(row: dict, seen: int) -> dict:
     Returns a new dict: the same keys plus `positions` (the kept tokens' positions). The first token
     of every kept piece has label -100 (shown in tests/test_trim.py), so no label is ever scored
     across a cut. A row with no trained label keeps its last token: a one-token row that trains
-    nothing, so the step's row count (and every micro-batch's shape) stays valid.
+    nothing, so the step's row count (and every micro-batch's shape) stays valid. An empty row stays
+    empty (collate pads it; it trains nothing either way).
     """
     ids, labels = row["input_ids"], row["labels"]
     if len(labels) != len(ids):
         raise ValueError(f"row {row.get('id')!r}: {len(ids)} input_ids but {len(labels)} labels")
     positions = row.get("positions") or range(len(ids))
-    keep = kept_tokens(labels, seen) or [len(ids) - 1]
+    keep = kept_tokens(labels, seen) or [len(ids) - 1][:len(ids)]
     out = dict(row)
     out.update(input_ids=[ids[i] for i in keep], labels=[labels[i] for i in keep],
                positions=[positions[i] for i in keep])

@@ -10,6 +10,8 @@ Only positions with a label are computed at all (instruction tuning masks most p
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ...template import IGNORE_INDEX
@@ -79,8 +81,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+def label_index(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices b * L + t (into [B * L]) of the positions whose next label is trained: the
+    feature rows the loss reads, in row-major order. Computed where the labels are: on the host, the
+    batch builder knows them before the GPU does, so the count is a shape, not a device read."""
+    B, L = labels.shape
+    bt = (labels[:, 1:] != IGNORE_INDEX).nonzero()             # [N, 2]: (b, t), row-major
+    return bt[:, 0] * L + bt[:, 1]
+
+
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         chunk: int = 512, reduction: str = "mean") -> tuple[torch.Tensor, int]:
+                         chunk: int = 512, reduction: str = "mean",
+                         index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy of `h @ weight.T` against labels shifted by one, in chunks.
 
     Args:
@@ -90,22 +102,27 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
             as the original model does).
         reduction: "mean" over trained tokens (the original's semantics) or "sum" (for weighting
             by trained tokens across accumulation steps and ranks).
+        index: `label_index(labels)`, computed from the host's copy of the labels (on `h`'s device).
+            Given, nothing here reads a tensor's values on the host: the token count is
+            index.numel(), a shape, so a GPU step never waits for the device (without it, finding
+            the trained positions of GPU labels is one host sync per micro-batch).
     Returns:
         (loss, number of trained tokens)
     """
-    targets = labels[:, 1:]                                     # [B, L-1]
-    valid = targets != IGNORE_INDEX
-    n = int(valid.sum())
-    feats = h[:, :-1][valid]                                    # [N, D]
+    if index is None:
+        index = label_index(labels)
+    n = index.numel()
+    feats = h.reshape(-1, h.shape[-1]).index_select(0, index)              # [N, D]
+    targets = labels.reshape(-1).index_select(0, index + 1)                # label t + 1 of row b
     if n == 0:
         zero = h.sum() * 0.0  # keeps the graph connected, so every rank runs the same backward
         return (zero if reduction == "sum" else zero / 0.0), 0
     dtype = _compute_dtype() if h.device.type in ("cpu", "cuda") else torch.float32
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        total = _LinearCrossEntropy.apply(feats, weight, targets[valid], chunk, dtype)
+        total = _LinearCrossEntropy.apply(feats, weight, targets, chunk, dtype)
     else:
         with torch.no_grad():
-            total = _LinearCrossEntropy.forward(_NoCtx(), feats, weight, targets[valid], chunk, dtype)
+            total = _LinearCrossEntropy.forward(_NoCtx(), feats, weight, targets, chunk, dtype)
     return (total if reduction == "sum" else total / n), n
 
 
