@@ -4,6 +4,7 @@
 #   make test-fast  the edit loop: every test not marked slow (under a minute)
 PY      ?= python3
 VENV    := .venv
+TRL_OLDER := 1.14.2
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
@@ -16,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	# torch pinned again: the test clients (TRL, PEFT, lm-eval) must not pull another torch.
 	$(BIN)/python -m pip install -q "torch==2.13.0" -e ".[dev,test-clients]"
+	# One older TRL minor beside it, for tests/test_hf_clients.py's second SFTTrainer run (pure Python,
+	# its dependencies are the ones above): TRL 1.15 changed how it calls the model (a fused LM head).
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/trl-older "trl==$(TRL_OLDER)"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

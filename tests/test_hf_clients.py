@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,8 +56,11 @@ def test_trl_sft_trainer_assistant_only_loss(folder, tmp_path):
     """TRL's SFTTrainer with its defaults (gradient checkpointing on, its fused LM head from 1.15 on)
     and assistant_only_loss=True: it trains, the loss falls, and its labels are mambaft's."""
     from datasets import Dataset
+    import trl
     from trl import SFTConfig, SFTTrainer
 
+    # set by the older-minor test below, which runs this same test against TRL_OLDER
+    assert trl.__version__ == os.environ.get("MAMBAFT_EXPECT_TRL", trl.__version__), trl.__file__
     _, path = folder
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)   # (config.json's class is remote code)
     data = Dataset.from_list([{"messages": c} for c in CONVERSATIONS * 5])
@@ -75,6 +81,24 @@ def test_trl_sft_trainer_assistant_only_loss(folder, tmp_path):
     # A random model starts at ln(50257) = 10.82 nats; 10 steps at lr 3e-3 (decaying) measured 10.82 ->
     # 10.67, every step lower. 0.05 nats is a third of that drop; a model that does not train stays put.
     assert losses[-1] < losses[0] - 0.05 and losses[-1] < min(losses[:3]), losses
+
+
+OLDER_TRL = Path(__file__).resolve().parents[1] / ".venv" / "trl-older"   # the Makefile's TRL_OLDER
+
+
+@pytest.mark.slow   # a fresh interpreter imports TRL and trains 10 steps
+def test_trl_older_minor_sft_trainer_assistant_only_loss():
+    """The same SFTTrainer test at one older TRL minor (1.14: before TRL's fused LM head, where its
+    default loss called the model differently), as a user still on it runs it."""
+    dist = sorted(OLDER_TRL.glob("trl-*.dist-info"))
+    assert dist, f"{OLDER_TRL}: no older TRL installed (make install puts it there)"
+    version = dist[0].name[len("trl-"):-len(".dist-info")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(OLDER_TRL), os.environ.get("PYTHONPATH", "")]),
+           "MAMBAFT_EXPECT_TRL": version}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"{__file__}::test_trl_sft_trainer_assistant_only_loss"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
 
 # --- transformers' Trainer -----------------------------------------------------------------------------------

@@ -64,6 +64,30 @@ def test_rebuild_command_turns_a_time_budget_into_steps():
     assert cmd == "mambaft pretrain --out data/x --lr 4e-3 --steps 1585"
 
 
+def test_a_continued_run_reads_its_stages_and_its_card_rebuilds_them_in_order(tmp_path):
+    """A base pretrained in two stages: the second run's card counts both (steps, tokens, minutes) and
+    its rebuild chains the commands, each continuing from the folder the previous one wrote."""
+    from mambaft.recipes.pretrain_report import _stages
+    first = {"command": "mambaft pretrain --out data/demo_base --steps 2400", "steps": 2400,
+             "tokens_trained": 9_830_400, "epochs": 2.118, "train_minutes": 60.3, "tokens_per_s": 2717,
+             "final_val_loss": 5.28}
+    (tmp_path / "pretrain_summary.json").write_text(json.dumps({**first, "config": {}}))
+    stages = pt.previous_stages(tmp_path)
+    assert stages == [first]
+    assert pt.previous_stages(tmp_path / "none") == []
+    now = {"command": f"mambaft pretrain --out /work/pt2 --init-from {tmp_path} --lr 0.001 --steps 4400",
+           "steps": 4400, "tokens_trained": 18_022_400, "epochs": 2.91, "train_minutes": 112.0,
+           "tokens_per_s": 2680, "stages": stages}
+    lines, rebuild = _stages(now)
+    assert "- stage 1: 2,400 steps, 9,830,400 tokens" in lines and "- stage 2: 4,400 steps" in lines
+    # 2,400 + 4,400 steps; 9,830,400 + 18,022,400 tokens; 60.3 + 112.0 minutes
+    assert "- in all: 6,800 steps, 27,852,800 tokens, 172.3 min of training" in lines
+    assert rebuild.splitlines() == [
+        "mambaft pretrain --out runs/demo_base.stage1 --steps 2400",
+        "mambaft pretrain --out /work/pt2 --init-from runs/demo_base.stage1 --lr 0.001 --steps 4400"]
+    assert _stages({"command": "mambaft pretrain --steps 9"}) == ("", "mambaft pretrain --steps 9")
+
+
 def test_a_time_budget_chooses_the_steps_from_the_median_probe_step():
     # 5 probe steps: the first two (10 s, 9 s: warm-up) are skipped; median of 1, 2, 3 s = 2 s;
     # 60 s / (2 s x 1.08 for the evaluations) = 27.8 -> 27 steps

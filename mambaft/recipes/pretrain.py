@@ -205,7 +205,8 @@ def build_demo_model(cfg: PretrainConfig):
     if cfg.init_from:
         from mambaft.checkpoint import load_checkpoint
         model, info = load_checkpoint(cfg.init_from)
-        meta = {"init_from": str(cfg.init_from), "init_step": info.step}
+        meta = {"init_from": str(cfg.init_from), "init_step": info.step,
+                "stages": previous_stages(cfg.init_from)}
         if cfg.architecture == "selective" and model.config.architecture != "selective":
             from mambaft.model.selective import upgrade_to_selective  # written by the context-repair work
             model = upgrade_to_selective(model, cfg.ssm_state)
@@ -215,6 +216,19 @@ def build_demo_model(cfg: PretrainConfig):
                             d_conv=cfg.d_conv, expand=cfg.expand, max_seq_len=cfg.max_seq_len,
                             dense_hidden_dim=cfg.dense_hidden_dim, dropout=cfg.dropout)
     return MambaSWELU(mcfg), {}
+
+
+STAGE_KEYS = ("command", "steps", "tokens_trained", "epochs", "train_minutes", "tokens_per_s", "final_val_loss")
+
+
+def previous_stages(init_from) -> list:
+    """The pretraining stages that made `init_from` (its pretrain_summary.json, oldest first), so the
+    card of a continued run counts every step and says how to rebuild it; [] when it has none."""
+    f = Path(init_from) / "pretrain_summary.json"
+    if not f.is_file():
+        return []
+    s = json.loads(f.read_text(encoding="utf-8"))
+    return list(s.get("stages", [])) + [{k: s.get(k) for k in STAGE_KEYS}]
 
 
 @torch.no_grad()

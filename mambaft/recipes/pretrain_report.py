@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import shlex
 from typing import Sequence
 
 import torch
@@ -117,12 +118,52 @@ common word 4-gram appears in {k['top_4gram_share']:.0%} of them):
 {conts}"""
 
 
+def _stages(s: dict) -> tuple[str, str]:
+    """(training lines, rebuild commands) over every stage: the stages that made init_from, then this
+    run. A stage's command wrote the folder the next one continues from: each gets its own folder."""
+    stages = list(s.get("stages") or [])
+    if not stages:
+        return "", s["command"]
+    here = {k: s.get(k) for k in ("command", "steps", "tokens_trained", "epochs", "train_minutes", "tokens_per_s")}
+    lines = [f"- stage {i + 1}: {x['steps']:,} steps, {x['tokens_trained']:,} tokens ({x['epochs']} epochs of its "
+             f"mix), {x['train_minutes']} min at {x['tokens_per_s']:,} tokens/s"
+             for i, x in enumerate(stages + [here])]
+    total = stages + [here]
+    lines.append(f"- in all: {sum(x['steps'] for x in total):,} steps, {sum(x['tokens_trained'] for x in total):,} "
+                 f"tokens, {sum(x['train_minutes'] for x in total):.1f} min of training")
+    cmds, prev = [], ""
+    for i, x in enumerate(total):
+        args = shlex.split(x["command"])
+        last = i == len(total) - 1
+        folder = _arg(args, "--out") if last else f"runs/demo_base.stage{i + 1}"
+        args = _set_arg(args, "--out", folder)
+        if prev:
+            args = _set_arg(args, "--init-from", prev)
+        cmds.append(" ".join(shlex.quote(a) for a in args))
+        prev = folder
+    return "\n".join(lines) + "\n", "\n".join(cmds)
+
+
+def _arg(args: list, flag: str) -> str:
+    return args[args.index(flag) + 1] if flag in args else ""
+
+
+def _set_arg(args: list, flag: str, value: str) -> list:
+    args = list(args)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    return args
+
+
 def model_card(s: dict) -> str:
     """The MODEL_CARD.md text, written from the run's own numbers."""
     c, m = s["config"], s["model_config"]
     src_lines = "\n".join(f"| {x['name']} | {x['documents']:,} | {x['train_tokens']:,} | {x['weight']} | "
                           f"{x['licence']} |" for x in s["sources"])
     sym = s["symptoms"]
+    stage_lines, rebuild = _stages(s)
     samples = "\n".join(f"- `{x['prompt']!r}` -> `{x['continuation'][:160]!r}` (repeated 4-grams "
                         f"{x['repeated_4gram_fraction']})" for x in sym["samples"])
     return f"""# mambaft demo base model
@@ -155,7 +196,7 @@ Weights are stored in bf16 (`model.safetensors`); the loader upcasts them to fp3
 {c['val_fraction']:.0%} of each source's training documents were held back for the validation loss.
 
 ## Training
-- steps: {s['steps']:,} x {c['batch_size']} rows x {c['seq_len']} tokens = {s['tokens_trained']:,} tokens ({s['epochs']} epochs)
+{stage_lines}- {"this stage" if stage_lines else "steps"}: {s['steps']:,} x {c['batch_size']} rows x {c['seq_len']} tokens = {s['tokens_trained']:,} tokens ({s['epochs']} epochs)
 - AdamW lr {c['lr']} (warmup {c['warmup_steps']}, cosine to {c['min_lr_ratio']} x lr), betas (0.9, 0.95), weight decay {c['weight_decay']}, clip {c['grad_clip']}
 - precision {s['precision']} on {s['device']} ({s['threads']} threads): {s['train_minutes']} min, {s['tokens_per_s']:,} tokens/s
 - final train loss {s['final_train_loss']}, validation loss {s['final_val_loss']}
@@ -172,7 +213,7 @@ Weights are stored in bf16 (`model.safetensors`); the loader upcasts them to fp3
 
 ## Rebuild
 ```
-{s['command']}
+{rebuild}
 ```
 `mambaft pretrain` restarts itself with `OMP_WAIT_POLICY=PASSIVE` and the glibc malloc tunables
 (mambaft.runtime.LAUNCH_ENV) unless they are set. It saves an exact resume state every
