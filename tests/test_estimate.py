@@ -101,3 +101,30 @@ def test_the_finetune_header_prints_the_disk_the_run_will_take():
     # 12 checkpoints x (12 B x 124.1M + 4 MB) + the final 4 B x 124.1M + 4 MB = 18.42 GB
     assert disk == ["disk: up to 18.42 GB in the run folder (1 phase(s) x (12 checkpoints x 1.49 GB + final "
                     "0.50 GB); every parameter counted as trainable)"]
+
+
+def test_the_remaining_time_is_the_median_step_times_the_steps_left_plus_the_evaluations():
+    t0 = 1_000_000.0
+    # median(2, 1, 3) = 2 s x 100 steps + 3 evaluations x 10 s = 230 s = 3.8 min
+    line = est.remaining_time([2.0, 1.0, 3.0], 100, 3, 10.0, now=t0)
+    end = time.strftime("%H:%M", time.localtime(t0 + 230))
+    assert line == (f"time: 2 s/step (median of 3 timed steps) x 100 steps left + 3 evaluations x 10 s = "
+                    f"about 3.8 min (ends about {end})")
+    assert "+ 2 evaluations (not timed yet) = about 40 s" in est.remaining_time([0.4], 100, 2, None, now=t0)
+    assert "steps left = about 40 s" in est.remaining_time([0.4], 100, 0, None, now=t0)
+
+
+def test_a_run_says_how_long_it_will_take_after_timing_its_first_steps(tmp_path, capsys):
+    """Issue 27: the time before the long part of the run, from this run's own steps (the first
+    warms up and is not timed), printed once."""
+    from mambaft.train import finetune
+    from tests.test_run_safety import base as _base, data as _data, tiny   # noqa: F401 (fixtures)
+    from tests.test_train_loop import QUIET, learnable_model, write_prepared
+    from mambaft.checkpoint import save_checkpoint
+    data = write_prepared(tmp_path / "data")
+    base = save_checkpoint(learnable_model(seed=4), tmp_path / "base")
+    finetune(tiny(8, eval_every=4), base, data, tmp_path / "run", **QUIET)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "s/step (median of 3 timed steps)" in ln]
+    # steps 2-4 timed, 4 steps left; the evaluations at steps 4 (right after the line) and 8 are left,
+    # and none has run yet (QUIET: no evaluation at step 0)
+    assert len(said) == 1 and "x 4 steps left + 2 evaluations (not timed yet)" in said[0], said

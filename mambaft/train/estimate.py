@@ -89,6 +89,23 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+TIMED_STEPS = 3      # steps timed before the run says how long it will take (after one warm-up step)
+
+
+def remaining_time(step_times: list, steps_left: int, evals_left: int, eval_s: Optional[float],
+                   now: Optional[float] = None) -> str:
+    """The line a run prints once it has timed its first steps: the median step (the first step of a
+    run, with its allocations and thread start-up, is left out by the caller) times the steps left,
+    plus the evaluations left at the last evaluation's duration, and the clock time it ends."""
+    step_s = statistics.median(step_times)
+    total = step_s * steps_left + (eval_s or 0.0) * evals_left
+    evals = (f" + {evals_left} evaluations x {eval_s:.3g} s" if eval_s is not None
+             else f" + {evals_left} evaluations (not timed yet)") if evals_left else ""
+    end = time.strftime("%H:%M", time.localtime((time.time() if now is None else now) + total))
+    return (f"time: {step_s:.3g} s/step (median of {len(step_times)} timed steps) x {steps_left} steps left"
+            f"{evals} = about {duration(total)} (ends about {end})")
+
+
 def phase_steps(cfg) -> int:
     return cfg.max_steps + (cfg.phase2_steps if cfg.strategy == "specialized" else 0)
 

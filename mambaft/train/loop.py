@@ -35,6 +35,7 @@ from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, sum
                          val_rows, write_probe_answers)
 from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
 from .optim import lr_at, run_optimizer
+from .estimate import TIMED_STEPS, remaining_time
 from .step import count_trained_tokens, micro_step, optimizer_step
 
 
@@ -294,8 +295,11 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
     """Train one phase to cfg.max_steps (resuming when inp.resume_from is set). Returns a summary."""
     ph = Phase(cfg, inp, accelerator)
     st = ph.start()
+    eval_s = None
     if st.step == 0 and inp.eval_at_start and inp.resume_from is None:
+        t_eval = time.time()
         st.last_eval = ph.evaluate(0)
+        eval_s = time.time() - t_eval
         ph.metrics.write(st.last_eval)
         ph.say("eval step 0: " + _fmt(st.last_eval))
     bar = None
@@ -304,9 +308,17 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc=f"{cfg.strategy}", unit="step", dynamic_ncols=True)
         ph.say.bar = bar
     t_start = time.time()
+    first, step_times = st.step, []
     while st.step < cfg.max_steps:
         # 1-4. lr, this rank's rows, forward/backward, clip + AdamW step
+        t_step = time.time()
         row, verdict, row_ids = ph.train_step(st)
+        if st.step > first + 1 and len(step_times) < TIMED_STEPS:   # the first step warms up: not timed
+            step_times.append(time.time() - t_step)
+            if len(step_times) == TIMED_STEPS and st.step < cfg.max_steps:
+                evals_left = sum(1 for s in range(st.step, cfg.max_steps + 1)   # this step's comes next
+                                 if s % cfg.eval_every == 0 or s == cfg.max_steps)
+                ph.say(remaining_time(step_times, cfg.max_steps - st.step, evals_left, eval_s))
         # 5. log
         row["elapsed_s"] = round(time.time() - t_start, 3)
         ph.log_step(row, verdict, row_ids, bar)
@@ -314,7 +326,9 @@ def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
         # 6. evaluate and checkpoint
         step = st.step
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            t_eval = time.time()
             st.last_eval = ph.evaluate(step)
+            eval_s = time.time() - t_eval
             ph.metrics.write(st.last_eval)
             if accelerator.trackers:
                 accelerator.log({k: v for k, v in st.last_eval.items() if k != "step"}, step=step)
