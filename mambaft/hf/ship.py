@@ -5,7 +5,7 @@ beside the importing file), so the files of mambaft/model/ are written beside ea
 
     mambaft/model/mambaswelu.py       -> mambaswelu.py        (the model; the one source)
     mambaft/model/ssm.py              -> ssm.py               (the selective path)
-    mambaft/model/kernels/NAME.py     -> kernels_NAME.py      (SWELU, conv, loss, scan)
+    mambaft/model/kernels/NAME.py     -> kernels_NAME.py      (SWELU, conv, loss, scan, the switch)
 
 The rule (`shipped_text`), and nothing else, turns a source file into its shipped text:
     1. a first line saying which file it was generated from;
@@ -26,7 +26,7 @@ from pathlib import Path
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 # source path under mambaft/model/ -> file name in the exported folder
 MODEL_FILES = {"mambaswelu.py": "mambaswelu.py", "ssm.py": "ssm.py",
-               **{f"kernels/{n}.py": f"kernels_{n}.py" for n in ("conv", "loss", "scan", "swelu")}}
+               **{f"kernels/{n}.py": f"kernels_{n}.py" for n in ("conv", "loss", "scan", "swelu", "switch")}}
 _IMPORT = re.compile(r"^from (\.+)([\w.]*) import (.+)$")
 
 

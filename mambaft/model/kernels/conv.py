@@ -23,6 +23,9 @@ and y + 0 = y in floating point). positions=None is the unpacked path, unchanged
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from .switch import fused
 
 
 class _CausalDepthwiseConv(torch.autograd.Function):
@@ -86,4 +89,26 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     """x [B, L, E], weight [E, K] (Conv1d's [E, 1, K] squeezed), bias [E] -> [B, L, E] in fp32
     (fp64 for fp64 x). positions [B, L] (packed rows, restarting at 0 per conversation): no tap
     crosses a conversation boundary; None = one sequence per row."""
-    return _CausalDepthwiseConv.apply(x, weight, bias, positions)
+    if fused():
+        return _CausalDepthwiseConv.apply(x, weight, bias, positions)
+    return causal_depthwise_conv_reference(x, weight, bias, positions)
+
+
+def causal_depthwise_conv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                    positions=None) -> torch.Tensor:
+    """The twin under plain autograd: the original's `conv1d(x.transpose(1, 2))[..., :L]`, in fp32
+    (fp64); packed rows as the K taps, each masked at the conversation boundaries it would cross."""
+    B, L, E = x.shape
+    K = weight.shape[1]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa, w, b = x.to(acc), weight.to(acc), bias.to(acc)
+    if positions is None:
+        y = F.conv1d(xa.transpose(1, 2), w.unsqueeze(1), b, padding=K - 1, groups=E)   # [B, E, L+K-1]
+        return y[..., :L].transpose(1, 2)                                              # [B, L, E]
+    y = b.expand(B, L, E)
+    for s in range(min(K, L)):
+        tap = xa[:, :L - s] * w[:, K - 1 - s]                                          # token t-s
+        if s > 0:
+            tap = tap * _tap_mask(positions, s, acc)
+        y = y + F.pad(tap, (0, 0, s, 0))                                               # [B, L, E]
+    return y

@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from ...template import IGNORE_INDEX
+from .switch import fused
 _VOCAB_BLOCK = 8192     # rows of d(loss)/d(weight) accumulated at a time under bf16
 
 
@@ -117,6 +119,9 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     if n == 0:
         zero = h.sum() * 0.0  # keeps the graph connected, so every rank runs the same backward
         return (zero if reduction == "sum" else zero / 0.0), 0
+    if not fused():   # the twin: the full [N, V] logits in fp32, then F.cross_entropy
+        total = F.cross_entropy((feats @ weight.t()).float(), targets, reduction="sum")
+        return (total if reduction == "sum" else total / n), n
     dtype = _compute_dtype() if h.device.type in ("cpu", "cuda") else torch.float32
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         total = _LinearCrossEntropy.apply(feats, weight, targets, chunk, dtype)

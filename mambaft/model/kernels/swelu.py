@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .switch import fused
+
 # The `lam` variants of later SWELU versions; we never guess which one a checkpoint used.
 # "scaled": commit 049fe10's src/swelu.py (lam_eff = |lam| + 1e-6, like k_eff); "outer" scales the
 # output by lam as given, "inner" scales the input.
@@ -139,14 +141,16 @@ def swelu_reference(z: torch.Tensor, k: torch.Tensor, lam: Optional[torch.Tensor
 
 def swelu_gate(x: torch.Tensor, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SWELU(x; k) * sigmoid(z) (fp32 result), keeping only x, z, k for backward. x, z: same shape."""
-    return _SweluGateFunction.apply(x, k, z)
+    if fused():
+        return _SweluGateFunction.apply(x, k, z)
+    return swelu_reference(x, k) * torch.sigmoid(z)
 
 
 def swelu(z: torch.Tensor, k: torch.Tensor, lam: Optional[torch.Tensor] = None,
           lam_formula: Optional[str] = None) -> torch.Tensor:
     """Functional SWELU in fp32 (fp64 for fp64 input); bf16/fp16 inputs give an fp32 result.
     z: any shape; k: 0-d. Same values as `swelu_reference`, with less memory and time in training."""
-    if lam is not None:
+    if lam is not None or not fused():
         return swelu_reference(z, k, lam, lam_formula)
     return _SweluFunction.apply(z, k)
 
