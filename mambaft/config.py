@@ -81,6 +81,12 @@ class Config:
     # through host memory when NCCL_P2P_DISABLE=1); weights, AdamW moments and the accumulated gradients
     # stay fp32 (the master copy). "auto": bf16 on CUDA, fp32 on CPU (gloo: a rehearsal, kept exact).
     grad_comm: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile each block for training (nn.Module.compile: the state-dict keys do not change), with
+    # the kernels' plain-PyTorch twins inside (MAMBAFT_KERNELS=reference semantics) so that inductor can
+    # fuse their elementwise chains. Off by default: fusion changes fp32 rounding (the run is no longer
+    # bit-identical to an uncompiled one; tests/test_train_loop.py bounds the difference), every new
+    # row length may recompile, and its speed on a GPU has not been measured here (no GPU was lent).
+    compile_blocks: bool = False
     seed: int = 1337
 
     # --- checkpoints and evaluation -----------------------------------------------------------

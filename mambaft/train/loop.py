@@ -27,6 +27,7 @@ from mambaft import durable, runtime
 from mambaft.config import Config, ConfigError
 from mambaft.faults import inject as _fault
 from mambaft.model.kernels.loss import label_index
+from mambaft.model.kernels.switch import reference_kernels
 
 from . import run_state as ck
 from .batches import RowStream, packs_one_row
@@ -100,6 +101,9 @@ class Phase:
         self.metrics = MetricsLog(inp.out_dir / "metrics.jsonl", enabled=self.main)
         self.G = cfg.batch_size * cfg.grad_accum * self.W
         inp.model.train()
+        if cfg.compile_blocks:
+            for layer in inp.model.mamba_stack.layers:      # in place: the state-dict keys stay the same
+                layer.compile()
         self.model = acc.prepare(inp.model)                 # moves to the device; DDP when W > 1
         self.raw = acc.unwrap_model(self.model)
         self.grad_comm = grad_comm(cfg, self.device, self.W)
@@ -292,7 +296,13 @@ class Phase:
 
 
 def run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
-    """Train one phase to cfg.max_steps (resuming when inp.resume_from is set). Returns a summary."""
+    """Train one phase to cfg.max_steps (resuming when inp.resume_from is set). Returns a summary.
+    With cfg.compile_blocks the kernels' plain twins run (compiled blocks fuse them)."""
+    with reference_kernels() if cfg.compile_blocks else contextlib.nullcontext():
+        return _run_phase(cfg, inp, accelerator)
+
+
+def _run_phase(cfg: Config, inp: PhaseInputs, accelerator) -> dict:
     ph = Phase(cfg, inp, accelerator)
     st = ph.start()
     eval_s = None
