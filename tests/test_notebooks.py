@@ -193,6 +193,10 @@ def test_03_finetune_runs_in_a_subprocess(run):
     from mambaft.checkpoint import load_checkpoint
     _, info = load_checkpoint(s["final"])
     assert info.step == 6 and info.template.end_of_turn == "<|endoftext|>"
+    # see it learn: the probes' answers by checkpoint, from step 0 (the base), with their reading
+    shown = shown_text(next(c for c in code_cells(run_dir, "03_finetune_multi_gpu") if "probe_tables(" in c.source))
+    assert shown.splitlines()[0].split()[:3] == ["probe", "0", "(base)"] and "passed/stopped" in shown
+    assert "Read each row left to right" in shown and "at step 6 " in shown
 
 
 def test_04_evaluation_compares_base_checkpoints_and_final(run):

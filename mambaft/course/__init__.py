@@ -2,7 +2,8 @@
 they record is in `summaries`, the fine-tune subprocess of notebook 03 in `launch`, the models of a run
 (checkpoints, the chosen one, the export) in `models`, the papermill runner (`mambaft course`) in
 `runner`, the ranges over several runs (`mambaft ranges`) in `ranges`, what the base knows in
-`knowledge`, notebook 02's step worked by hand in `worked`, the notebooks' quiet set-up in `notebook`. Notebooks write
+`knowledge`, notebook 02's step worked by hand in `worked`, the probes' answers at each evaluation (see
+it learn) in `learning`, the notebooks' quiet set-up in `notebook`. Notebooks write
 `from mambaft import course` and call `course.NAME` for any of them (loaded on first use).
 
 Each notebook reads its inputs from and writes its results to RUN_DIR (a papermill parameter):
@@ -216,6 +217,8 @@ _LAZY = {
     "worked_model": "worked",
     "worked_summary": "worked",
     "LOSS_TOLERANCE": "worked",
+    "probe_table": "learning",
+    "probe_tables": "learning",
     "setup_notebook": "notebook",
     "output_to": "notebook",
     "finetune_command": "launch",
