@@ -193,6 +193,12 @@ def test_03_finetune_runs_in_a_subprocess(run):
     from mambaft.checkpoint import load_checkpoint
     _, info = load_checkpoint(s["final"])
     assert info.step == 6 and info.template.end_of_turn == "<|endoftext|>"
+    # the replies beside the loss: one figure (the live loss plot is not shown a second time) and its reading
+    cells03 = code_cells(run_dir, "03_finetune_multi_gpu")
+    behaviour = next(c for c in cells03 if "plot_behaviour(" in c.source)
+    assert sum("image/png" in o.get("data", {}) for o in behaviour.outputs) == 1
+    assert shown_text(behaviour).startswith("From step 0 to step 6: val loss ")
+    assert not any("loss.png" in c.source and "Image(" in c.source for c in cells03)
     # see it learn: the probes' answers by checkpoint, from step 0 (the base), with their reading
     shown = shown_text(next(c for c in code_cells(run_dir, "03_finetune_multi_gpu") if "probe_tables(" in c.source))
     assert shown.splitlines()[0].split()[:3] == ["probe", "0", "(base)"] and "passed/stopped" in shown

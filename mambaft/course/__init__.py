@@ -219,6 +219,7 @@ _LAZY = {
     "LOSS_TOLERANCE": "worked",
     "probe_table": "learning",
     "probe_tables": "learning",
+    "behaviour_reading": "learning",
     "setup_notebook": "notebook",
     "output_to": "notebook",
     "finetune_command": "launch",

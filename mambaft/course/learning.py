@@ -129,3 +129,43 @@ def probe_tables(cfg, run: PathLike) -> list[ProbeTable]:
         if t is not None:
             tables.append(t)
     return tables
+
+
+# What the reading of `behaviour_reading` quotes: (metrics key, words, format), first -> last evaluation.
+_READ = (("val_loss", "val loss", "{:.2f}"), ("val_stop_rate", "stop rate", "{:.2f}"),
+         ("val_mean_words", "words per reply", "{:.1f}"), ("val_distinct", "distinct replies", "{:.2f}"),
+         ("val_bare_rate", "bare replies", "{:.2f}"), ("probe_pass_rate", "probes passed", "{:.2f}"))
+
+
+def behaviour_reading(source) -> str:
+    """One sentence on how to read `mambaft.plots.plot_behaviour`, with this run's numbers: each series
+    from its first evaluation to its last, the range the stop rate swung over after its first
+    evaluation, and what the loss beside distinct and bare replies says."""
+    from mambaft.plots import Metrics
+    from mambaft.train.metrics import read_metrics
+
+    m = source if isinstance(source, Metrics) else Metrics(read_metrics(source))
+    moved, ends = [], {}
+    for key, words, fmt in _READ:
+        steps, values = m.series(key)
+        if not steps:
+            continue
+        ends[key] = (values[0], values[-1])
+        text = f"{words} {fmt.format(values[0])} -> {fmt.format(values[-1])}"
+        if key == "val_stop_rate" and len(values) > 2:   # the swings between the first and last evaluation
+            text += f" (between {min(values[1:]):.2f} and {max(values[1:]):.2f} after step {steps[0]})"
+        moved.append(text)
+    if not moved:
+        return "No evaluation was recorded: the run evaluates at every eval_every steps (and at step 0)."
+    steps = [s for key, _, _ in _READ for s in m.series(key)[0]]
+    fell = "val_loss" in ends and ends["val_loss"][1] < ends["val_loss"][0]
+    narrower = (("val_distinct" in ends and ends["val_distinct"][1] < ends["val_distinct"][0])
+                or ("val_bare_rate" in ends and ends["val_bare_rate"][1] > ends["val_bare_rate"][0]))
+    if fell and narrower:
+        what = ("the loss fell while the replies got fewer or barer: a falling loss is the model fitting the "
+                "answers' tokens, and here it learned the format of a reply more than the answers")
+    elif fell:
+        what = "the loss fell and the replies did not get fewer or barer"
+    else:
+        what = "the validation loss did not fall, so read the other panels as noise around the base"
+    return f"From step {min(steps)} to step {max(steps)}: {', '.join(moved)}; {what}."
