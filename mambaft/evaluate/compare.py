@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .benchmarks import result_line
+from .intervals import accuracy_interval
 from .suite import RESULTS_FILE, evaluate_model
 
 def _get(d: dict, *keys):
@@ -110,6 +112,13 @@ SPLITS_NOTE = ("Splits: probes = the fixed probes (mambaft.evaluate.probes); rep
                "normalised replies / distinct questions.")
 
 
+def benchmark_lines(results: Sequence[dict]) -> list:
+    """One line per model and benchmark: accuracies with their 95 % intervals and the chance level
+    (benchmarks.result_line); the table's bare acc_norm on 30 items cannot say whether it beats chance."""
+    return [f"{r['name']}, {b}: {result_line(v)}" for r in results
+            for b, v in (_get(r, "benchmarks") or {}).items() if v.get("n")]
+
+
 def probe_answers(results: Sequence[dict]) -> list:
     """[{id, question, rule, answers: {model: (answer, passed, stopped_by)}}] in probe order."""
     table: dict = {}
@@ -188,7 +197,8 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
     names = [r["name"] for r in results]
     paths = []
 
-    def bars(groups: dict, title: str, fname: str, ylabel: str, chance: Optional[dict] = None, log=False):
+    def bars(groups: dict, title: str, fname: str, ylabel: str, chance: Optional[dict] = None, log=False,
+             errors: Optional[dict] = None):
         groups = {g: v for g, v in groups.items() if any(x is not None for x in v)}
         if not groups:
             return
@@ -196,7 +206,12 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
         width = 0.8 / len(names)
         for i, n in enumerate(names):
             xs = [j + i * width for j in range(len(groups))]
-            ax.bar(xs, [v[i] if v[i] is not None else 0 for v in groups.values()], width, label=n)
+            ys = [v[i] if v[i] is not None else 0 for v in groups.values()]
+            ax.bar(xs, ys, width, label=n)
+            if errors:   # each bar's 95 % interval: [low, high] -> the distances below and above the bar
+                ci = [errors[g][i] or (y, y) for g, y in zip(groups, ys)]
+                ax.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, ci)], [c[1] - y for y, c in zip(ys, ci)]],
+                            fmt="none", ecolor="k", capsize=3, lw=1)
         if chance:
             for j, g in enumerate(groups):
                 if chance.get(g) is not None:
@@ -232,9 +247,12 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
          "Degeneration and stopping", "degeneration.png", "rate / probability")
     benches = list(dict.fromkeys(b for r in results for b in (_get(r, "benchmarks") or {})))
     bars({b: [_get(r, "benchmarks", b, "acc_norm") for r in results] for b in benches},
-         "Benchmarks (acc_norm; dashed: chance)", "benchmarks.png", "accuracy",
+         "Benchmarks (acc_norm with its 95 % interval; dashed: chance)", "benchmarks.png", "accuracy",
          chance={b: next((_get(r, "benchmarks", b, "chance") for r in results
-                          if _get(r, "benchmarks", b, "chance") is not None), None) for b in benches})
+                          if _get(r, "benchmarks", b, "chance") is not None), None) for b in benches},
+         errors={b: [None if _get(r, "benchmarks", b, "acc_norm") is None else
+                     accuracy_interval(_get(r, "benchmarks", b, "acc_norm"), _get(r, "benchmarks", b, "n") or 0)
+                     for r in results] for b in benches})
     points = progress_points(results)
     if len(points) >= 2:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -259,6 +277,8 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
 # --- reports ---------------------------------------------------------------------------------------
 def markdown_report(results: Sequence[dict], rows: list, plots: list) -> str:
     lines = ["# Model comparison", "", markdown_table(rows)]
+    if benchmark_lines(results):
+        lines += ["## Benchmarks", ""] + [f"- {ln}" for ln in benchmark_lines(results)] + [""]
     errs = [(r["name"], k, v) for r in results for k, v in (r.get("errors") or {}).items()]
     if errs:
         lines += ["Parts that could not run:", ""] + [f"- {n}: {k}: {v}" for n, k, v in errs] + [""]
@@ -287,6 +307,9 @@ def html_report(results: Sequence[dict], rows: list, plots: list) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top} .pass{background:#dfd}"
              ".fail{background:#fdd}</style></head><body><h1>Model comparison</h1>",
              f"<table><tr><th>model</th>{head}</tr>{body}</table>", f"<p><i>{e(SPLITS_NOTE)}</i></p>"]
+    if benchmark_lines(results):
+        parts.append("<h2>Benchmarks</h2><ul>" + "".join(f"<li>{e(ln)}</li>" for ln in benchmark_lines(results))
+                     + "</ul>")
     parts += [f"<p><img src='{e(p.name)}' alt='{e(p.stem)}'></p>" for p in plots]
     parts.append("<h2>Probe answers side by side</h2>")
     names = [r["name"] for r in results]
