@@ -230,6 +230,11 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
         assert (run_dir / "04_evaluation" / f).is_file(), f
     # the chat cell of the saved notebook: the answer table and one line, and no dead widget state
     nb = nbformat.read(str(run_dir / "04_evaluation.ipynb"), as_version=4)
+    # the main table: the 8 columns that matter (model included), one row per model; the rest in report.md
+    table = next(c for c in nb.cells if "main_table(" in c.source).outputs[0]["data"]["text/markdown"]
+    assert table.splitlines()[0].count("|") - 1 == 8 and len(table.splitlines()[2:2 + len(s["models"])]) == len(s["models"])
+    bench = shown_text(next(c for c in nb.cells if "benchmark_lines(" in c.source))
+    assert "95 % intervals; chance " in bench or bench.strip() == "no benchmarks (BENCH_LIMIT = 0)"
     shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert f'=> fine-tuned {s["verdict"]["verdict"]}' in shown           # printed with its numbers
     chat = next(c for c in nb.cells if "chat_widget(" in c.source)

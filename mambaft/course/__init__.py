@@ -208,6 +208,7 @@ _LAZY = {
     "choice_note": "summaries",
     "probe_behaviour_by_lang": "summaries",
     "behaviour_table": "summaries",
+    "main_table": "summaries",
     "evaluation_summary": "summaries",
     "verdict": "summaries",
     "final_summary": "summaries",
