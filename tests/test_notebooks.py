@@ -193,6 +193,10 @@ def test_03_finetune_runs_in_a_subprocess(run):
     from mambaft.checkpoint import load_checkpoint
     _, info = load_checkpoint(s["final"])
     assert info.step == 6 and info.template.end_of_turn == "<|endoftext|>"
+    # quiet: the configuration in one line (01 prints the table), library messages as plain text
+    config = shown_text(next(c for c in code_cells(run_dir, "03_finetune_multi_gpu")
+                             if "values = course.course_overrides(" in c.source))
+    assert config.splitlines()[0].startswith("strategy smoke on cpu:") and "differ from the preset" not in config
     # the replies beside the loss: one figure (the live loss plot is not shown a second time) and its reading
     cells03 = code_cells(run_dir, "03_finetune_multi_gpu")
     behaviour = next(c for c in cells03 if "plot_behaviour(" in c.source)
