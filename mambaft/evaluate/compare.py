@@ -1,7 +1,8 @@
 """Compare any list of models side by side: a table, plots and a report (markdown + HTML) in a run
 folder, with every probe's answers next to each other.
 
-Each entry is a checkpoint (evaluated now, results kept under OUT/models/NAME/results.json), a
+Each entry is a checkpoint (evaluated now, results kept under OUT/models/NAME/results.json and read
+again while its bytes, the settings and the data are unchanged: mambaft.evaluate.cache), a
 results.json written earlier by `mambaft evaluate`, or a folder holding one. `--reference` adds
 SmolLM2-135M-Instruct as the last column.
 
@@ -17,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from . import cache
 from .benchmarks import result_line
 from .intervals import accuracy_interval
 from .suite import RESULTS_FILE, evaluate_model
@@ -71,7 +73,8 @@ def _fmt(v) -> str:
 
 
 def load_or_evaluate(entry, out_dir: Path, **eval_kwargs) -> dict:
-    """A results dict, a results.json (or a folder holding one), or a checkpoint to evaluate now."""
+    """A results dict, a results.json (or a folder holding one), or a checkpoint to evaluate now (or
+    whose results under out_dir/models/NAME have the same cache key: mambaft.evaluate.cache)."""
     if isinstance(entry, dict):
         return entry
     p = Path(str(entry))
@@ -82,7 +85,18 @@ def load_or_evaluate(entry, out_dir: Path, **eval_kwargs) -> dict:
     if not p.exists() and str(entry).lower() not in ("smollm2", "reference"):
         raise FileNotFoundError(f"{p}: no such checkpoint, model folder or results.json")
     name = eval_kwargs.pop("name", None) or (p.name if p.suffix != ".pt" else f"{p.parent.name}/{p.stem}")
-    return evaluate_model(entry, out=out_dir / "models" / _slug(name), name=name, **eval_kwargs)
+    folder = out_dir / "models" / _slug(name)
+    if not p.exists():                      # the reference, downloaded by name: nothing local to hash
+        return evaluate_model(entry, out=folder, name=name, **eval_kwargs)
+    # the same model bytes, settings and data as the results already there: read them (evaluation.cache)
+    key = cache.evaluation_key(p, {"name": name, **{k: v for k, v in eval_kwargs.items() if k != "progress"}})
+    hit = cache.cached_results(folder, key)
+    if hit is not None:
+        return hit
+    cache.forget(folder)
+    res = evaluate_model(entry, out=folder, name=name, **eval_kwargs)
+    cache.remember(folder, key)
+    return res
 
 
 def table_rows(results: Sequence[dict]) -> list:
