@@ -237,6 +237,7 @@ _LAZY = {
     "checkpoints": "models",
     "chosen_checkpoint": "models",
     "evaluation_models": "models",
+    "chat_models": "models",
     "benchmarks": "models",
     "context_curves": "models",
     "context_repair": "models",
