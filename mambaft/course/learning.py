@@ -5,9 +5,13 @@ object per probe: step, id, lang, prompt, answer, raw, passed, stopped, end_toke
 mambaft.train.evaluation.write_probe_answers). Step 0 is the model before its first step (the base,
 or phase 1's model for phase 2 of the specialized strategy), written when the run evaluates at start.
 
+Beside them, metrics.jsonl's evaluation rows (val loss, how the greedy replies behave, the probes
+passed) are drawn by mambaft.plots.plot_behaviour; `behaviour_reading` says how to read that figure.
+
     from mambaft import course
     for t in course.probe_tables(cfg, course.finetune_dir(RUN_DIR)):
         print(t.text()); print(t.reading())
+    print(course.behaviour_reading(course.finetune_dir(RUN_DIR) / "metrics.jsonl"))
 """
 from __future__ import annotations
 
