@@ -235,7 +235,8 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
     # the chat cell of the saved notebook: the answer table and one line, and no dead widget state
     nb = nbformat.read(str(run_dir / "04_evaluation.ipynb"), as_version=4)
     # the main table: the 8 columns that matter (model included), one row per model; the rest in report.md
-    table = next(c for c in nb.cells if "main_table(" in c.source).outputs[0]["data"]["text/markdown"]
+    table = next(o["data"]["text/markdown"] for o in next(c for c in nb.cells if "main_table(" in c.source).outputs
+                 if "text/markdown" in o.get("data", {}))
     assert table.splitlines()[0].count("|") - 1 == 8 and len(table.splitlines()[2:2 + len(s["models"])]) == len(s["models"])
     bench = shown_text(next(c for c in nb.cells if "benchmark_lines(" in c.source))
     assert "95 % intervals; chance " in bench or bench.strip() == "no benchmarks (BENCH_LIMIT = 0)"
