@@ -201,7 +201,8 @@ def test_03_finetune_runs_in_a_subprocess(run):
     cells03 = code_cells(run_dir, "03_finetune_multi_gpu")
     behaviour = next(c for c in cells03 if "plot_behaviour(" in c.source)
     assert sum("image/png" in o.get("data", {}) for o in behaviour.outputs) == 1
-    assert shown_text(behaviour).startswith("From step 0 to step 6: val loss ")
+    printed = "".join(o.get("text", "") for o in behaviour.outputs if o.get("output_type") == "stream")
+    assert printed.startswith("From step 0 to step 6: val loss ")   # the figure's own text/plain is its repr
     assert not any("loss.png" in c.source and "Image(" in c.source for c in cells03)
     # see it learn: the probes' answers by checkpoint, from step 0 (the base), with their reading
     shown = shown_text(next(c for c in code_cells(run_dir, "03_finetune_multi_gpu") if "probe_tables(" in c.source))
