@@ -8,6 +8,7 @@ waits for its newline). A resumed run replays steps after its checkpoint; for ea
 record of a step wins and replaces what the crashed run had logged past it.
 
     plot_metrics("outputs/run/metrics.jsonl", "outputs/run/loss.png")           # one static figure
+    plot_behaviour("outputs/run/metrics.jsonl")    # the replies (stop, words, distinct, bare, probes) beside the loss
     follow_metrics("outputs/run/metrics.jsonl", until=proc, out_png="outputs/run/loss.png")
         # Jupyter (papermill included): one figure and one status line updated in place;
         # elsewhere: one text line per poll; the PNG is written when `until` says training is over.
@@ -208,6 +209,50 @@ def plot_metrics(source: Union[str, Path, Metrics], out_png: Union[str, Path, No
         ax_loss.legend(loc="upper right", fontsize=8)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.suptitle(title or metrics.summary(), fontsize=10)
+    if out_png is not None:
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=100)
+    return fig
+
+
+# The panels of `plot_behaviour`: (title, y label, [(metrics key, legend label)]). The val_ keys are the
+# greedy replies to the selection split's questions (mambaft.train.evaluation.reply_behaviour), the
+# probe_ keys the fixed probes (write_probe_answers); all of them are shares in [0, 1] except the words.
+BEHAVIOUR_PANELS = (
+    ("loss", "nats/token", [("loss", "train loss"), ("val_loss", "val loss")]),
+    ("replies that stop", "share", [("val_stop_rate", "val questions"), ("probe_stop_rate", "probes")]),
+    ("words per reply", "words", [("val_mean_words", "val questions")]),
+    ("distinct replies", "distinct / questions", [("val_distinct", "val questions")]),
+    ("bare and empty replies", "share", [("val_bare_rate", "bare (< 3 words)"), ("val_empty_rate", "empty")]),
+    ("probes passed", "share", [("probe_pass_rate", "probes")]),
+)
+
+
+def plot_behaviour(source: Union[str, Path, Metrics], out_png: Union[str, Path, None] = None,
+                   title: Optional[str] = None):
+    """How the replies behave beside the loss, across the evaluation steps: one panel each for the
+    loss, the stop rate, words per reply, distinct replies, bare (and empty) replies and the probes
+    passed (BEHAVIOUR_PANELS). A figure of `new_figure` (an image when a cell returns it); saves
+    `out_png` when given."""
+    metrics = source if isinstance(source, Metrics) else Metrics(read_metrics(source))
+    fig = new_figure(figsize=(12, 6.5), layout="constrained")
+    for ax, (name, ylabel, keys) in zip(fig.subplots(2, 3).ravel(), BEHAVIOUR_PANELS):
+        for key, label in keys:
+            s, v = metrics.series(key)
+            if s and key == "loss":   # one point per step: thin, under the evaluations' markers
+                ax.plot(s, v, color="tab:blue", alpha=0.35, lw=1, label=label)
+            elif s:
+                ax.plot(s, v, marker="o", ms=3, lw=1.5, label=label)
+        ax.set(title=name, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if ylabel == "share":
+            ax.set_ylim(-0.05, 1.05)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.suptitle(title or "the replies beside the loss, at each evaluation", fontsize=10)
     if out_png is not None:
         out_png = Path(out_png)
         out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -193,6 +193,21 @@ def test_03_finetune_runs_in_a_subprocess(run):
     from mambaft.checkpoint import load_checkpoint
     _, info = load_checkpoint(s["final"])
     assert info.step == 6 and info.template.end_of_turn == "<|endoftext|>"
+    # quiet: the configuration in one line (01 prints the table), library messages as plain text
+    config = shown_text(next(c for c in code_cells(run_dir, "03_finetune_multi_gpu")
+                             if "values = course.course_overrides(" in c.source))
+    assert config.splitlines()[0].startswith("strategy smoke on cpu:") and "differ from the preset" not in config
+    # the replies beside the loss: one figure (the live loss plot is not shown a second time) and its reading
+    cells03 = code_cells(run_dir, "03_finetune_multi_gpu")
+    behaviour = next(c for c in cells03 if "plot_behaviour(" in c.source)
+    assert sum("image/png" in o.get("data", {}) for o in behaviour.outputs) == 1
+    printed = "".join(o.get("text", "") for o in behaviour.outputs if o.get("output_type") == "stream")
+    assert printed.startswith("From step 0 to step 6: val loss ")   # the figure's own text/plain is its repr
+    assert not any("loss.png" in c.source and "Image(" in c.source for c in cells03)
+    # see it learn: the probes' answers by checkpoint, from step 0 (the base), with their reading
+    shown = shown_text(next(c for c in code_cells(run_dir, "03_finetune_multi_gpu") if "probe_tables(" in c.source))
+    assert shown.splitlines()[0].split()[:3] == ["probe", "0", "(base)"] and "passed/stopped" in shown
+    assert "Read each row left to right" in shown and "at step 6 " in shown
 
 
 def test_04_evaluation_compares_base_checkpoints_and_final(run):
@@ -220,6 +235,12 @@ def test_04_evaluation_compares_base_checkpoints_and_final(run):
         assert (run_dir / "04_evaluation" / f).is_file(), f
     # the chat cell of the saved notebook: the answer table and one line, and no dead widget state
     nb = nbformat.read(str(run_dir / "04_evaluation.ipynb"), as_version=4)
+    # the main table: the 8 columns that matter (model included), one row per model; the rest in report.md
+    table = next(o["data"]["text/markdown"] for o in next(c for c in nb.cells if "main_table(" in c.source).outputs
+                 if "text/markdown" in o.get("data", {}))
+    assert table.splitlines()[0].count("|") - 1 == 8 and len(table.splitlines()[2:2 + len(s["models"])]) == len(s["models"])
+    bench = shown_text(next(c for c in nb.cells if "benchmark_lines(" in c.source))
+    assert "95 % intervals; chance " in bench or bench.strip() == "no benchmarks (BENCH_LIMIT = 0)"
     shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert f'=> fine-tuned {s["verdict"]["verdict"]}' in shown           # printed with its numbers
     chat = next(c for c in nb.cells if "chat_widget(" in c.source)

@@ -80,6 +80,55 @@ def test_plot_draws_exactly_the_logged_numbers(tmp_path):
 
 
 
+def behaviour_run(path):
+    """A hand-written run: 4 training steps, evaluations at 0, 2 and 4 (and one at 2 replayed by a resume)."""
+    train = [rec(s, loss=l) for s, l in ((1, 5.0), (2, 4.5), (3, 4.25), (4, 4.0))]
+    ev = lambda s, v, stop, pst, words, dist, bare, empty, passed: rec(  # noqa: E731
+        s, val_loss=v, val_stop_rate=stop, probe_stop_rate=pst, val_mean_words=words, val_distinct=dist,
+        val_bare_rate=bare, val_empty_rate=empty, probe_pass_rate=passed)
+    lines = [ev(0, 7.5, 0.0, 0.0, 40.0, 0.5, 0.25, 0.0, 0.0)] + train[:2] + [ev(2, 9.9, 0, 0, 0, 0, 0, 0, 0)]
+    lines += [ev(2, 6.0, 0.75, 0.5, 3.0, 0.125, 0.625, 0.25, 0.0625)] + train[2:]   # the resume's step 2 wins
+    lines += [ev(4, 5.5, 1.0, 1.0, 2.5, 0.0625, 0.875, 0.5, 0.125)]
+    path.write_text("".join(lines))
+    return path
+
+
+def test_behaviour_plot_draws_each_reply_series_beside_the_loss(tmp_path):
+    from mambaft.plots import BEHAVIOUR_PANELS, plot_behaviour
+    path = behaviour_run(tmp_path / "metrics.jsonl")
+    fig = plot_behaviour(path, tmp_path / "behaviour.png")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "replies that stop", "words per reply", "distinct replies", "bare and empty replies",
+                      "probes passed"] == [p[0] for p in BEHAVIOUR_PANELS]
+    drawn = {ax.get_title(): [(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines]
+             for ax in fig.axes}
+    # the values written above, exactly (binary fractions: no rounding anywhere)
+    assert drawn["loss"] == [("train loss", [1, 2, 3, 4], [5.0, 4.5, 4.25, 4.0]),
+                             ("val loss", [0, 2, 4], [7.5, 6.0, 5.5])]
+    assert drawn["replies that stop"] == [("val questions", [0, 2, 4], [0.0, 0.75, 1.0]),
+                                          ("probes", [0, 2, 4], [0.0, 0.5, 1.0])]
+    assert drawn["words per reply"] == [("val questions", [0, 2, 4], [40.0, 3.0, 2.5])]
+    assert drawn["distinct replies"] == [("val questions", [0, 2, 4], [0.5, 0.125, 0.0625])]
+    assert drawn["bare and empty replies"] == [("bare (< 3 words)", [0, 2, 4], [0.25, 0.625, 0.875]),
+                                               ("empty", [0, 2, 4], [0.0, 0.25, 0.5])]
+    assert drawn["probes passed"] == [("probes", [0, 2, 4], [0.0, 0.0625, 0.125])]
+    from IPython.core.formatters import DisplayFormatter
+    assert DisplayFormatter().format(fig)[0]["image/png"][:8] == PNG_MAGIC        # inline, like the others
+    assert (tmp_path / "behaviour.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_behaviour_reading_quotes_the_runs_numbers(tmp_path):
+    from mambaft.course import behaviour_reading
+    text = behaviour_reading(behaviour_run(tmp_path / "metrics.jsonl"))
+    assert text.startswith("From step 0 to step 4: val loss 7.50 -> 5.50, stop rate 0.00 -> 1.00 "
+                           "(between 0.75 and 1.00 after step 0), words per reply 40.0 -> 2.5, "
+                           "distinct replies 0.50 -> 0.06, bare replies 0.25 -> 0.88, probes passed 0.00 -> 0.12;")
+    assert "it learned the format of a reply more than the answers" in text     # distinct fell, bare rose
+    (tmp_path / "flat.jsonl").write_text(rec(0, val_loss=5.0, val_distinct=0.5) + rec(9, val_loss=5.5, val_distinct=0.75))
+    assert behaviour_reading(tmp_path / "flat.jsonl").endswith("the validation loss did not fall, so read the "
+                                                               "other panels as noise around the base.")
+
+
 def test_the_course_figures_show_as_images_where_a_cell_returns_them(tmp_path):
     """A cell whose last line returns a figure must show a PNG, in a kernel that never imported pyplot
     (the receptive-field cell of notebook 00 printed `<Figure size 800x320 with 1 Axes>`)."""

@@ -97,3 +97,26 @@ def test_course_reads_the_choice_from_a_run_folder(tmp_path):
     assert dict(models)["fine-tuned"] == run / ck.CKPT_DIRNAME / ck.step_dirname(200) / ck.MODEL_DIRNAME
     note = course.choice_note(choice)
     assert note.startswith('"fine-tuned" is the step-200 checkpoint (behaviour)') and "<- chosen" in note
+
+
+def test_a_reopened_notebook_finds_its_two_chat_models_without_evaluating(tmp_path, monkeypatch, small_gpt2_folder):
+    """course.chat_models: from the parameters and RUN_DIR alone, the base and the chosen checkpoint
+    (the same as notebook 04's models cell), with nothing evaluated (no results written anywhere)."""
+    from mambaft import course
+    from mambaft.train import run_state as ck
+    monkeypatch.setattr(course, "has_gpu", lambda: False)
+    run = course.finetune_dir(tmp_path / "RUN")
+    for step, vl in ((100, 6.5), (200, 6.4), (300, 6.3)):
+        d = run / ck.CKPT_DIRNAME / ck.step_dirname(step)
+        for f in ck.REQUIRED:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            if not (d / f).exists():
+                (d / f).write_text("{}")
+        (d / ck.MODEL_DIRNAME / "config.json").write_text(json.dumps({"training": {"val_loss": vl}}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _evals(
+        (0.8, 0.3, 1.0, 0.0, 0.8), (0.97, 0.11, 1.0, 0.0, 0.97), (0.53, 0.72, 1.0, 0.0, 0.53))))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    pair = course.chat_models("quick", str(small_gpt2_folder), tmp_path / "RUN", seed=0)
+    assert pair == {"base": Path(small_gpt2_folder),
+                    "fine-tuned": run / ck.CKPT_DIRNAME / ck.step_dirname(200) / ck.MODEL_DIRNAME}
+    assert sorted(p for p in tmp_path.rglob("*")) == before      # nothing evaluated, nothing written

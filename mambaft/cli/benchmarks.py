@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from mambaft.evaluate.benchmarks import BENCHMARKS, run_benchmarks
+from mambaft.evaluate.benchmarks import BENCHMARKS, result_line, run_benchmarks
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -21,4 +21,4 @@ def main(argv: Optional[list] = None) -> None:
     a = p.parse_args(argv)
     lm = load_lm(a.model)
     for name, r in run_benchmarks(lm, a.bench, a.limit, a.source, progress=True).items():
-        print(f"{name:<10} acc {r['acc']:.3f}  acc_norm {r['acc_norm']:.3f}  (n={r['n']}, chance {r['chance']:.3f})")
+        print(f"{name:<10} {result_line(r)}")

@@ -2,7 +2,8 @@
 they record is in `summaries`, the fine-tune subprocess of notebook 03 in `launch`, the models of a run
 (checkpoints, the chosen one, the export) in `models`, the papermill runner (`mambaft course`) in
 `runner`, the ranges over several runs (`mambaft ranges`) in `ranges`, what the base knows in
-`knowledge`, notebook 02's step worked by hand in `worked`, the notebooks' quiet set-up in `notebook`. Notebooks write
+`knowledge`, notebook 02's step worked by hand in `worked`, the probes' answers at each evaluation (see
+it learn) in `learning`, the notebooks' quiet set-up in `notebook`. Notebooks write
 `from mambaft import course` and call `course.NAME` for any of them (loaded on first use).
 
 Each notebook reads its inputs from and writes its results to RUN_DIR (a papermill parameter):
@@ -207,6 +208,7 @@ _LAZY = {
     "choice_note": "summaries",
     "probe_behaviour_by_lang": "summaries",
     "behaviour_table": "summaries",
+    "main_table": "summaries",
     "evaluation_summary": "summaries",
     "verdict": "summaries",
     "final_summary": "summaries",
@@ -216,6 +218,9 @@ _LAZY = {
     "worked_model": "worked",
     "worked_summary": "worked",
     "LOSS_TOLERANCE": "worked",
+    "probe_table": "learning",
+    "probe_tables": "learning",
+    "behaviour_reading": "learning",
     "setup_notebook": "notebook",
     "output_to": "notebook",
     "finetune_command": "launch",
@@ -232,6 +237,7 @@ _LAZY = {
     "checkpoints": "models",
     "chosen_checkpoint": "models",
     "evaluation_models": "models",
+    "chat_models": "models",
     "benchmarks": "models",
     "context_curves": "models",
     "context_repair": "models",

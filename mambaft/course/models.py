@@ -55,6 +55,18 @@ def evaluation_models(cfg, run: PathLike, choice) -> list[tuple[str, Path]]:
     return models
 
 
+def chat_models(strategy: str, base: PathLike, run_dir: PathLike, *, seed: Optional[int] = None) -> dict:
+    """{"base": folder, "fine-tuned": folder}: the two models notebook 04's chat compares, from the
+    notebook's parameters and the run folder alone. The configuration is the notebook's, and the choice
+    of "fine-tuned" is read from the run's checkpoints and metrics.jsonl (`chosen_checkpoint`): no
+    evaluation, so a reopened notebook brings its chat back with one cell."""
+    from mambaft.course import course_overrides, finetune_dir, make_config
+    cfg = make_config(strategy, **course_overrides(strategy, base, seed=seed).overrides)
+    run = finetune_dir(run_dir)
+    models = dict(evaluation_models(cfg, run, chosen_checkpoint(cfg, run)))
+    return {"base": models["base"], "fine-tuned": models["fine-tuned"]}
+
+
 def benchmarks(limit: int) -> tuple:
     """The multiple-choice benchmarks notebook 04 runs (none when limit is 0)."""
     if limit <= 0:

@@ -140,6 +140,31 @@ def behaviour_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+# Notebook 04's main table: the 8 columns a reader decides on, (header, summary-row key, digits); the
+# other columns (bits/byte, BLEU/chrF, p(end), benchmarks, ...) stay in report.md and summary.json.
+MAIN_COLUMNS = (("replies from", "replies_split", None), ("probes passed", "probe_pass_rate", 2),
+                ("stop", "stop_rate", 2), ("rep_3", "rep_3", 3), ("distinct", "distinct_replies", 2),
+                ("bare", "bare_rate", 2), ("held-out ppl", "text_ppl", 1))
+
+
+def main_table(rows: dict) -> str:
+    """The models side by side on the numbers the verdict reads (MAIN_COLUMNS), as a markdown table;
+    rep_3 reads "unmeasured" when no reply held a 3-gram (too short is not a perfect 0)."""
+    def cell(r, key, digits):
+        v = r.get(key)
+        if key == "text_ppl":   # {text set: ppl}: one number, or one per set
+            v = {k: x for k, x in (v or {}).items() if x is not None}
+            return "-" if not v else (f"{next(iter(v.values())):.{digits}f}" if len(v) == 1 else
+                                      ", ".join(f"{k} {x:.{digits}f}" for k, x in v.items()))
+        if v is None:
+            return "unmeasured" if key == "rep_3" else "-"
+        return str(v) if digits is None else f"{v:.{digits}f}"
+    lines = ["| model | " + " | ".join(h for h, _, _ in MAIN_COLUMNS) + " |", "|---" * (len(MAIN_COLUMNS) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(r, k, d) for _, k, d in MAIN_COLUMNS) + " |" for name, r in rows.items()]
+    return "\n".join(lines) + "\n\nBetter: probes passed, stop, distinct higher; rep_3, bare lower; held-out ppl " \
+        "lower (forgetting). Every other column: `report.md`; every number: `summary.json`.\n"
+
+
 # Which rows gave which number of a model's summary row (summary.json says it beside the numbers).
 _TEST = "test split: held-out validation questions that chose nothing (each model's replies_split)"
 SPLITS = {

@@ -174,6 +174,21 @@ def score_items(lm, items: Sequence[MCItem], progress: bool = False) -> dict:
             "predictions": preds}
 
 
+def result_line(r: dict) -> str:
+    """One benchmark's result as the report, the terminal and notebook 04 print it: acc and acc_norm,
+    each with its 95 % Wilson interval over the n items, the chance level, and where acc_norm (the
+    number the table and the plot report) stands against chance."""
+    from .intervals import accuracy_interval, against_chance
+
+    def one(key):
+        ci = accuracy_interval(r[key], r["n"])
+        return ci, f"{key} {r[key]:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+    (_, acc), (ci_norm, norm) = one("acc"), one("acc_norm")
+    return (f"{acc}  {norm}  (n={r['n']}, 95 % intervals; chance {r['chance']:.3f}: acc_norm "
+            f"{against_chance(ci_norm, r['chance'])})")
+
+
 def run_benchmarks(lm, names: Sequence[str] = tuple(BENCHMARKS), limit: Optional[int] = 200,
                    source: Union[str, dict] = "auto", progress: bool = False) -> dict:
     """Score several benchmarks. `source` is one value for all, or {name: source}."""

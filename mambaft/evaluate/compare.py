@@ -1,7 +1,8 @@
 """Compare any list of models side by side: a table, plots and a report (markdown + HTML) in a run
 folder, with every probe's answers next to each other.
 
-Each entry is a checkpoint (evaluated now, results kept under OUT/models/NAME/results.json), a
+Each entry is a checkpoint (evaluated now, results kept under OUT/models/NAME/results.json and read
+again while its bytes, the settings and the data are unchanged: mambaft.evaluate.cache), a
 results.json written earlier by `mambaft evaluate`, or a folder holding one. `--reference` adds
 SmolLM2-135M-Instruct as the last column.
 
@@ -17,6 +18,9 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from . import cache
+from .benchmarks import result_line
+from .intervals import accuracy_interval
 from .suite import RESULTS_FILE, evaluate_model
 
 def _get(d: dict, *keys):
@@ -69,7 +73,8 @@ def _fmt(v) -> str:
 
 
 def load_or_evaluate(entry, out_dir: Path, **eval_kwargs) -> dict:
-    """A results dict, a results.json (or a folder holding one), or a checkpoint to evaluate now."""
+    """A results dict, a results.json (or a folder holding one), or a checkpoint to evaluate now (or
+    whose results under out_dir/models/NAME have the same cache key: mambaft.evaluate.cache)."""
     if isinstance(entry, dict):
         return entry
     p = Path(str(entry))
@@ -80,7 +85,18 @@ def load_or_evaluate(entry, out_dir: Path, **eval_kwargs) -> dict:
     if not p.exists() and str(entry).lower() not in ("smollm2", "reference"):
         raise FileNotFoundError(f"{p}: no such checkpoint, model folder or results.json")
     name = eval_kwargs.pop("name", None) or (p.name if p.suffix != ".pt" else f"{p.parent.name}/{p.stem}")
-    return evaluate_model(entry, out=out_dir / "models" / _slug(name), name=name, **eval_kwargs)
+    folder = out_dir / "models" / _slug(name)
+    if not p.exists():                      # the reference, downloaded by name: nothing local to hash
+        return evaluate_model(entry, out=folder, name=name, **eval_kwargs)
+    # the same model bytes, settings and data as the results already there: read them (evaluation.cache)
+    key = cache.evaluation_key(p, {"name": name, **{k: v for k, v in eval_kwargs.items() if k != "progress"}})
+    hit = cache.cached_results(folder, key)
+    if hit is not None:
+        return hit
+    cache.forget(folder)
+    res = evaluate_model(entry, out=folder, name=name, **eval_kwargs)
+    cache.remember(folder, key)
+    return res
 
 
 def table_rows(results: Sequence[dict]) -> list:
@@ -108,6 +124,13 @@ SPLITS_NOTE = ("Splits: probes = the fixed probes (mambaft.evaluate.probes); rep
                "split chose the checkpoint and is not reported); held-out bits/byte = held-out plain text. "
                "A bare reply has fewer than 3 words or is a lone option letter; distinct replies = distinct "
                "normalised replies / distinct questions.")
+
+
+def benchmark_lines(results: Sequence[dict]) -> list:
+    """One line per model and benchmark: accuracies with their 95 % intervals and the chance level
+    (benchmarks.result_line); the table's bare acc_norm on 30 items cannot say whether it beats chance."""
+    return [f"{r['name']}, {b}: {result_line(v)}" for r in results
+            for b, v in (_get(r, "benchmarks") or {}).items() if v.get("n")]
 
 
 def probe_answers(results: Sequence[dict]) -> list:
@@ -188,7 +211,8 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
     names = [r["name"] for r in results]
     paths = []
 
-    def bars(groups: dict, title: str, fname: str, ylabel: str, chance: Optional[dict] = None, log=False):
+    def bars(groups: dict, title: str, fname: str, ylabel: str, chance: Optional[dict] = None, log=False,
+             errors: Optional[dict] = None):
         groups = {g: v for g, v in groups.items() if any(x is not None for x in v)}
         if not groups:
             return
@@ -196,7 +220,12 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
         width = 0.8 / len(names)
         for i, n in enumerate(names):
             xs = [j + i * width for j in range(len(groups))]
-            ax.bar(xs, [v[i] if v[i] is not None else 0 for v in groups.values()], width, label=n)
+            ys = [v[i] if v[i] is not None else 0 for v in groups.values()]
+            ax.bar(xs, ys, width, label=n)
+            if errors:   # each bar's 95 % interval: [low, high] -> the distances below and above the bar
+                ci = [errors[g][i] or (y, y) for g, y in zip(groups, ys)]
+                ax.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, ci)], [c[1] - y for y, c in zip(ys, ci)]],
+                            fmt="none", ecolor="k", capsize=3, lw=1)
         if chance:
             for j, g in enumerate(groups):
                 if chance.get(g) is not None:
@@ -232,9 +261,12 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
          "Degeneration and stopping", "degeneration.png", "rate / probability")
     benches = list(dict.fromkeys(b for r in results for b in (_get(r, "benchmarks") or {})))
     bars({b: [_get(r, "benchmarks", b, "acc_norm") for r in results] for b in benches},
-         "Benchmarks (acc_norm; dashed: chance)", "benchmarks.png", "accuracy",
+         "Benchmarks (acc_norm with its 95 % interval; dashed: chance)", "benchmarks.png", "accuracy",
          chance={b: next((_get(r, "benchmarks", b, "chance") for r in results
-                          if _get(r, "benchmarks", b, "chance") is not None), None) for b in benches})
+                          if _get(r, "benchmarks", b, "chance") is not None), None) for b in benches},
+         errors={b: [None if _get(r, "benchmarks", b, "acc_norm") is None else
+                     accuracy_interval(_get(r, "benchmarks", b, "acc_norm"), _get(r, "benchmarks", b, "n") or 0)
+                     for r in results] for b in benches})
     points = progress_points(results)
     if len(points) >= 2:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -259,6 +291,8 @@ def make_plots(results: Sequence[dict], out: Path) -> list:
 # --- reports ---------------------------------------------------------------------------------------
 def markdown_report(results: Sequence[dict], rows: list, plots: list) -> str:
     lines = ["# Model comparison", "", markdown_table(rows)]
+    if benchmark_lines(results):
+        lines += ["## Benchmarks", ""] + [f"- {ln}" for ln in benchmark_lines(results)] + [""]
     errs = [(r["name"], k, v) for r in results for k, v in (r.get("errors") or {}).items()]
     if errs:
         lines += ["Parts that could not run:", ""] + [f"- {n}: {k}: {v}" for n, k, v in errs] + [""]
@@ -287,6 +321,9 @@ def html_report(results: Sequence[dict], rows: list, plots: list) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top} .pass{background:#dfd}"
              ".fail{background:#fdd}</style></head><body><h1>Model comparison</h1>",
              f"<table><tr><th>model</th>{head}</tr>{body}</table>", f"<p><i>{e(SPLITS_NOTE)}</i></p>"]
+    if benchmark_lines(results):
+        parts.append("<h2>Benchmarks</h2><ul>" + "".join(f"<li>{e(ln)}</li>" for ln in benchmark_lines(results))
+                     + "</ul>")
     parts += [f"<p><img src='{e(p.name)}' alt='{e(p.stem)}'></p>" for p in plots]
     parts.append("<h2>Probe answers side by side</h2>")
     names = [r["name"] for r in results]

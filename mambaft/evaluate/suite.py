@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 
 from .. import durable
 from ..data.heldout import TEST, heldout_rows
-from .benchmarks import BENCHMARKS, run_benchmarks
+from .benchmarks import BENCHMARKS, result_line, run_benchmarks
 from .lm import load_lm
 from .metrics import (answer_scores, degeneration, end_token_probability, heldout_perplexity,
                       instruction_perplexity, validation_pairs)
@@ -217,7 +217,7 @@ def format_summary(res: dict) -> str:
     if res.get("answers"):
         lines.append(f"BLEU {res['answers']['bleu']:.2f}  chrF {res['answers']['chrf']:.2f} (n={res['answers']['n']})")
     for k, v in (res.get("benchmarks") or {}).items():
-        lines.append(f"{k}: acc {v['acc']:.3f}  acc_norm {v['acc_norm']:.3f}  (n={v['n']}, chance {v['chance']:.3f})")
+        lines.append(f"{k}: {result_line(v)}")
     for k, v in res.get("errors", {}).items():
         lines.append(f"ERROR in {k}: {v}")
     return "\n".join(lines)
