@@ -181,6 +181,13 @@ def test_red_team(tmp_path, capsys):
             outcome, detail = run(["info", str(bad[case])])
         record("bad model", f"{case} -> info (describes it)", "named" if "dense1.weight" in detail else outcome, detail)
 
+    # --- bad counts and names for the evaluation commands (a good model: only the argument is wrong) ----
+    for case, extra in (("--limit 0", ["--limit", "0"]), ("--bench-limit -1", ["--bench-limit", "-1"]),
+                        ("--max-new 0", ["--max-new", "0"]), ("--bench a typo", ["--bench", "arc_eesy"])):
+        for cmd in (["evaluate", "--model", str(good)], ["compare", str(good), "--out", str(tmp_path / "cmp")]):
+            outcome, detail = run(cmd + extra)
+            record("bad argument", f"{cmd[0]} {case}", outcome, detail)
+
     # --- output folders -------------------------------------------------------------------------------
     def foreign(name: str) -> Path:
         d = tmp_path / name
