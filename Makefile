@@ -1,7 +1,7 @@
 # The commands of the README. Each creates ./.venv on first use and installs what it needs.
 #   make demo   run the course on the embedded demo base model (CPU, about 15 minutes)
 #   make test   run the test suite (unit, parity, notebook smoke runs), then its numerics tests on the lowest ISA
-#   make test-fast  the edit loop: every test not marked slow (under a minute)
+#   make test-fast  the edit loop: every test not marked slow (about 4 min on 2 cores)
 PY      ?= python3
 VENV    := .venv
 TRL_OLDER := 1.14.2
