@@ -73,15 +73,12 @@ def test_missing_numbers_fall_back_and_say_so():
         choose_checkpoint([], [], "behaviour")
 
 
-def test_course_reads_the_choice_from_a_run_folder(tmp_path):
-    """chosen_checkpoint + evaluation_models on a synthetic run folder (the files finetune writes)."""
-    from mambaft import course
-    from mambaft.config import make_config
+def _three_checkpoint_run(run: Path) -> Path:
+    """A run folder as finetune writes it: checkpoints at steps 100/200/300 (val loss 6.5/6.4/6.3) and
+    their evaluations in metrics.jsonl, where step 200's replies score best."""
     from mambaft.train import run_state as ck
-    run = tmp_path / "run"
     for step, vl in ((100, 6.5), (200, 6.4), (300, 6.3)):
         d = run / ck.CKPT_DIRNAME / ck.step_dirname(step)
-        (d / ck.MODEL_DIRNAME).mkdir(parents=True)
         for f in ck.REQUIRED:
             (d / f).parent.mkdir(parents=True, exist_ok=True)
             if not (d / f).exists():
@@ -89,6 +86,15 @@ def test_course_reads_the_choice_from_a_run_folder(tmp_path):
         (d / ck.MODEL_DIRNAME / "config.json").write_text(json.dumps({"training": {"val_loss": vl}}))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _evals(
         (0.8, 0.3, 1.0, 0.0, 0.8), (0.97, 0.11, 1.0, 0.0, 0.97), (0.53, 0.72, 1.0, 0.0, 0.53))))
+    return run
+
+
+def test_course_reads_the_choice_from_a_run_folder(tmp_path):
+    """chosen_checkpoint + evaluation_models on a synthetic run folder (the files finetune writes)."""
+    from mambaft import course
+    from mambaft.config import make_config
+    from mambaft.train import run_state as ck
+    run = _three_checkpoint_run(tmp_path / "run")
     cfg = make_config("quick", base=str(tmp_path / "base"))
     choice = course.chosen_checkpoint(cfg, run)
     assert choice.step == 200
@@ -105,16 +111,7 @@ def test_a_reopened_notebook_finds_its_two_chat_models_without_evaluating(tmp_pa
     from mambaft import course
     from mambaft.train import run_state as ck
     monkeypatch.setattr(course, "has_gpu", lambda: False)
-    run = course.finetune_dir(tmp_path / "RUN")
-    for step, vl in ((100, 6.5), (200, 6.4), (300, 6.3)):
-        d = run / ck.CKPT_DIRNAME / ck.step_dirname(step)
-        for f in ck.REQUIRED:
-            (d / f).parent.mkdir(parents=True, exist_ok=True)
-            if not (d / f).exists():
-                (d / f).write_text("{}")
-        (d / ck.MODEL_DIRNAME / "config.json").write_text(json.dumps({"training": {"val_loss": vl}}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _evals(
-        (0.8, 0.3, 1.0, 0.0, 0.8), (0.97, 0.11, 1.0, 0.0, 0.97), (0.53, 0.72, 1.0, 0.0, 0.53))))
+    run = _three_checkpoint_run(course.finetune_dir(tmp_path / "RUN"))
     before = sorted(p for p in tmp_path.rglob("*"))
     pair = course.chat_models("quick", str(small_gpt2_folder), tmp_path / "RUN", seed=0)
     assert pair == {"base": Path(small_gpt2_folder),
