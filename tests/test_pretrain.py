@@ -187,7 +187,8 @@ def test_shipped_demo_base_fits_and_has_the_124m_architecture(demo):
         assert (DEMO / f).is_file(), f
     card = (DEMO / "MODEL_CARD.md").read_text()
     s = json.loads((DEMO / "pretrain_summary.json").read_text())
-    for needle in ("## Data", "CC BY-SA 4.0", "## Training", "## What it knows", "## Rebuild", s["command"],
+    from mambaft.recipes.pretrain_report import _stages
+    for needle in ("## Data", "CC BY-SA 4.0", "## Training", "## What it knows", "## Rebuild", _stages(s)[1],
                    f"{s['steps']:,} x", f"validation loss {s['final_val_loss']}"):
         assert needle in card, needle
     assert s["final_val_loss"] < 8.0                      # learned something: uniform is ln 50257 = 10.8
@@ -203,7 +204,9 @@ def test_shipped_demo_base_loops_and_never_ends(demo):
     model, info = demo
     tok = info.tokenizer
     prompts = ["The history of the city", "User: What is the capital of France?\nAssistant:"]
-    outs = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=60)
+    # 120 tokens: a 19-token model's greedy decoding falls into a cycle, and the two-stage base takes a
+    # while to enter it (repeated 4-grams measured 0.14 / 0.33 at 60 tokens, 0.33 / 0.68 at 120)
+    outs = generate(model, [tok.encode(p) for p in prompts], max_new_tokens=120)
     for p, o in zip(prompts, outs):
         new = o[len(tok.encode(p)):]
         assert tok.eos_id not in new
