@@ -210,7 +210,7 @@ CPU_COMMON: dict[str, Any] = dict(
 # checkpoint to the next (one seed: val-question stop rate 0.94, 0.69, 0.75 at steps 150, 200, 250), so
 # the choice needs candidates: 12 x 89 MB on disk for the demo base.
 CPU_CHECKPOINTS = 12
-# The demo base (17.7M parameters, one hour of CPU pretraining) needs a larger step than the plan's lr
+# The demo base (17.7M parameters, 2 h 45 min of CPU pretraining in two stages) needs a larger step than the plan's lr
 # (chosen for 124M): 1e-3 packed stopped most often with the most distinct replies of the four
 # settings tried on quick (5e-4 / 1e-3 sorted, 3e-4 / 1e-3 packed; docs/demo_recipe.md).
 DEMO_LR: dict[str, float] = {"quick": 1e-3, "conversational": 1e-3, "specialized": 1e-3, "smoke": 1e-3}

@@ -1,6 +1,6 @@
 """Which checkpoint of a run the course calls "fine-tuned": the checkpoint choice.
 
-The demo base is a 17.7M-parameter model pretrained for an hour on a CPU; after a few hundred
+The demo base is a 17.7M-parameter model pretrained for under 3 hours on a CPU; after a few hundred
 fine-tuning steps its greedy replies sit on a knife edge. On one run of the previous demo base the
 step-200 checkpoint stopped in 0.97 of its replies and the step-300 one in 0.53 (issue 18), while the
 validation loss fell at every evaluation: the lowest
