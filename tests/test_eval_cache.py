@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from mambaft import durable
 from mambaft.evaluate import cache, compare
 
 SETTINGS = {"data": None, "limit": 30, "bench_limit": 30, "benchmarks": ("hellaswag",), "max_new_tokens": 64,
@@ -43,7 +44,7 @@ def test_same_inputs_hit_and_a_changed_byte_setting_or_data_file_misses(tmp_path
     data.mkdir(parents=True)
     (data / "state.json").write_text('{"_fingerprint": "a"}')
     with_data = cache.evaluation_key(model, {**SETTINGS, "data": tmp_path / "data"})
-    assert with_data["data"] == {"val/state.json": cache.sha256_file(data / "state.json")}
+    assert with_data["data"] == {"val/state.json": durable.sha256_file(data / "state.json")}
     (data / "state.json").write_text('{"_fingerprint": "b"}')
     assert cache.evaluation_key(model, {**SETTINGS, "data": tmp_path / "data"})["key"] != with_data["key"]
 

@@ -17,18 +17,10 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from ..durable import sha256_file
 from .suite import RESULTS_FILE   # what evaluate_model writes into its out folder
 
 KEY_FILE = "cache_key.json"
-_CHUNK = 1 << 20                # 1 MiB reads: a 70 MB safetensors file hashes without holding it in memory
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_digests(path: Union[str, Path], pattern: str = "*") -> dict:
