@@ -83,7 +83,8 @@ class Config:
     grad_comm: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile each block for training (nn.Module.compile: the state-dict keys do not change), with
     # the kernels' plain-PyTorch twins inside (MAMBAFT_KERNELS=reference semantics) so that inductor can
-    # fuse their elementwise chains. Off by default: fusion changes fp32 rounding (the run is no longer
+    # fuse their elementwise chains; the loss then holds the full fp32 logits (2,048 trained tokens x
+    # 50,257 x 4 B = 0.41 GB, and as much for their gradient). Off by default: fusion changes fp32 rounding (the run is no longer
     # bit-identical to an uncompiled one; tests/test_train_loop.py bounds the difference), every new
     # row length may recompile, and its speed on a GPU has not been measured here (no GPU was lent).
     compile_blocks: bool = False

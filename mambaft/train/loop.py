@@ -31,12 +31,12 @@ from mambaft.model.kernels.switch import reference_kernels
 
 from . import run_state as ck
 from .batches import RowStream, packs_one_row
+from .estimate import TIMED_STEPS, remaining_time
 from .trim import context_seen
 from .evaluation import (heldout_perplexity, probe_answers, reply_behaviour, summarize_val, val_loss_sums,
                          val_rows, write_probe_answers)
 from .metrics import DivergenceGuard, MetricsLog, TrainingDiverged, finite_or_none, read_metrics
 from .optim import lr_at, run_optimizer
-from .estimate import TIMED_STEPS, remaining_time
 from .step import count_trained_tokens, micro_step, optimizer_step
 
 
